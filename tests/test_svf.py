@@ -1,0 +1,265 @@
+"""SVF core: exact identity at init, merged == factored == the SVD definition, exact gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from transformer_squared import SVFModel, T2Error
+from transformer_squared.svf import Parameterization, SVFLinear
+
+IDS = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def randomize(svf: SVFModel, scale=0.2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in svf.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.mark.parametrize("param", ["direct", "sigmoid"])
+@pytest.mark.parametrize("path", ["merged", "factored"])
+def test_identity_at_init(arch, param, path):
+    model = tiny_model(arch)
+    base = logits(model)
+    SVFModel(model, targets="all-linear", parameterization=param, path=path)
+    assert (logits(model) - base).abs().max().item() <= 1e-5
+
+
+def test_direct_identity_is_bit_exact(arch):
+    model = tiny_model(arch)
+    base = logits(model)
+    svf = SVFModel(model)
+    assert torch.equal(logits(model), base)
+    svf.path = "factored"
+    assert torch.equal(logits(model), base)
+
+
+@pytest.mark.parametrize("param", ["direct", "sigmoid"])
+def test_merged_equals_factored(arch, param):
+    model = tiny_model(arch)
+    svf = SVFModel(model, targets="all-linear", parameterization=param)
+    randomize(svf)
+    merged = logits(model)
+    svf.path = "factored"
+    factored = logits(model)
+    assert (merged - logits(tiny_model(arch))).abs().max() > 1e-3  # z really changed the model
+    torch.testing.assert_close(factored, merged, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("param", ["direct", "sigmoid"])
+def test_matches_svd_definition(arch, param):
+    """W' equals U diag(σ ⊙ g(z)) Vᵀ computed naively from a fresh SVD."""
+    model = tiny_model(arch)
+    svf = SVFModel(model, targets="all-linear", parameterization=param)
+    randomize(svf)
+    for layer in svf.layers.values():
+        w = layer.base_weight().double()
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        z = layer.z.detach().double()
+        if param == "direct":
+            g = z
+        else:
+            m = torch.sigmoid(z)
+            g = m * s.sum() / (s * m).sum()
+        # the singular vectors of the cached factor may differ in sign: compare W' itself,
+        # using the layer's own σ ordering (identical up to float error)
+        expected = (u * (s * g)) @ vh
+        got = layer.merged_weight().double()
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _to_float64_factors(svf):
+    """Recompute the factors in float64 so a finite-difference check can be tight."""
+    from transformer_squared.svf import compute_svd
+
+    for layer in svf.layers.values():
+        u, s, vh = torch.linalg.svd(layer.base_weight().double(), full_matrices=False)
+        layer.sigma = s
+        layer.q = vh.t().contiguous() if layer.side == "in" else u.contiguous()
+        layer.z.data = layer.z.data.double()
+    assert compute_svd  # the float32 factors it replaces come from here
+
+
+def _check_finite_differences(svf, loss, per_layer=3, tol=1e-7):
+    for p in svf.parameters():
+        p.grad = None
+    loss().backward()
+    gen = torch.Generator().manual_seed(5)
+    checked = 0
+    for name, z in svf.named_parameters():
+        assert z.grad is not None and torch.isfinite(z.grad).all(), name
+        for i in torch.randint(0, z.numel(), (per_layer,), generator=gen).tolist():
+            eps = 1e-6
+            with torch.no_grad():
+                z[i] += eps
+                up = loss().item()
+                z[i] -= 2 * eps
+                down = loss().item()
+                z[i] += eps
+            numeric = (up - down) / (2 * eps)
+            assert abs(numeric - z.grad[i].item()) <= tol * max(1.0, abs(numeric)), (name, i, numeric, z.grad[i])
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("path", ["merged", "factored"])
+@pytest.mark.parametrize("param", ["direct", "sigmoid"])
+def test_gradients_match_finite_differences_whole_model(path, param):
+    """Whole GPT-2 (Conv1D, LayerNorm: all float64) against central differences."""
+    model = tiny_model("gpt2", dtype=torch.float64)
+    svf = SVFModel(model, targets="all-linear", parameterization=param, path=path, cache=False)
+    _to_float64_factors(svf)
+    randomize(svf, scale=0.1)
+    ids = IDS[:1]
+    target = torch.randn(1, ids.shape[1], 128, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    n = _check_finite_differences(svf, lambda: (model(ids).logits * target).sum())
+    assert n == 3 * len(svf.layers)
+
+
+@pytest.mark.parametrize("path", ["merged", "factored"])
+@pytest.mark.parametrize("param", ["direct", "sigmoid"])
+@pytest.mark.parametrize("shape", [(6, 10), (10, 6)])  # both sides: square V and square U
+def test_gradients_match_finite_differences_linear(path, param, shape):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(*shape), torch.nn.Tanh(), torch.nn.Linear(shape[1], 3)).double()
+    svf = SVFModel(net, targets=["0", "2"], parameterization=param, path=path, cache=False)
+    _to_float64_factors(svf)
+    randomize(svf, scale=0.3)
+    x = torch.randn(4, shape[0], dtype=torch.float64)
+    assert {layer.side for layer in svf.layers.values()} == ({"in", "out"} if shape[0] < shape[1] else {"out"})
+    _check_finite_differences(svf, lambda: (net(x) ** 2).sum(), per_layer=4)
+
+
+def test_factored_path_builds_no_dense_weight_gradient():
+    model = tiny_model("llama")
+    svf = SVFModel(model, path="factored")
+    model(IDS).logits.sum().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.endswith(".z"))
+    assert all(layer.z.grad is not None for layer in svf.layers.values())
+    assert all(layer._merged is None for layer in svf.layers.values())
+
+
+def test_trainable_parameters_and_freezing(arch):
+    model = tiny_model(arch)
+    svf = SVFModel(model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith(".z") for n in trainable)
+    expected = sum(min(layer.in_features, layer.out_features) for layer in svf.layers.values())
+    assert svf.num_trainable_parameters() == expected
+    assert len(svf.layers) == (2 * 3 if arch != "gpt2" else 2 * 2)
+
+
+def test_targets_presets_and_regex(arch):
+    attn = SVFModel(tiny_model(arch), targets="attn")
+    assert attn.layers and all("attn" in n for n in attn.layers)
+    allin = SVFModel(tiny_model(arch), targets="all-linear")
+    mlp = SVFModel(tiny_model(arch), targets="mlp")
+    assert set(mlp.layers) | set(attn.layers) == set(allin.layers)
+    assert not any("lm_head" in n for n in allin.layers)
+    rx = SVFModel(tiny_model("llama"), targets=[r"model\.layers\.0\.mlp\.(up|down)_proj"])
+    assert list(rx.layers) == ["model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"]
+    by_leaf = SVFModel(tiny_model("llama"), targets=["gate_proj"])
+    assert len(by_leaf.layers) == 2
+
+
+def test_bad_targets_are_clear_errors():
+    with pytest.raises(T2Error, match="matched no module"):
+        SVFModel(tiny_model("llama"), targets=["nothing_like_this"])
+    with pytest.raises(T2Error, match="supports torch.nn.Linear and transformers Conv1D only"):
+        SVFModel(tiny_model("llama"), targets=[r"model\.layers\.0\.input_layernorm"])
+    with pytest.raises(T2Error, match="not a valid regex"):
+        SVFModel(tiny_model("llama"), targets=["(unclosed"])
+    with pytest.raises(T2Error, match="unknown parameterization"):
+        SVFModel(tiny_model("llama"), parameterization="cubic")
+    with pytest.raises(T2Error, match="matched no linear layer"):
+        SVFModel(torch.nn.Sequential(torch.nn.Embedding(3, 3)), targets="mlp")
+    model = tiny_model("llama")
+    SVFModel(model)
+    with pytest.raises(T2Error, match="already wrapped"):
+        SVFModel(model)
+
+
+def test_disabled_and_reset_restore_the_base():
+    model = tiny_model("llama")
+    base = logits(model)
+    svf = SVFModel(model)
+    randomize(svf)
+    adapted = logits(model)
+    assert (adapted - base).abs().max() > 1e-3
+    with svf.disabled():
+        assert torch.equal(logits(model), base)
+    torch.testing.assert_close(logits(model), adapted)
+    svf.reset()
+    assert torch.equal(logits(model), base)
+
+
+def test_merged_cache_follows_z_changes():
+    model = tiny_model("llama")
+    svf = SVFModel(model)
+    first = logits(model)
+    randomize(svf)
+    second = logits(model)
+    assert (first - second).abs().max() > 1e-3  # the cached W' was rebuilt after z changed
+    svf.reset()
+    assert torch.equal(logits(model), first)
+
+
+def test_svd_cache_is_reused(monkeypatch):
+    model = tiny_model("llama")
+    SVFModel(model)  # fills the cache
+    import transformer_squared.svf as svf_mod
+
+    def boom(*a, **k):
+        raise AssertionError("SVD recomputed although cached")
+
+    monkeypatch.setattr(svf_mod, "compute_svd", boom)
+    second = tiny_model("llama")
+    svf = SVFModel(second)  # same weights, same fingerprint: read from disk
+    assert len(svf.layers) == 6
+    other = tiny_model("llama", seed=7)  # other weights: a cache miss must recompute
+    with pytest.raises(AssertionError, match="recomputed"):
+        SVFModel(other)
+
+
+def test_unwrap_restores_modules(arch):
+    model = tiny_model(arch)
+    base = logits(model)
+    keys = set(model.state_dict())
+    svf = SVFModel(model)
+    assert {k for k in model.state_dict() if not k.endswith(".z")} == keys
+    randomize(svf)
+    svf.unwrap()
+    assert not any(isinstance(m, SVFLinear) for m in model.modules())
+    assert torch.equal(logits(model), base)
+
+
+def test_parameterization_values():
+    p = Parameterization("sigmoid", max_mult=2.0)
+    sigma = torch.tensor([3.0, 2.0, 1.0])
+    g = p.multiplier(torch.tensor([0.0, 1.0, -1.0]), sigma)
+    assert torch.isclose((g * sigma).sum(), sigma.sum())  # Σσ preserved
+    assert Parameterization("direct").init == 1.0 and Parameterization("sigmoid").init == 0.1
+    with pytest.raises(T2Error):
+        Parameterization("direct", max_mult=0)
+
+
+@pytest.mark.slow
+def test_default_model_has_51840_parameters_and_exact_identity(default_model):
+    model, tokenizer = default_model
+    ids = tokenizer(["The capital of France is"], return_tensors="pt").input_ids
+    base = logits(model, ids)
+    svf = SVFModel(model, targets="mlp")
+    assert svf.num_trainable_parameters() == 51_840 == 30 * 3 * 576
+    assert (logits(model, ids) - base).abs().max().item() <= 1e-5
+    randomize(svf, scale=0.05)
+    merged = logits(model, ids)
+    svf.path = "factored"
+    torch.testing.assert_close(logits(model, ids), merged, rtol=1e-3, atol=1e-3)
