@@ -1,0 +1,75 @@
+"""`t2 eval` and the evaluation loop: report, per-item JSONL, resume, intervals, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transformer_squared.cli import main
+from transformer_squared.evaluation import wilson_interval
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    lo0, hi0 = wilson_interval(0, 10)
+    assert lo0 == 0.0 and 0.25 < hi0 < 0.35
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_eval_writes_report_and_resumes(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--out", str(out),
+            "--max-new-tokens", "4", "--batch-size", "3", "--no-progress"]
+    assert main(argv + ["--limit", "4"]) == 0
+    report = json.loads(out.read_text())
+    assert report["n"] == 4 and report["task"] == "arc_easy" and report["split"] == "test"
+    assert 0.0 <= report["ci95"][0] <= report["accuracy"] <= report["ci95"][1] <= 1.0
+    items = out.with_name("r.json.items.jsonl")
+    rows = [json.loads(line) for line in items.read_text().splitlines()]
+    assert len(rows) == 4 and {"prompt", "completion", "extracted", "reward", "correct"} <= set(rows[0])
+    # simulate an interrupted run: a half-written last line is redone, finished ones are kept
+    items.write_text(items.read_text() + '{"id": "cut-off')
+    assert main(argv + ["--limit", "6"]) == 0
+    report = json.loads(out.read_text())
+    assert report["n"] == 6
+    assert report["generated_tokens"] <= 2 * 4  # only the 2 new items were generated
+    assert "test" in capsys.readouterr().out
+
+
+def test_eval_with_expert(tiny_model_dir, tmp_path):
+    import torch
+
+    from transformer_squared import SVFModel, load_model
+
+    model, _ = load_model(str(tiny_model_dir), progress=False)
+    svf = SVFModel(model)
+    with torch.no_grad():
+        for p in svf.parameters():
+            p.mul_(1.5)
+    svf.to_expert("x", task="arc_easy").save(tmp_path / "x")
+    out = tmp_path / "e.json"
+    assert main(["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "x"),
+                 "--limit", "2", "--max-new-tokens", "3", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["expert"] == "x"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "arc_easy", "--limit", "0"], "--limit must be at least 1"),
+    (["--task", "nope"], "unknown task"),
+    (["--task", "arc_easy", "--split", "dev"], "split"),
+    (["--task", "arc_easy", "--expert", "/no/such/expert"], "does not exist"),
+])
+def test_eval_bad_input(extra, message, tiny_model_dir, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_eval_default_model_arc_easy(tmp_path):
+    out = tmp_path / "arc.json"
+    assert main(["eval", "--task", "arc_easy", "--limit", "8", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["n"] == 8 and report["answered"] >= 6  # SmolLM2 answers ARC with a letter
