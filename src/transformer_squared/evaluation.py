@@ -111,14 +111,19 @@ def evaluate(
                desc=desc or f"eval {task.name}/{split}", unit="item", dynamic_ncols=True)
     t0 = time.perf_counter()
     new_tokens = 0
+    first_pass = second_pass = 0.0
     correct_so_far = sum(bool(r["correct"]) for r in rows)
     try:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             prompts = [task.prompt(it, tokenizer) for it in batch]
+            t_first = time.perf_counter()
             experts = list(choose_experts(batch)) if choose_experts is not None else None
+            first_pass += time.perf_counter() - t_first
+            t_second = time.perf_counter()
             gens = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=batch_size,
                             svf=svf if experts is not None else None, experts=experts)
+            second_pass += time.perf_counter() - t_second
             completions = [g.text for g in gens]
             oks = task.correct_many(batch, completions)
             new_rows = []
@@ -145,12 +150,16 @@ def evaluate(
     seconds = time.perf_counter() - t0
     n = len(rows)
     k = sum(bool(r["correct"]) for r in rows)
-    info = task.split_info(split) if hasattr(task, "split_info") else {}
+    try:
+        info = task.split_info(split)
+    except (T2Error, AttributeError):
+        info = {}
     summary = EvalSummary(
         task=task.name, split=split, n=n, correct=k, accuracy=k / n, ci95=wilson_interval(k, n),
         seconds=round(seconds, 3), items_per_s=(len(todo) / seconds) if seconds > 0 and todo else 0.0,
         tokens_per_s=(new_tokens / seconds) if seconds > 0 else 0.0, generated_tokens=new_tokens,
         provenance=str(info.get("provenance", "")),
+        extra={"first_pass_seconds": round(first_pass, 3), "second_pass_seconds": round(second_pass, 3)},
     )
     order = {str(it.id): i for i, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(str(r["id"]), 0))

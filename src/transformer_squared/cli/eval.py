@@ -21,6 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items of the split")
     p.add_argument("--expert", default=None, help="an expert folder to apply (default: the base model)")
     p.add_argument("--force", action="store_true", help="apply an expert made on other weights (same shapes)")
+    a = p.add_argument_group("self-adaptation (two passes)")
+    a.add_argument("--adapt", default=None, choices=["none", "oracle", "prompt", "classifier", "fewshot"],
+                   help="route each request with this strategy over --experts")
+    a.add_argument("--experts", nargs="+", default=[], metavar="DIR", help="task expert folders")
+    a.add_argument("--classifier", default=None, metavar="DIR", help="classification expert (--adapt classifier)")
+    a.add_argument("--shots", type=int, default=10, help="labelled examples for --adapt fewshot (excluded from scoring)")
+    a.add_argument("--cem-population", type=int, default=32)
+    a.add_argument("--cem-iterations", type=int, default=10)
+    a.add_argument("--cem-elite-ratio", type=float, default=0.2)
+    a.add_argument("--cem-init-std", type=float, default=0.3)
+    a.add_argument("--cem-per-matrix", action="store_true", help="one α per expert per matrix (default: per expert)")
+    a.add_argument("--mixture", default=None, metavar="DIR", help="reuse a mixture saved by an earlier fewshot run")
+    a.add_argument("--mixture-out", default=None, metavar="DIR", help="save the mixture fewshot finds here")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own")
     p.add_argument("--out", default=None, help="report JSON path (items go to <out>.items.jsonl)")
@@ -42,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         items = items[: args.limit]
     expert = Expert.load(args.expert) if args.expert else None
+    if args.adapt and args.expert:
+        raise T2Error("use either --expert (one fixed expert) or --adapt with --experts, not both")
+    if args.adapt:
+        return run_adaptive(args, task, items)
     out = Path(args.out) if args.out else None
     items_path = out.with_name(out.name + ".items.jsonl") if out else None
     if items_path and items_path.exists():
@@ -73,6 +90,90 @@ def run(args: argparse.Namespace) -> int:
     print(f"answered (an answer could be extracted): {answered}/{len(rows)}")
     if summary.provenance:
         print(f"data: {summary.provenance}")
+    if out:
+        write_json(out, report)
+        print(f"report: {out}  items: {items_path}")
+    return 0
+
+
+def _pick_shots(task, n: int, items: list) -> list:
+    """Labelled few-shot examples: the task's 'fewshot' split, else val, else train."""
+    from ..tasks.sources import rank
+
+    for split in ("fewshot", "val", "train"):
+        if split in task.splits():
+            pool = task.load(split)
+            break
+    else:  # pragma: no cover - every task has one of them
+        raise T2Error(f"task {task.name!r} has no split to draw few-shot examples from")
+    if n < 1:
+        raise T2Error("--shots must be at least 1")
+    if len(pool) < n:
+        raise T2Error(f"fewshot asked for {n} examples but {task.name}/{split} has only {len(pool)}")
+    order = rank([it.id for it in pool], "t2-fewshot")
+    by_id = {it.id: it for it in pool}
+    return [by_id[i] for i in order[:n]]
+
+
+def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
+    """Two-pass evaluation: route each item, then answer in mixed-expert batches."""
+    from ..adapt import TASK_DOMAINS, AdaptiveModel, CEMConfig, cem_search
+    from ..evaluation import evaluate
+    from ..experts import Expert
+    from ..fileio import write_json
+    from .common import load_svf
+
+    experts = [Expert.load(d) for d in args.experts]
+    if args.adapt != "none" and not experts and not args.mixture:
+        raise T2Error(f"--adapt {args.adapt} needs --experts DIR ...")
+    classifier = Expert.load(args.classifier) if args.classifier else None
+    model, tokenizer, svf = load_svf(args, progress=not args.no_progress)
+    mixture = Expert.load(args.mixture) if args.mixture else None
+    search_s = 0.0
+    shots: list = []
+    if args.adapt == "fewshot":
+        shots = _pick_shots(task, args.shots, items)
+        shot_ids = {s.id for s in shots}
+        items = [it for it in items if it.id not in shot_ids]
+        if mixture is None:
+            cfg = CEMConfig(population=args.cem_population, iterations=args.cem_iterations,
+                            elite_ratio=args.cem_elite_ratio, init_std=args.cem_init_std,
+                            per_matrix=args.cem_per_matrix, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.batch_size)
+            t = time.perf_counter()
+            mixture, _ = cem_search(svf, tokenizer, task, experts, shots, cfg, progress=not args.no_progress)
+            search_s = time.perf_counter() - t
+            if args.mixture_out:
+                mixture.save(args.mixture_out)
+        print(f"fewshot mixture: {mixture.meta.get('mixture')}")
+    adaptive = AdaptiveModel(svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture)
+    domain = TASK_DOMAINS.get(task.name)
+
+    def choose(batch):
+        texts = [task.user_content(it) for it in batch]
+        routes = adaptive.route(texts, domains=[domain] * len(batch))
+        return [r.expert for r in routes]
+
+    out = Path(args.out) if args.out else None
+    items_path = out.with_name(out.name + ".items.jsonl") if out else None
+    summary, rows = evaluate(model, tokenizer, task, items, split=args.split, batch_size=args.batch_size,
+                             max_new_tokens=args.max_new_tokens, svf=svf, choose_experts=choose,
+                             items_jsonl=items_path, progress=not args.no_progress,
+                             desc=f"eval {task.name}/{args.split} [{args.adapt}]")
+    routed: dict[str, int] = {}
+    for r in rows:
+        key = r.get("expert") or "base"
+        routed[key] = routed.get(key, 0) + 1
+    first, second = summary.extra["first_pass_seconds"], summary.extra["second_pass_seconds"]
+    report = summary.to_dict()
+    report.update(model=getattr(model, "t2_model_name", args.model), adapt=args.adapt,
+                  experts=[e.name for e in experts], routed=routed, fallbacks=adaptive.stats["fallbacks"],
+                  fewshot_search_seconds=round(search_s, 2), shots=[s.id for s in shots],
+                  first_pass_fraction=round(first / second, 4) if second else None,
+                  mixture=mixture.meta.get("mixture") if mixture else None, source=args.source, limit=args.limit)
+    print(summary.line())
+    print(f"routed: {routed}; first-pass fallbacks: {adaptive.stats['fallbacks']}")
+    print(f"first pass {first:.1f}s, second pass {second:.1f}s ({(first / second if second else 0):.1%} of the second)")
     if out:
         write_json(out, report)
         print(f"report: {out}  items: {items_path}")

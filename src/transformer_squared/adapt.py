@@ -1,0 +1,377 @@
+"""Two-pass self-adaptive inference: decide what a request needs, then answer with adapted weights.
+
+Strategies (``AdaptiveModel(svf, tokenizer, experts, strategy=...)``):
+
+* ``prompt`` — the base model classifies the request into one of the experts' domains or
+  ``others`` (``\\boxed{label}``); ``others`` is answered with the base weights.
+* ``classifier`` — the same first pass, but with the classification expert applied
+  (trained with ``t2 train --task classify``).
+* ``fewshot`` — a mixture z' = Σ α_k z_k found by the Cross-Entropy Method on a few labelled
+  examples of the target task (:func:`cem_search`), then used for every request.
+* ``oracle`` — the expert of the request's known domain; ``none`` — the base model.
+
+The first pass costs one prefill, not a generation: the label is read from the next-token
+distribution after ``\\boxed{`` (labels whose first tokens collide are scored in full).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import T2Error
+from .experts import Expert
+
+STRATEGIES = ("none", "oracle", "prompt", "classifier", "fewshot")
+OTHERS = "others"
+
+# The domain of each task: which expert serves it (for `oracle`) and its classify label.
+TASK_DOMAINS = {"gsm8k": "math", "math": "math", "mbpp": "code", "humaneval": "code",
+                "arc_easy": "reasoning", "arc_challenge": "reasoning"}
+
+
+def expert_domain(expert: Expert) -> str:
+    """An expert's domain label: meta ``domain``, else its task's domain, else its name."""
+    meta = expert.meta
+    if meta.get("domain"):
+        return str(meta["domain"])
+    task = meta.get("task")
+    if task in TASK_DOMAINS:
+        return TASK_DOMAINS[task]
+    return expert.name
+
+
+@dataclass
+class Route:
+    """What the first pass decided for one request."""
+
+    label: str
+    expert: Expert | None
+    fallback: bool = False
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        who = "base" if self.expert is None else self.expert.name
+        extra = " (fallback: first pass gave no usable label)" if self.fallback else ""
+        return f"{self.label} -> {who}{extra}"
+
+
+class AdaptiveModel:
+    """A wrapped model plus experts that routes each request before answering it.
+
+    Args:
+        svf: the :class:`~transformer_squared.svf.SVFModel` wrapping the model.
+        tokenizer: its tokenizer.
+        experts: the task experts (their domains become the labels).
+        strategy: one of :data:`STRATEGIES`.
+        classifier: the classification expert (``strategy="classifier"``).
+        mixture: the expert used for every request (``strategy="fewshot"``; see :func:`cem_search`).
+        min_label_mass: when the labels' total probability after ``\\boxed{`` is below this, the
+            first pass is garbage: the request falls back to the base weights (counted).
+    """
+
+    def __init__(self, svf, tokenizer, experts: Sequence[Expert], strategy: str = "prompt",
+                 classifier: Expert | None = None, mixture: Expert | None = None,
+                 min_label_mass: float = 0.05) -> None:
+        if strategy not in STRATEGIES:
+            raise T2Error(f"unknown adaptation strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+        experts = list(experts)
+        if not experts and strategy != "none":
+            raise T2Error(f"strategy {strategy!r} needs at least one expert (--experts DIR ...)")
+        self.svf = svf
+        self.tokenizer = tokenizer
+        self.strategy = strategy
+        self.experts: dict[str, Expert] = {}
+        for e in experts:
+            e.check_compatible(svf, strict=True)
+            label = expert_domain(e)
+            if label in self.experts or label == OTHERS:
+                raise T2Error(f"two experts claim the domain {label!r} ({self.experts.get(label, e).name!r} "
+                              f"and {e.name!r}); give one a different meta 'domain'")
+            self.experts[label] = e
+        if strategy == "classifier":
+            if classifier is None:
+                raise T2Error("strategy 'classifier' needs the classification expert (--classifier DIR)")
+            classifier.check_compatible(svf, strict=True)
+        if strategy == "fewshot" and mixture is None:
+            raise T2Error("strategy 'fewshot' needs the mixture found by cem_search (or run t2 eval --adapt fewshot)")
+        self.classifier = classifier
+        self.mixture = mixture
+        self.min_label_mass = min_label_mass
+        self.stats = {"requests": 0, "fallbacks": 0, "first_pass_seconds": 0.0}
+        labels = list(self.experts)
+        if strategy == "prompt":
+            labels.append(OTHERS)
+        elif strategy == "classifier":
+            trained = classifier.meta.get("labels") if classifier is not None else None
+            if trained:
+                labels = [lab for lab in trained]
+        self.labels = labels
+        self._label_ids: list[list[int]] | None = None
+
+    # -- the first pass ------------------------------------------------------------------
+    def _classify_prompts(self, texts: Sequence[str]) -> list[str]:
+        from .tasks import get_task
+
+        task = get_task("classify", labels=tuple(self.labels))
+        return [task.prompt_for(t, self.tokenizer) + "\\boxed{" for t in texts]
+
+    def _label_token_ids(self) -> list[list[int]]:
+        if self._label_ids is None:
+            tok = self.tokenizer
+            prefix = tok("\\boxed{", add_special_tokens=False)["input_ids"]
+            out = []
+            for lab in self.labels:
+                joint = tok("\\boxed{" + lab, add_special_tokens=False)["input_ids"]
+                ids = joint[len(prefix):] if joint[: len(prefix)] == prefix else \
+                    tok(lab, add_special_tokens=False)["input_ids"]
+                if not ids:
+                    raise T2Error(f"label {lab!r} tokenizes to nothing")
+                out.append(ids)
+            self._label_ids = out
+        return self._label_ids
+
+    @torch.no_grad()
+    def label_scores(self, texts: Sequence[str], batch_size: int = 16) -> list[dict[str, float]]:
+        """Probability of each label (and ``_mass``, their total) for each request, one prefill each."""
+        model, tok = self.svf.model, self.tokenizer
+        device = next(model.parameters()).device
+        label_ids = self._label_token_ids()
+        firsts = [ids[0] for ids in label_ids]
+        distinct = len(set(firsts)) == len(firsts)
+        prompts = self._classify_prompts(texts)
+        results: list[dict[str, float]] = []
+        old = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            for s in range(0, len(prompts), batch_size):
+                chunk = prompts[s:s + batch_size]
+                if distinct:
+                    enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                    logp = torch.log_softmax(model(**enc).logits[:, -1].float(), dim=-1)
+                    for row in logp:
+                        probs = {lab: math.exp(row[f].item()) for lab, f in zip(self.labels, firsts, strict=True)}
+                        results.append(_with_mass(probs))
+                else:  # first tokens collide: score each full label sequence
+                    results.extend(self._full_label_scores(chunk, label_ids, device))
+        finally:
+            tok.padding_side = old
+        return results
+
+    def _full_label_scores(self, prompts, label_ids, device) -> list[dict[str, float]]:
+        model, tok = self.svf.model, self.tokenizer
+        seqs, spans = [], []
+        for p in prompts:
+            pid = tok(p, add_special_tokens=False)["input_ids"]
+            for ids in label_ids:
+                seqs.append(pid + ids)
+                spans.append((len(pid), len(ids)))
+        width = max(len(s) for s in seqs)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+        attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        logp = torch.log_softmax(model(input_ids=input_ids, attention_mask=attn).logits.float(), dim=-1)
+        out = []
+        for i in range(len(prompts)):
+            probs = {}
+            for j, lab in enumerate(self.labels):
+                k = i * len(self.labels) + j
+                plen, llen = spans[k]
+                off = width - len(seqs[k])
+                lp = sum(logp[k, off + plen - 1 + t, seqs[k][plen + t]].item() for t in range(llen))
+                probs[lab] = math.exp(lp)
+            out.append(_with_mass(probs))
+        return out
+
+    def route(self, texts: Sequence[str], domains: Sequence[str | None] | None = None) -> list[Route]:
+        """Decide an expert (or None = base) for each request text.
+
+        ``domains`` gives the known domain of each request, used only by ``oracle``.
+        """
+        t0 = time.perf_counter()
+        routes: list[Route]
+        if self.strategy == "none":
+            routes = [Route("base", None) for _ in texts]
+        elif self.strategy == "fewshot":
+            routes = [Route("fewshot", self.mixture) for _ in texts]
+        elif self.strategy == "oracle":
+            if domains is None:
+                raise T2Error("strategy 'oracle' needs each request's domain (the task is known)")
+            routes = [Route(d or OTHERS, self.experts.get(d or "")) for d in domains]
+        else:
+            if self.strategy == "classifier":
+                self.svf.apply(self.classifier)
+                try:
+                    scores = self.label_scores(texts)
+                finally:
+                    self.svf.reset()
+            else:
+                with self.svf.disabled():
+                    scores = self.label_scores(texts)
+            routes = []
+            for sc in scores:
+                probs = {k: v for k, v in sc.items() if k != "_mass"}
+                best = max(probs, key=probs.get)
+                if sc["_mass"] < self.min_label_mass:
+                    routes.append(Route(OTHERS, None, fallback=True, scores=sc))
+                else:
+                    routes.append(Route(best, self.experts.get(best), scores=sc))
+        self.stats["requests"] += len(texts)
+        self.stats["fallbacks"] += sum(r.fallback for r in routes)
+        self.stats["first_pass_seconds"] += time.perf_counter() - t0
+        return routes
+
+    # -- the second pass -------------------------------------------------------------------
+    def generate(self, texts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 8,
+                 temperature: float = 0.0, domains: Sequence[str | None] | None = None):
+        """Route, then answer every request in one mixed-expert batch: [(Route, Generation)]."""
+        from .generation import generate
+        from .tasks.base import render_prompt
+
+        routes = self.route(texts, domains)
+        prompts = [render_prompt([{"role": "user", "content": t}], self.tokenizer) for t in texts]
+        gens = generate(self.svf.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, temperature=temperature, svf=self.svf,
+                        experts=[r.expert for r in routes])
+        return list(zip(routes, gens, strict=True))
+
+
+def _with_mass(probs: dict[str, float]) -> dict[str, float]:
+    out = dict(probs)
+    out["_mass"] = sum(probs.values())
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Few-shot adaptation: the Cross-Entropy Method over mixing weights
+# ---------------------------------------------------------------------------------------
+@dataclass
+class CEMConfig:
+    """Settings of the few-shot search (the paper: population 32, elite ratio 0.2)."""
+
+    population: int = 32
+    elite_ratio: float = 0.2
+    iterations: int = 10
+    init_std: float = 0.3
+    min_std: float = 0.02
+    clamp: tuple[float, float] = (-0.5, 1.5)
+    per_matrix: bool = False
+    seed: int = 0
+    max_new_tokens: int | None = None
+    batch_size: int = 16
+
+
+@torch.no_grad()
+def mean_reference_loglik(svf, tokenizer, task, items, batch_size: int = 16) -> float:
+    """Mean per-token log-likelihood of the items' reference answers (the CEM tie-breaker)."""
+    model = svf.model
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for s in range(0, len(items), batch_size):
+        chunk = [it for it in items[s:s + batch_size] if it.reference]
+        if not chunk:
+            continue
+        rows, spans = [], []
+        for it in chunk:
+            p = tokenizer(task.prompt(it, tokenizer), add_special_tokens=False)["input_ids"]
+            r = tokenizer(it.reference, add_special_tokens=False)["input_ids"]
+            rows.append(p + r)
+            spans.append((len(p), len(r)))
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        for k, (plen, rlen) in enumerate(spans):
+            off = width - len(rows[k])
+            pos = torch.arange(off + plen - 1, off + plen - 1 + rlen, device=device)
+            tgt = ids[k, off + plen: off + plen + rlen]
+            total += logp[k, pos, tgt].sum().item()
+            count += rlen
+    return total / max(1, count)
+
+
+def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence, config: CEMConfig | None = None,
+               progress: bool = True, log: Callable[[dict], None] | None = None) -> tuple[Expert, list[dict]]:
+    """Find mixing weights α for ``experts`` that do best on ``shots`` (labelled items).
+
+    Each candidate α is scored by the number of shots answered correctly (greedy), ties broken
+    by the mean log-likelihood of the reference answers. Returns the best mixture (an
+    :class:`Expert` with the search in its metadata) and the per-iteration history.
+    """
+    from tqdm.auto import tqdm
+
+    from .evaluation import evaluate
+
+    cfg = config or CEMConfig()
+    experts = list(experts)
+    if not experts:
+        raise T2Error("few-shot adaptation needs at least one expert")
+    if not shots:
+        raise T2Error("few-shot adaptation needs labelled examples")
+    if cfg.population < 2 or not 0 < cfg.elite_ratio <= 1 or cfg.iterations < 1:
+        raise T2Error("CEM needs population >= 2, 0 < elite_ratio <= 1 and iterations >= 1")
+    k = len(experts)
+    n_mat = len(experts[0].z)
+    shape = (k, n_mat) if cfg.per_matrix else (k,)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mean = torch.full(shape, 1.0 / k)
+    std = torch.full(shape, cfg.init_std)
+    n_elite = max(1, int(round(cfg.population * cfg.elite_ratio)))
+    best: tuple[tuple[float, float], torch.Tensor] | None = None
+    history: list[dict] = []
+    cache: dict[tuple, tuple[float, float]] = {}
+
+    def score(alpha: torch.Tensor) -> tuple[float, float]:
+        key = tuple(round(v, 6) for v in alpha.flatten().tolist())
+        if key in cache:
+            return cache[key]
+        svf.apply(Expert.mix(experts, alpha, name="candidate"))
+        summary, _ = evaluate(svf.model, tokenizer, task, list(shots), split="fewshot", batch_size=cfg.batch_size,
+                              max_new_tokens=cfg.max_new_tokens, progress=False)
+        ll = mean_reference_loglik(svf, tokenizer, task, list(shots), cfg.batch_size)
+        cache[key] = (float(summary.correct), ll)
+        return cache[key]
+
+    bar = tqdm(range(cfg.iterations), desc="CEM", disable=not progress, unit="iter")
+    try:
+        for it in bar:
+            samples = mean + std * torch.randn((cfg.population, *shape), generator=gen)
+            samples = samples.clamp(*cfg.clamp)
+            if it == 0:
+                samples[0] = mean  # always try the uniform mixture
+            scores = [score(a) for a in samples]
+            order = sorted(range(len(samples)), key=lambda i: scores[i], reverse=True)
+            elite = samples[order[:n_elite]]
+            mean = elite.mean(0)
+            std = elite.std(0, unbiased=False).clamp_min(cfg.min_std) if n_elite > 1 else std * 0.5
+            top = scores[order[0]]
+            if best is None or top > best[0]:
+                best = (top, samples[order[0]].clone())
+            row = {"iteration": it, "best_correct": best[0][0], "best_loglik": round(best[0][1], 4),
+                   "iter_best_correct": top[0], "mean_alpha": mean.mean(-1).tolist() if cfg.per_matrix else mean.tolist()}
+            history.append(row)
+            if log:
+                log(row)
+            bar.set_postfix(correct=f"{best[0][0]:.0f}/{len(shots)}")
+    finally:
+        bar.close()
+        svf.reset()
+    assert best is not None
+    mixture = Expert.mix(experts, best[1], name=f"fewshot-{task.name}")
+    mixture.meta["task"] = task.name
+    mixture.meta["domain"] = f"fewshot-{task.name}"
+    mixture.meta["fewshot"] = {"shots": [str(s.id) for s in shots], "correct": best[0][0], "loglik": best[0][1],
+                               "config": {k_: (list(v) if isinstance(v, tuple) else v)
+                                          for k_, v in cfg.__dict__.items()},
+                               "history": history}
+    return mixture, history
+
+
+def describe_scores(scores: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.2f}" for k, v in scores.items() if k != "_mass")
