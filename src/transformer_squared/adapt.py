@@ -77,7 +77,7 @@ class AdaptiveModel:
 
     def __init__(self, svf, tokenizer, experts: Sequence[Expert], strategy: str = "prompt",
                  classifier: Expert | None = None, mixture: Expert | None = None,
-                 min_label_mass: float = 0.05) -> None:
+                 min_label_mass: float = 0.01) -> None:
         if strategy not in STRATEGIES:
             raise T2Error(f"unknown adaptation strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
         experts = list(experts)

@@ -58,6 +58,12 @@ class EvalSummary:
         return d
 
 
+def _extract(task, item, text: str):
+    """The answer the checker saw (tasks that know the item's options use them)."""
+    fn = getattr(task, "extract_for", None)
+    return fn(item, text) if fn else task.extract(text)
+
+
 def _read_done(path: Path) -> dict[str, dict]:
     done: dict[str, dict] = {}
     if not path.exists():
@@ -130,7 +136,7 @@ def evaluate(
             for i, (it, g, ok) in enumerate(zip(batch, gens, oks, strict=True)):
                 row = {
                     "id": str(it.id), "prompt": prompts[i], "completion": g.text,
-                    "extracted": task.extract(g.text), "correct": bool(ok),
+                    "extracted": _extract(task, it, g.text), "correct": bool(ok),
                     "reward": task.reward_correct if ok else task.reward_wrong,
                     "num_tokens": g.num_tokens,
                 }
