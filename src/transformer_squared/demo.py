@@ -1,0 +1,94 @@
+"""The demo: held-out questions from three domains, answered by the base model and self-adaptively.
+
+Loads the default model and the shipped experts (``experts/{math,code,reasoning,classify}``),
+takes a few held-out test questions from GSM8K, MBPP and ARC-Easy, and for each strategy
+(base, ``prompt``, ``classifier``) routes every question, answers them in one mixed-expert
+batch, checks the answers, and prints the routes, accuracy and the time of each pass.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .errors import T2Error
+
+DEMO_TASKS = ("gsm8k", "mbpp", "arc_easy")
+
+
+def find_experts(folder: str | Path) -> dict[str, Path]:
+    folder = Path(folder)
+    found = {p.name: p for p in sorted(folder.iterdir()) if (p / "expert.json").is_file()} if folder.is_dir() else {}
+    return found
+
+
+def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name: str = "default",
+             max_new_tokens: int | None = 192, print_fn=print) -> dict:
+    """Run the demo and return its numbers (also printed)."""
+    from .adapt import TASK_DOMAINS, AdaptiveModel
+    from .evaluation import evaluate
+    from .experts import Expert
+    from .models import load_model
+    from .svf import SVFModel
+    from .tasks import get_task
+    from .tasks.sources import rank
+
+    found = find_experts(experts_dir)
+    task_experts = [Expert.load(p) for name, p in found.items() if name != "classify"]
+    if not task_experts:
+        raise T2Error(f"no experts in {str(experts_dir)!r}; train them with `t2 train` (see docs/training.md)")
+    classifier = Expert.load(found["classify"]) if "classify" in found else None
+    t0 = time.perf_counter()
+    model, tok = load_model(model_name, progress=True)
+    svf = SVFModel(model, targets=task_experts[0].meta.get("targets", "mlp"),
+                   parameterization=task_experts[0].parameterization)
+    print_fn(f"loaded {getattr(model, 't2_model_name', model_name)} and {len(task_experts)} experts "
+             f"({', '.join(e.name for e in task_experts)}{', classifier' if classifier else ''}) "
+             f"in {time.perf_counter() - t0:.1f}s; each expert is {task_experts[0].num_parameters():,} numbers")
+    items, owner = [], {}
+    for name in DEMO_TASKS:
+        task = get_task(name)
+        pool = task.load("test")
+        order = rank([it.id for it in pool], "t2-demo")[:per_task]
+        by_id = {it.id: it for it in pool}
+        for i in order:
+            items.append(by_id[i])
+            owner[by_id[i].id] = task
+    strategies = [("base", "none"), ("prompt", "prompt")] + ([("classifier", "classifier")] if classifier else [])
+    results: dict[str, dict] = {}
+    for label, strategy in strategies:
+        am = AdaptiveModel(svf, tok, task_experts if strategy != "none" else [], strategy=strategy,
+                           classifier=classifier)
+        rows, first, second = [], 0.0, 0.0
+        for name in DEMO_TASKS:
+            task = get_task(name)
+            batch = [it for it in items if owner[it.id].name == name]
+            routes_for = {}
+
+            def choose(b, am=am, task=task, routes_for=routes_for):
+                routes = am.route([task.user_content(it) for it in b])
+                for it, r in zip(b, routes, strict=True):
+                    routes_for[it.id] = r
+                return [r.expert for r in routes]
+
+            summary, rs = evaluate(model, tok, task, batch, batch_size=len(batch),
+                                   max_new_tokens=min(max_new_tokens or task.max_new_tokens, task.max_new_tokens),
+                                   svf=svf, choose_experts=choose, progress=False)
+            first += summary.extra["first_pass_seconds"]
+            second += summary.extra["second_pass_seconds"]
+            for it, r in zip(batch, rs, strict=True):
+                rows.append((name, it, routes_for[it.id], r))
+        correct = sum(r["correct"] for *_, r in rows)
+        results[label] = {"correct": correct, "n": len(rows), "first_pass_s": first, "second_pass_s": second}
+        print_fn(f"\n=== {label}: {correct}/{len(rows)} correct; first pass {first:.1f}s, second pass {second:.1f}s")
+        for name, it, route, r in rows:
+            q = it.question.replace("\n", " ")
+            q = q[:70] + ("…" if len(q) > 70 else "")
+            mark = "✓" if r["correct"] else "✗"
+            print_fn(f"  {mark} [{name:8s} → {route.describe():24s}] {q}")
+    print_fn("\nsummary (held-out test questions; see docs/tasks.md for how the splits were made):")
+    for label, r in results.items():
+        print_fn(f"  {label:10s} {r['correct']:2d}/{r['n']} correct   first pass {r['first_pass_s']:5.1f}s   "
+                 f"second pass {r['second_pass_s']:6.1f}s")
+    _ = TASK_DOMAINS
+    return results
