@@ -201,3 +201,18 @@ def test_generate_with_mixed_experts_matches_alone():
             svf.reset()
         assert m.token_ids == alone.token_ids
     assert len({tuple(m.token_ids) for m in mixed}) > 1
+
+
+def test_generate_with_one_shared_expert_uses_it_and_restores_state():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama")
+    model.generation_config.pad_token_id = 1
+    svf = SVFModel(model)
+    a, b = make_expert(svf, 1, "a", scale=1.0), make_expert(svf, 2, "b", scale=1.0)
+    prompts = ["w5 w6 w7", "w9 w3"]
+    svf.apply(b)  # the caller's current expert must survive the call
+    shared = generate(model, tokenizer, prompts, max_new_tokens=5, svf=svf, experts=[a, a])
+    assert svf.active is b and all(torch.equal(svf.layers[n].z.detach(), b.z[n]) for n in b.z)
+    with svf.rows([a, a]):
+        per_row = generate(model, tokenizer, prompts, max_new_tokens=5)
+    assert [g.token_ids for g in shared] == [g.token_ids for g in per_row]

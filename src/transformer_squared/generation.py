@@ -68,7 +68,8 @@ def generate(
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            ctx = svf.rows(experts[start:start + batch_size]) if experts is not None else contextlib.nullcontext()
+            ctx = _expert_context(svf, experts[start:start + batch_size]) if experts is not None \
+                else contextlib.nullcontext()
             with torch.no_grad(), ctx:
                 seqs = model.generate(**enc, **gen_kwargs)
             new = seqs[:, enc["input_ids"].shape[1]:]
@@ -84,6 +85,35 @@ def generate(
     finally:
         tokenizer.padding_side = old_side
     return out
+
+
+@contextlib.contextmanager
+def _expert_context(svf, experts: Sequence):
+    """Per-row experts for one batch.
+
+    When every row wants the same expert (or the base), the batch takes the merged path (or
+    the base weights) instead: same result, and the fastest path for a fixed z. Otherwise each
+    row carries its own multiplier through the factored path.
+    """
+    first = experts[0]
+    if all(e is first for e in experts):
+        if first is None:
+            with svf.disabled():
+                yield
+            return
+        saved = svf.state()
+        active = svf.active
+        svf.apply(first)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, layer in svf.layers.items():
+                    layer.z.copy_(saved[name].to(layer.z.device))
+            svf.active = active
+        return
+    with svf.rows(experts):
+        yield
 
 
 def _trim(ids: list[int], tokenizer) -> list[int]:
