@@ -162,3 +162,23 @@ def test_eval_adapt_cli(tiny_model_dir, tmp_path, capsys):
     assert "fewshot asked for 100000 examples" in capsys.readouterr().err
     assert main(["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--adapt", "prompt",
                  "--no-progress"]) == 2
+
+
+def test_demo_runs_on_a_tiny_model(tiny_model_dir, tmp_path):
+    from transformer_squared import load_model
+    from transformer_squared.demo import run_demo
+
+    model, _ = load_model(str(tiny_model_dir), progress=False)
+    svf = SVFModel(model)
+    for e, name in zip(experts_for(svf), ("math", "code", "reasoning"), strict=True):
+        e.save(tmp_path / "experts" / name)
+    clf = experts_for(svf, tasks=("classify",))[0]
+    clf.save(tmp_path / "experts" / "classify")
+    lines: list[str] = []
+    results = run_demo(tmp_path / "experts", per_task=1, model_name=str(tiny_model_dir), max_new_tokens=2,
+                       print_fn=lines.append)
+    assert set(results) == {"base", "prompt", "classifier"}
+    assert all(r["n"] == 3 for r in results.values())
+    assert any("→" in line for line in lines)
+    with pytest.raises(T2Error, match="no experts"):
+        run_demo(tmp_path / "nothing", model_name=str(tiny_model_dir), print_fn=lines.append)
