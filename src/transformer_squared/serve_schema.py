@@ -1,0 +1,190 @@
+"""Pydantic models of the OpenAI-compatible HTTP API served by ``t2 serve``.
+
+Requests are validated strictly (a string where a number belongs is an error, as with OpenAI)
+and unknown fields are ignored; responses follow OpenAI's shapes plus one extra ``t2`` field
+that says which expert (or mixture, or the base weights) answered and why.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Fields OpenAI clients may send that this server cannot honour: rejected (400) when set,
+# rather than silently ignored, because the caller would otherwise trust a wrong answer.
+UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs",
+                           "logit_bias", "response_format", "audio", "modalities", "prediction")
+UNSUPPORTED_COMPLETION_FIELDS = ("logprobs", "echo", "suffix", "logit_bias", "best_of")
+
+SEED_MAX = 2**63 - 1
+
+
+class _Request(BaseModel):
+    """Strict types, extra fields kept (so the server can name the unsupported ones)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class TextPart(_Request):
+    """One part of a message's content; only ``{"type": "text", "text": ...}`` is supported."""
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Request):
+    """One chat message (``content`` as a string or as a list of text parts)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(_Request):
+    """``{"include_usage": true}`` adds a last chunk with the token counts."""
+
+    include_usage: bool = False
+
+
+class _Sampling(_Request):
+    """Options shared by chat and text completions."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    n: int = Field(default=1, ge=1, le=8)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    adapt: str | None = Field(default=None, description="t2 extra: the adaptation strategy for this request")
+
+    def stop_list(self) -> list[str]:
+        """The stop sequences as a list (empty strings dropped)."""
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return [s for s in stops if s]
+
+
+class ChatCompletionRequest(_Sampling):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionRequest(_Sampling):
+    """``POST /v1/completions`` (``prompt``: a string or a list of strings)."""
+
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------
+class T2Info(BaseModel):
+    """Which weights answered: ``expert`` (None = base weights), the route and the strategy."""
+
+    expert: str | None
+    route: str
+    label: str
+    strategy: str
+    fallback: bool = False
+    mixture: dict[str, Any] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    t2: T2Info
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    t2: T2Info | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+    t2: T2Info | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    t2: T2Info | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "transformer_squared"
+    t2: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
