@@ -1,0 +1,222 @@
+"""Benchmark one RL training step on the default model: SVF (merged / factored forward) vs PEFT LoRA.
+
+    python bench/train_step.py [--model default] [--task arc_easy] [--batch-size 4]
+                               [--samples-per-prompt 4] [--max-new-tokens 128] [--repeats 2]
+
+One step = sample K completions for each of B train prompts (generation), score them (rewards),
+then the teacher-forced forward + KL base forward + backward + AdamW step (update). Each
+configuration runs in a fresh child process so its peak RSS is its own:
+
+* ``svf-merged``: SVF, gradient through the recomposed W' (``train_path="merged"``);
+* ``svf-factored``: SVF, gradient through the factored x ↦ x + ((xQ)⊙(g−1))Qᵀ path;
+* ``lora``: PEFT LoRA r=16 on q_proj/v_proj under the same loop;
+* ``svf-merged-bf16``: as svf-merged with the teacher-forced forwards under
+  ``torch.autocast("cpu", dtype=torch.bfloat16)``; it also reports how far bf16 log-probs and
+  gradients are from float32 on the same completions.
+
+The SVF variants sample with the same (merged, cached) weights, so generation is timed once in
+``svf-merged`` and its completions are replayed in the other SVF children; the update is timed
+``--repeats`` times on the same completions (median). At init LoRA computes the same function, so
+its samples are the same too (its generation is timed separately: the adapters are not merged).
+TRL's GRPOTrainer is compared only when ``trl`` is importable (it is not installed here).
+Writes docs/results/train_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "svf-merged": dict(method="svf", train_path="merged"),
+    "svf-factored": dict(method="svf", train_path="factored"),
+    "lora": dict(method="lora"),
+    "svf-merged-bf16": dict(method="svf", train_path="merged", autocast="bf16"),
+    "svf-ab": dict(method="svf", train_path="merged"),
+}
+# svf-ab: one process, the same completions, updates alternating between these variants
+# (round-robin, first round discarded), so machine load affects them alike.
+AB_VARIANTS = [("merged", "none"), ("factored", "none"), ("merged", "bf16"), ("factored", "bf16")]
+
+
+def child(spec: dict) -> dict:
+    """Run one configuration in this (fresh) process and return its measurements."""
+    import torch
+
+    from transformer_squared.rl import Rollout, TrainConfig, Trainer
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    opts = CONFIGS[spec["config"]]
+    out = tempfile.mkdtemp(prefix="t2-bench-")
+    t0 = time.perf_counter()
+    cfg = TrainConfig(task=spec["task"], model=spec["model"], out=out, batch_size=spec["batch_size"],
+                      samples_per_prompt=spec["k"], max_new_tokens=spec["max_new_tokens"], eval_every=0,
+                      progress=False, overwrite=True, **opts)
+    trainer = Trainer(cfg)
+    load_s = time.perf_counter() - t0
+    res: dict = {"config": spec["config"], "trainable_params": trainer.trainable_params, "load_seconds": round(load_s, 2),
+                 "micro_batches": trainer.local_prompts // trainer.micro_prompts}
+    replay = spec.get("replay")
+    if replay and Path(replay).exists():
+        data = json.loads(Path(replay).read_text())
+        items = [trainer.item_at(g) for g in range(cfg.batch_size)]
+        ro = Rollout(1, items, data["prompt_ids"], data["completion_ids"], data["texts"],
+                     torch.tensor(data["rewards"]), cfg.samples_per_prompt, data["finished"])
+        res["generation"] = "replayed from svf-merged"
+    else:
+        ro = trainer.rollout(1)
+        res.update(gen_seconds=round(ro.gen_seconds, 2), reward_seconds=round(ro.reward_seconds, 3))
+        if replay:
+            Path(replay).write_text(json.dumps({"prompt_ids": ro.prompt_ids, "completion_ids": ro.completion_ids,
+                                                "texts": ro.texts, "rewards": ro.rewards.tolist(),
+                                                "finished": ro.finished}))
+    res["completion_tokens"] = ro.num_tokens
+    res["teacher_forced_tokens"] = ro.num_tokens + sum(len(p) for p in ro.prompt_ids) * ro.k
+    res["reward_mean"] = float(ro.rewards.mean())
+    if opts.get("autocast") == "bf16":
+        res["bf16_vs_fp32"] = compare_bf16(trainer, ro)
+    if spec["config"] == "svf-ab":
+        res["ab"] = alternate(trainer, ro, spec["repeats"])
+        res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        res["update_seconds_median"] = res["ab"]["merged/none"]["median"]
+        return res
+    times = []
+    for _ in range(spec["repeats"]):
+        t = time.perf_counter()
+        row = trainer.update(ro)
+        times.append(time.perf_counter() - t)
+        res.setdefault("first_update", {k: row.get(k) for k in ("loss", "kl", "grad_norm")})
+    res["update_seconds"] = [round(t, 2) for t in times]
+    res["update_seconds_median"] = round(statistics.median(times), 2)
+    res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return res
+
+
+def alternate(trainer, ro, repeats: int) -> dict:
+    """Update seconds of each (train path, autocast) variant, measured round-robin in one process."""
+    times: dict[str, list[float]] = {f"{p}/{a}": [] for p, a in AB_VARIANTS}
+    for round_ in range(repeats + 1):
+        for path, autocast in AB_VARIANTS:
+            trainer.policy.train_path, trainer.config.autocast = path, autocast
+            t = time.perf_counter()
+            trainer.update(ro)
+            if round_:
+                times[f"{path}/{autocast}"].append(round(time.perf_counter() - t, 2))
+    trainer.policy.train_path, trainer.config.autocast = "merged", "none"
+    return {k: {"seconds": v, "median": round(statistics.median(v), 2), "min": min(v)} for k, v in times.items()}
+
+
+def compare_bf16(trainer, ro) -> dict:
+    """Per-sequence log-probs and the gradient under bf16 autocast vs float32, same completions."""
+    import torch
+
+    def grads() -> torch.Tensor:
+        for p in trainer.params:
+            p.grad = None
+        trainer.accumulate_gradients(ro)
+        g = torch.cat([p.grad.reshape(-1).clone() for p in trainer.params])
+        for p in trainer.params:
+            p.grad = None
+        return g
+
+    trainer.config.autocast = "none"
+    lp32 = trainer.sequence_logprobs(ro)
+    g32 = grads()
+    trainer.config.autocast = "bf16"
+    lp16 = trainer.sequence_logprobs(ro)
+    g16 = grads()
+    tokens = torch.tensor([max(1, len(c)) for c in ro.completion_ids], dtype=torch.float32)
+    diff = (lp16 - lp32).abs()
+    return {
+        "seq_logprob_mean_abs": round(float(lp32.abs().mean()), 3),
+        "seq_logprob_max_abs_diff": round(float(diff.max()), 4),
+        "per_token_mean_abs_diff": round(float((diff / tokens).mean()), 5),
+        "grad_cosine": round(float(torch.nn.functional.cosine_similarity(g32, g16, dim=0)), 5),
+        "grad_norm_ratio": round(float(g16.norm() / g32.norm()), 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--task", default="arc_easy")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--samples-per-prompt", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "train_step.json"))
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
+        return
+    replay = Path(tempfile.mkdtemp(prefix="t2-bench-")) / "rollout.json"
+    results = []
+    for name in args.configs.split(","):
+        spec = {"config": name, "model": args.model, "task": args.task, "batch_size": args.batch_size,
+                "k": args.samples_per_prompt, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+                "threads": args.threads, "replay": str(replay) if name.startswith("svf") else None}
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+            sys.exit(1)
+        res = json.loads(lines[-1][len("RESULT "):])
+        res["wall_seconds"] = round(time.perf_counter() - t, 1)
+        results.append(res)
+        print(f"{name}: {json.dumps(res)}", flush=True)
+    gen = next((r for r in results if "gen_seconds" in r and r["config"].startswith("svf")), None)
+    for r in results:
+        g = r.get("gen_seconds", gen["gen_seconds"] if gen else 0.0)
+        rw = r.get("reward_seconds", gen["reward_seconds"] if gen else 0.0)
+        r["step_seconds"] = round(g + rw + r["update_seconds_median"], 2)
+        r["tokens_per_s"] = round(r["completion_tokens"] / r["step_seconds"], 1)
+        r["update_tokens_per_s"] = round(r["teacher_forced_tokens"] / r["update_seconds_median"], 1)
+    print(f"\n{'config':18} {'params':>9} {'gen s':>7} {'update s':>9} {'step s':>7} {'tok/s':>6} "
+          f"{'upd tok/s':>9} {'peak RSS MiB':>12}")
+    for r in results:
+        print(f"{r['config']:18} {r['trainable_params']:>9,} {r.get('gen_seconds', '(replay)')!s:>7} "
+              f"{r['update_seconds_median']:>9} {r['step_seconds']:>7} {r['tokens_per_s']:>6} "
+              f"{r['update_tokens_per_s']:>9} {r['peak_rss_mib']:>12}")
+    for r in results:
+        if "bf16_vs_fp32" in r:
+            print(f"bf16 autocast vs fp32: {r['bf16_vs_fp32']}")
+        if "ab" in r:
+            print("update seconds, variants alternated in one process (median / min): " + ", ".join(
+                f"{k} {v['median']} / {v['min']}" for k, v in r["ab"].items()))
+    trl = importlib.util.find_spec("trl") is not None
+    note = ("trl is importable but a GRPOTrainer comparison is not implemented here" if trl else
+            "trl is not installed: no GRPOTrainer comparison")
+    print(note)
+    report = {
+        "command": "python bench/train_step.py " + " ".join(sys.argv[1:]),
+        "model": args.model, "task": args.task, "batch_size": args.batch_size,
+        "samples_per_prompt": args.samples_per_prompt, "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                             "load_average_at_end": os.getloadavg()},
+        "torch_threads": args.threads or "default", "trl": note, "results": results,
+    }
+    sys.path.insert(0, str(ROOT / "src"))
+    from transformer_squared.fileio import write_json
+
+    write_json(args.out, report)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
