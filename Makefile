@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/t2 smoke
+	$(VENV)/bin/t2 demo --per-task 2
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
