@@ -182,3 +182,11 @@ def test_demo_runs_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert any("→" in line for line in lines)
     with pytest.raises(T2Error, match="no experts"):
         run_demo(tmp_path / "nothing", model_name=str(tiny_model_dir), print_fn=lines.append)
+
+
+def test_prompt_labels_keep_the_paper_categories_with_fewer_experts(setup):
+    svf, tok, experts = setup
+    am = AdaptiveModel(svf, tok, [experts[2]], strategy="prompt", min_label_mass=0.0)
+    assert am.labels == ["math", "code", "reasoning", OTHERS]
+    for r in am.route(["w5 w6", "w9", "w11 w12 w13"]):
+        assert (r.expert is not None) == (r.label == "reasoning") and not r.fallback

@@ -28,6 +28,7 @@ from .errors import T2Error
 from .experts import Expert
 
 STRATEGIES = ("none", "oracle", "prompt", "classifier", "fewshot")
+PAPER_DOMAINS = ("math", "code", "reasoning")
 OTHERS = "others"
 
 # The domain of each task: which expert serves it (for `oracle`) and its classify label.
@@ -106,7 +107,9 @@ class AdaptiveModel:
         self.stats = {"requests": 0, "fallbacks": 0, "first_pass_seconds": 0.0}
         labels = list(self.experts)
         if strategy == "prompt":
-            labels.append(OTHERS)
+            # The paper's fixed categories plus any other expert domains; a category without an
+            # expert is answered with the base weights, like "others".
+            labels = list(dict.fromkeys([*PAPER_DOMAINS, *self.experts])) + [OTHERS]
         elif strategy == "classifier":
             trained = classifier.meta.get("labels") if classifier is not None else None
             if trained:
