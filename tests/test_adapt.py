@@ -190,3 +190,14 @@ def test_prompt_labels_keep_the_paper_categories_with_fewer_experts(setup):
     assert am.labels == ["math", "code", "reasoning", OTHERS]
     for r in am.route(["w5 w6", "w9", "w11 w12 w13"]):
         assert (r.expert is not None) == (r.label == "reasoning") and not r.fallback
+
+
+def test_continuation_logprobs_do_not_depend_on_padding():
+    from transformer_squared.adapt import continuation_logprobs
+
+    model = tiny_model("llama")
+    pairs = [([5, 6, 7, 8, 9], [10, 11]), ([12], [13, 14, 15])]
+    together, lengths = continuation_logprobs(model, 1, pairs, "cpu")
+    alone = [continuation_logprobs(model, 1, [p], "cpu")[0][0] for p in pairs]
+    torch.testing.assert_close(together, torch.stack(alone), rtol=1e-5, atol=1e-5)
+    assert lengths.tolist() == [2.0, 3.0]

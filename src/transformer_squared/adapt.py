@@ -167,29 +167,13 @@ class AdaptiveModel:
         return results
 
     def _full_label_scores(self, prompts, label_ids, device) -> list[dict[str, float]]:
-        model, tok = self.svf.model, self.tokenizer
-        seqs, spans = [], []
-        for p in prompts:
-            pid = tok(p, add_special_tokens=False)["input_ids"]
-            for ids in label_ids:
-                seqs.append(pid + ids)
-                spans.append((len(pid), len(ids)))
-        width = max(len(s) for s in seqs)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-        attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-        logp = torch.log_softmax(model(input_ids=input_ids, attention_mask=attn).logits.float(), dim=-1)
-        out = []
-        for i in range(len(prompts)):
-            probs = {}
-            for j, lab in enumerate(self.labels):
-                k = i * len(self.labels) + j
-                plen, llen = spans[k]
-                off = width - len(seqs[k])
-                lp = sum(logp[k, off + plen - 1 + t, seqs[k][plen + t]].item() for t in range(llen))
-                probs[lab] = math.exp(lp)
-            out.append(_with_mass(probs))
-        return out
+        tok = self.tokenizer
+        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        pairs = [(pid, ids) for pid in prompt_ids for ids in label_ids]
+        sums, _ = continuation_logprobs(self.svf.model, tok.pad_token_id, pairs, device)
+        n_labels = len(self.labels)
+        return [_with_mass({lab: math.exp(sums[i * n_labels + j].item()) for j, lab in enumerate(self.labels)})
+                for i in range(len(prompts))]
 
     def route(self, texts: Sequence[str], domains: Sequence[str | None] | None = None) -> list[Route]:
         """Decide an expert (or None = base) for each request text.
@@ -244,6 +228,23 @@ class AdaptiveModel:
         return list(zip(routes, gens, strict=True))
 
 
+@torch.no_grad()
+def continuation_logprobs(model, pad_id: int, pairs: Sequence[tuple[list[int], list[int]]], device):
+    """Summed log-probability of each continuation after its prompt, and its token count.
+
+    One teacher-forced forward over the batch laid out by :func:`~transformer_squared.rl.make_batch`
+    (the trainer's own layout, with position ids that skip the left padding).
+    """
+    from .rl import make_batch, token_logprobs
+
+    batch = make_batch([p for p, _ in pairs], [c for _, c in pairs], pad_id, device)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits
+    prompt_len = batch.input_ids.shape[1] - batch.completion_len
+    lp = token_logprobs(logits[:, prompt_len - 1:-1], batch.targets, batch.mask)
+    return lp.sum(dim=1), batch.mask.sum(dim=1)
+
+
 def _with_mass(probs: dict[str, float]) -> dict[str, float]:
     out = dict(probs)
     out["_mass"] = sum(probs.values())
@@ -274,28 +275,16 @@ def mean_reference_loglik(svf, tokenizer, task, items, batch_size: int = 16) -> 
     """Mean per-token log-likelihood of the items' reference answers (the CEM tie-breaker)."""
     model = svf.model
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    total, count = 0.0, 0.0
     for s in range(0, len(items), batch_size):
         chunk = [it for it in items[s:s + batch_size] if it.reference]
         if not chunk:
             continue
-        rows, spans = [], []
-        for it in chunk:
-            p = tokenizer(task.prompt(it, tokenizer), add_special_tokens=False)["input_ids"]
-            r = tokenizer(it.reference, add_special_tokens=False)["input_ids"]
-            rows.append(p + r)
-            spans.append((len(p), len(r)))
-        width = max(len(r) for r in rows)
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-        for k, (plen, rlen) in enumerate(spans):
-            off = width - len(rows[k])
-            pos = torch.arange(off + plen - 1, off + plen - 1 + rlen, device=device)
-            tgt = ids[k, off + plen: off + plen + rlen]
-            total += logp[k, pos, tgt].sum().item()
-            count += rlen
+        pairs = [(tokenizer(task.prompt(it, tokenizer), add_special_tokens=False)["input_ids"],
+                  tokenizer(it.reference, add_special_tokens=False)["input_ids"]) for it in chunk]
+        sums, lengths = continuation_logprobs(model, tokenizer.pad_token_id, pairs, device)
+        total += sums.sum().item()
+        count += lengths.sum().item()
     return total / max(1, count)
 
 
