@@ -315,6 +315,26 @@ class Task:
         return [self.reward_correct if ok else self.reward_wrong for ok in self.correct_many(items, completions)]
 
 
+
+def carved_splits(items: list[Item], sizes: dict[str, int | None], seed: str, note: str, src: str,
+                  train_suffix: str = "disjoint from the held-out test part") -> dict[str, SplitData]:
+    """train/val/test carved by seeded hash from an official test split (tasks with no offline train).
+
+    ``note`` says where the items come from; each split's provenance repeats it with its own part.
+    """
+    from .sources import partition
+
+    parts = partition(items, [it.id for it in items], sizes, seed)
+    return {
+        "train": SplitData(parts["train"], f"{note}: this training pool is {len(parts['train'])} of them; "
+                           f"{train_suffix}", src),
+        "val": SplitData(parts["val"], f"{note}: this model-selection part is {len(parts['val'])} of them; "
+                         "disjoint from train and test", src),
+        "test": SplitData(parts["test"], f"{note}: this held-out part is {len(parts['test'])} of them, never "
+                          "trained on (scores are not directly comparable to full-test-set numbers)", src,
+                          held_out=True),
+    }
+
 def render_prompt(messages: list[dict[str, str]], tokenizer: Any = None) -> str:
     """Apply the tokenizer's chat template, or fall back to ``Question: ...\\nAnswer:``."""
     template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None

