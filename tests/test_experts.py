@@ -216,3 +216,15 @@ def test_generate_with_one_shared_expert_uses_it_and_restores_state():
     with svf.rows([a, a]):
         per_row = generate(model, tokenizer, prompts, max_new_tokens=5)
     assert [g.token_ids for g in shared] == [g.token_ids for g in per_row]
+
+
+def test_one_row_expert_broadcasts_to_the_batch():
+    model = tiny_model("llama")
+    svf = SVFModel(model)
+    a = make_expert(svf, 1, "a")
+    svf.apply(a)
+    want = out(model)
+    svf.reset()
+    with svf.rows([a]):
+        got = out(model)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

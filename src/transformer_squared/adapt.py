@@ -192,11 +192,10 @@ class AdaptiveModel:
             routes = [Route(d or OTHERS, self.experts.get(d or "")) for d in domains]
         else:
             if self.strategy == "classifier":
-                self.svf.apply(self.classifier)
-                try:
+                # factored path, one row broadcast to the whole batch: no W' is rebuilt per call,
+                # and the caller's z is left untouched
+                with self.svf.rows([self.classifier]):
                     scores = self.label_scores(texts)
-                finally:
-                    self.svf.reset()
             else:
                 with self.svf.disabled():
                     scores = self.label_scores(texts)

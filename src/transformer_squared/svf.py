@@ -481,7 +481,8 @@ class SVFModel:
         """Give each row of the next batch its own expert (``None`` = base weights).
 
         Inside the block every SVF layer takes the factored path with a per-row multiplier,
-        so one forward / ``generate`` serves a batch that mixes experts.
+        so one forward / ``generate`` serves a batch that mixes experts. A single entry applies
+        to every row of any batch (it broadcasts).
         """
         zs = [None if e is None else e.check_compatible(self, strict=True) for e in experts]
         for name, layer in self.layers.items():
