@@ -118,8 +118,8 @@ class Expert:
             if strict and fps and expert_name in fps and fps[expert_name] != svf.matrix_fingerprints[model_name]:
                 raise T2Error(
                     f"expert {self.name!r} was trained on other weights: matrix {model_name!r} differs "
-                    f"(expert base model: {self.meta.get('base_model')!r}); pass strict=False (--force) "
-                    "to transfer it anyway"
+                    f"(expert base model: {self.meta.get('base_model')!r}); to use it anyway, re-key it "
+                    "with `t2 transfer` (Expert.transfer) or pass --transfer (strict=False)"
                 )
         if strict:
             mine_p = self.parameterization
@@ -127,6 +127,31 @@ class Expert:
                 raise T2Error(f"expert {self.name!r} uses the {mine_p.kind!r} parameterization but the "
                               f"model is wrapped with {svf.parameterization.kind!r}")
         return {model_name: self.z[expert_name] for model_name, expert_name in pairs}
+
+    def transfer(self, svf: SVFModel, name: str | None = None) -> Expert:
+        """This expert re-keyed for another model whose target matrices have the same shapes.
+
+        Vectors are paired with the model's target matrices in layer order (the paper's
+        cross-model transfer, Table 5). The result carries the new model's names and weight
+        fingerprints, so it then applies with the usual strict checks; where it came from is
+        kept under ``transferred_from``.
+        """
+        z = self.check_compatible(svf, strict=False)
+        if self.parameterization.kind != svf.parameterization.kind:
+            raise T2Error(f"expert {self.name!r} uses the {self.parameterization.kind!r} parameterization "
+                          f"but the model is wrapped with {svf.parameterization.kind!r}")
+        meta = {k: v for k, v in self.meta.items() if k not in ("matrix_fingerprints", "fingerprint")}
+        model_name = getattr(getattr(svf.model, "config", None), "_name_or_path", "") or ""
+        meta.update(
+            name=name or self.name,
+            base_model=getattr(svf.model, "t2_model_name", None) or model_name,
+            fingerprint=svf.fingerprint,
+            matrix_fingerprints=dict(svf.matrix_fingerprints),
+            transferred_from={"base_model": self.meta.get("base_model"),
+                              "fingerprint": self.meta.get("fingerprint"),
+                              "matrices": list(self.z)},
+        )
+        return Expert(dict(z), meta)
 
     # -- mixing -------------------------------------------------------------------------------
     @staticmethod
@@ -217,6 +242,10 @@ class Expert:
                 if z[n].numel() != size:
                     raise T2Error(f"{str(directory)!r}: matrix {n!r} should have {size} values, "
                                   f"found {z[n].numel()}")
+            # safetensors files list tensors in sorted-name order ("layers.10" before "layers.2",
+            # down_proj before gate_proj); the JSON keeps the model's layer order, which
+            # cross-model transfer pairs by, so restore it.
+            z = {n: z[n] for n in shapes}
         if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise T2Error(f"{str(directory)!r} was written by a newer transformer_squared; upgrade")
         for k in ("format_version", "num_parameters", "shapes"):

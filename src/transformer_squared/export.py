@@ -19,8 +19,16 @@ from .errors import T2Error
 from .experts import Expert
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise T2Error(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise T2Error(f"{str(out)!r} is a file, not a folder")
+
+
 def _tmp_dir(out: Path) -> Path:
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     return tmp
 
@@ -30,12 +38,16 @@ def _finish(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def export_merged(svf, expert: Expert, out: str | os.PathLike, tokenizer=None, strict: bool = True) -> Path:
+def export_merged(svf, expert: Expert, out: str | os.PathLike, tokenizer=None, strict: bool = True,
+                  overwrite: bool = False) -> Path:
     """Write the model with ``expert`` merged into its weights (``save_pretrained`` format).
 
-    The wrapped model is left as it was (weights restored, SVF still active).
+    The folder loads with plain ``AutoModelForCausalLM.from_pretrained``. It is written under a
+    temp name and renamed, so a failure leaves nothing behind. The wrapped model is left as it
+    was (weights restored, z reset).
     """
     out = Path(out)
+    _check_out(out, overwrite)
     svf.apply(expert, strict=strict)
     saved = {}
     try:
@@ -46,12 +58,16 @@ def export_merged(svf, expert: Expert, out: str | os.PathLike, tokenizer=None, s
                 layer.weight.copy_(w.t() if layer.transposed else w)
         state = {k: v for k, v in svf.model.state_dict().items() if not k.endswith(".z")}
         tmp = _tmp_dir(out)
-        svf.model.save_pretrained(tmp, state_dict=state)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / "t2_export.json").write_text(json.dumps({"kind": "merged", "expert": expert.name,
-                                                        "base_model": expert.meta.get("base_model")}, indent=2))
-        _finish(tmp, out)
+        try:
+            svf.model.save_pretrained(tmp, state_dict=state)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            info = {"kind": "merged", "expert": expert.name, "base_model": expert.meta.get("base_model"),
+                    "mixture": expert.meta.get("mixture")}
+            (tmp / "t2_export.json").write_text(json.dumps(info, indent=2))
+            _finish(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     finally:
         with torch.no_grad():
             for name, w in saved.items():
@@ -60,8 +76,12 @@ def export_merged(svf, expert: Expert, out: str | os.PathLike, tokenizer=None, s
     return out
 
 
-def lora_factors(layer, g: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(B: out×k, A: k×in, relative Frobenius error) with B A ≈ W' − W for multiplier ``g``."""
+def lora_factors(layer, g: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(B: out×k, A: k×in, ‖ΔW − B A‖, ‖ΔW‖) with B A ≈ ΔW = W' − W for multiplier ``g``.
+
+    At full rank B A is ΔW exactly (error 0); below it, the truncated SVD of ΔW (the best
+    rank-k approximation in Frobenius norm).
+    """
     w = layer.base_weight().to(layer.q.dtype)
     g1 = g - 1
     if layer.side == "in":  # ΔW = (W V diag(g−1)) Vᵀ
@@ -70,33 +90,44 @@ def lora_factors(layer, g: torch.Tensor, rank: int | None) -> tuple[torch.Tensor
         b, a = layer.q, g1[:, None] * (layer.q.t() @ w)
     full = layer.rank
     if rank is None or rank >= full:
-        return b.contiguous(), a.contiguous(), 0.0
+        return b.contiguous(), a.contiguous(), 0.0, float((b @ a).norm())
     delta = b @ a
     u, s, vh = torch.linalg.svd(delta, full_matrices=False)
     b_k, a_k = u[:, :rank] * s[:rank], vh[:rank]
-    total = delta.norm()
-    err = float((delta - b_k @ a_k).norm() / total) if total > 0 else 0.0
-    return b_k.contiguous(), a_k.contiguous(), err
+    return b_k.contiguous(), a_k.contiguous(), float(s[rank:].norm()), float(s.norm())
 
 
-def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = None, strict: bool = True) -> dict:
+def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = None, strict: bool = True,
+                overwrite: bool = False, input_ids: torch.Tensor | None = None) -> dict:
     """Write a PEFT LoRA adapter equivalent to ``expert`` (exact when ``rank`` is None / full).
 
-    Returns a report with the rank used and the worst relative error over matrices.
+    Returns a report: the rank, the relative error ‖ΔW − ΔW_R‖/‖ΔW‖ per matrix
+    (``errors``), its worst value and the total over all matrices; with ``input_ids`` also the
+    largest and mean absolute difference between the adapter's logits and the SVF model's.
     """
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
     out = Path(out)
-    if rank is not None and rank < 1:
-        raise T2Error("--rank must be at least 1")
+    _check_out(out, overwrite)
     z = expert.check_compatible(svf, strict=strict)
-    factors, errors = {}, {}
+    smallest = min(layer.rank for layer in svf.layers.values())
+    if rank is not None and not 1 <= rank <= smallest:
+        raise T2Error(f"--rank must be between 1 and {smallest} (the smallest min(m, n) of the target "
+                      f"matrices); got {rank}. Leave it out for the exact full-rank adapter")
+    want_logits = None
+    if input_ids is not None:
+        svf.apply(expert, strict=strict)
+        with torch.no_grad():
+            want_logits = svf(input_ids.to(svf.parameters()[0].device)).logits.float().cpu()
+        svf.reset()
+    factors, errors, sq_err, sq_norm = {}, {}, 0.0, 0.0
     with torch.no_grad():
         for name, layer in svf.layers.items():
             g = svf.parameterization.multiplier(z[name].to(layer.sigma.device, torch.float32), layer.sigma)
-            b, a, err = lora_factors(layer, g, rank)
+            b, a, err, norm = lora_factors(layer, g, rank)
             factors[name] = (b, a, layer.transposed)
-            errors[name] = err
+            errors[name] = err / norm if norm > 0 else 0.0
+            sq_err, sq_norm = sq_err + err**2, sq_norm + norm**2
     k = max(b.shape[1] for b, _, _ in factors.values())
     names = list(factors)
     fan_in_fan_out = any(t for _, _, t in factors.values())
@@ -114,12 +145,24 @@ def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = 
             state[f"base_model.model.{name}.lora_A.weight"] = pad_a
             state[f"base_model.model.{name}.lora_B.weight"] = pad_b
         set_peft_model_state_dict(peft_model, state)
-        tmp = _tmp_dir(out)
-        peft_model.save_pretrained(tmp)
         report = {"kind": "lora", "expert": expert.name, "rank": k, "matrices": len(names),
-                  "max_relative_error": max(errors.values()), "base_model": expert.meta.get("base_model")}
-        (tmp / "t2_export.json").write_text(json.dumps(report, indent=2))
-        _finish(tmp, out)
+                  "max_relative_error": max(errors.values()),
+                  "total_relative_error": (sq_err / sq_norm) ** 0.5 if sq_norm > 0 else 0.0,
+                  "base_model": expert.meta.get("base_model"), "errors": errors}
+        if want_logits is not None:
+            with torch.no_grad():
+                device = next(peft_model.parameters()).device
+                got = peft_model(input_ids.to(device)).logits.float().cpu()
+            gap = (got - want_logits).abs()
+            report["logits_max_abs_diff"] = float(gap.max())
+            report["logits_mean_abs_diff"] = float(gap.mean())
+        tmp = _tmp_dir(out)
+        try:
+            peft_model.save_pretrained(tmp)
+            (tmp / "t2_export.json").write_text(json.dumps(report, indent=2))
+            _finish(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         peft_model.unload()  # remove the LoRA layers again
     finally:
         # put SVF back on the (now plain) model so the caller's wrapper keeps working

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default="offline", help="offline (bundled data), hub, or a JSONL file")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items of the split")
     p.add_argument("--expert", default=None, help="an expert folder to apply (default: the base model)")
-    p.add_argument("--force", action="store_true", help="apply an expert made on other weights (same shapes)")
+    p.add_argument("--transfer", action="store_true",
+                   help="the expert was trained on another model with the same shapes: pair in layer order")
     a = p.add_argument_group("self-adaptation (two passes)")
     a.add_argument("--adapt", default=None, choices=["none", "oracle", "prompt", "classifier", "fewshot"],
                    help="route each request with this strategy over --experts")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, tokenizer, svf = load_svf(args, progress=not args.no_progress) if expert else (*_load_plain(args), None)
     if expert:
-        svf.apply(expert, strict=not args.force)
+        svf.apply(expert, strict=not args.transfer)
     if out:
         write_json(out.with_name(out.name + ".run.json"),
                    {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model})

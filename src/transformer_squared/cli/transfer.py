@@ -1,0 +1,38 @@
+"""``t2 transfer``: re-key an expert for another model with the same matrix shapes (layer order)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("transfer", help="use an expert trained on one model on another with the same shapes")
+    p.add_argument("--expert", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="the re-keyed expert folder")
+    p.add_argument("--name", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_model_args(p, targets=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import T2Error
+    from ..experts import Expert
+    from ..models import load_model
+    from ..svf import SVFModel
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise T2Error(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    expert = Expert.load(args.expert)
+    model, _ = load_model(args.model, dtype=args.dtype, device=args.device)
+    svf = SVFModel(model, targets=expert.meta.get("targets", "mlp"), parameterization=expert.parameterization)
+    moved = expert.transfer(svf, name=args.name)
+    moved.save(out)
+    print(f"transferred {expert.name!r} ({len(moved.z)} vectors, paired in layer order) from "
+          f"{expert.meta.get('base_model')!r} to {moved.meta.get('base_model')!r}: {out}")
+    return 0
