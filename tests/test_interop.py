@@ -188,3 +188,23 @@ def test_transfer_cli(tmp_path, tiny_model_dir, capsys):
     assert "paired in layer order" in capsys.readouterr().out
     model, _ = load_model(str(tiny_model_dir), progress=False)
     SVFModel(model).apply(Expert.load(tmp_path / "b"))  # strict: now keyed for this model
+
+
+def test_trainer_saves_experts_in_layer_order(tmp_path):
+    from transformer_squared.rl import SVFPolicy
+
+    policy = SVFPolicy(tiny_model("llama"))
+    state = dict(sorted(policy.svf.state().items()))  # how a checkpoint reads back
+    assert list(state) != list(policy.svf.layers)
+    policy.save(tmp_path / "e", state, "e", {"task": "gsm8k"})
+    assert list(Expert.load(tmp_path / "e").z) == list(policy.svf.layers)
+
+
+def test_transfer_between_same_architectures_pairs_by_name(tmp_path):
+    a, b = SVFModel(tiny_model("llama", seed=0)), SVFModel(tiny_model("llama", seed=1))
+    e = a.to_expert("a")
+    e.z = {n: torch.full_like(v, 1.0 + i / 10) for i, (n, v) in enumerate(e.z.items())}
+    e.z = dict(sorted(e.z.items()))  # an old file in sorted order still pairs correctly
+    moved = e.transfer(b)
+    for n in b.layers:
+        torch.testing.assert_close(moved.z[n], e.z[n])

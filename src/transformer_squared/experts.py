@@ -89,7 +89,8 @@ class Expert:
         """The z vectors keyed by the model's names, or a T2Error naming the first mismatch.
 
         strict: names, shapes, per-matrix weight fingerprints and parameterization must match.
-        strict=False: only the count and shapes, paired in order (cross-model transfer).
+        strict=False: only the count and shapes (cross-model transfer): paired by name when the
+        module names are the model's, otherwise in layer order.
         """
         layers = svf.layers
         mine = list(self.z)
@@ -102,6 +103,8 @@ class Expert:
             if extra:
                 raise T2Error(f"expert {self.name!r} adapts {extra[0]!r}, which this model does not "
                               "target; wrap the model with the expert's targets")
+            pairs = [(n, n) for n in layers]
+        elif set(mine) == set(layers):  # same module names (same architecture): pair by name
             pairs = [(n, n) for n in layers]
         else:
             if len(mine) != len(layers):

@@ -386,6 +386,8 @@ class SVFPolicy:
         from .experts import Expert
 
         template = self.svf.to_expert(name, task=meta.get("task"), training=meta)
+        if set(state) == set(template.z):  # layer order (a checkpoint reads back in sorted order)
+            state = {n: state[n] for n in template.z}
         return Expert(state, template.meta).save(out)
 
 
