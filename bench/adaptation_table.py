@@ -28,11 +28,14 @@ def main() -> None:
     ap.add_argument("--classifier", default=None)
     ap.add_argument("--tasks", nargs="+", default=["arc_challenge", "humaneval", "math"])
     ap.add_argument("--limit", type=int, default=60, help="items per task (after removing the shots)")
+    ap.add_argument("--limits", nargs="*", default=[], metavar="TASK=N",
+                    help="per-task item counts overriding --limit (cheap tasks can afford more)")
     ap.add_argument("--shots", type=int, default=10)
     ap.add_argument("--cem-population", type=int, default=32)
     ap.add_argument("--cem-iterations", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="cap every task's generation length")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="cap every task's generation length (a task's own shorter limit is kept)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "adaptation_table.json"))
     args = ap.parse_args()
 
@@ -43,21 +46,48 @@ def main() -> None:
     from transformer_squared.fileio import write_json, write_text
     from transformer_squared.tasks import get_task
 
+    out = Path(args.out)
+    per_task = {}
+    for spec in args.limits:
+        name, _, n = spec.partition("=")
+        per_task[name] = int(n)
+    cmd = "python bench/adaptation_table.py " + " ".join(
+        [f"--experts {' '.join(args.experts)}"] + ([f"--classifier {args.classifier}"] if args.classifier else []) +
+        [f"--tasks {' '.join(args.tasks)}", f"--limit {args.limit}", f"--shots {args.shots}",
+         f"--cem-population {args.cem_population}", f"--cem-iterations {args.cem_iterations}"] +
+        ([f"--limits {' '.join(args.limits)}"] if args.limits else []) +
+        ([f"--max-new-tokens {args.max_new_tokens}"] if args.max_new_tokens else []))
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    # rows of an interrupted run of the same command are kept; the rest are (re)computed
+    results: list[dict] = previous.get("rows", []) if previous.get("command") == cmd else []
+    done = {(r["task"], r["config"]) for r in results}
+
+    def save() -> None:
+        write_json(out, {"command": cmd, "machine": f"{platform.machine()}, torch {torch.__version__}, "
+                         f"{torch.get_num_threads()} threads", "rows": results})
+
     model, tok = t2.load_model(args.model, progress=False)
     svf = t2.SVFModel(model)
     experts = [t2.Expert.load(d) for d in args.experts]
     classifier = t2.Expert.load(args.classifier) if args.classifier else None
-    results: list[dict] = []
     for task_name in args.tasks:
         task = get_task(task_name)
         shots = _pick_shots(task, args.shots, [])
         shot_ids = {s.id for s in shots}
-        items = [it for it in task.load("test") if it.id not in shot_ids][: args.limit]
-        t = time.perf_counter()
-        mixture, _ = cem_search(svf, tok, task, experts, shots,
-                                CEMConfig(population=args.cem_population, iterations=args.cem_iterations,
-                                          max_new_tokens=args.max_new_tokens, batch_size=args.batch_size))
-        search_s = time.perf_counter() - t
+        limit = per_task.get(task_name, args.limit)
+        items = [it for it in task.load("test") if it.id not in shot_ids][:limit]
+        max_new = min(task.max_new_tokens, args.max_new_tokens) if args.max_new_tokens else None
+        mixture_dir = out.parent / "adaptation_mixtures" / task_name
+        fewshot_row = next((r for r in results if r["task"] == task_name and r["config"] == "fewshot"), None)
+        if (mixture_dir / "expert.json").is_file() and fewshot_row is not None:
+            mixture, search_s = t2.Expert.load(mixture_dir), fewshot_row["search_s"]
+        else:
+            t = time.perf_counter()
+            mixture, _ = cem_search(svf, tok, task, experts, shots,
+                                    CEMConfig(population=args.cem_population, iterations=args.cem_iterations,
+                                              max_new_tokens=max_new, batch_size=args.batch_size))
+            search_s = time.perf_counter() - t
+            mixture.save(mixture_dir)
         configs: list[tuple[str, AdaptiveModel | t2.Expert | None]] = [("base", None)]
         configs += [(f"expert:{e.name}", e) for e in experts]
         configs += [("prompt", AdaptiveModel(svf, tok, experts, strategy="prompt"))]
@@ -66,6 +96,18 @@ def main() -> None:
         configs += [("fewshot", AdaptiveModel(svf, tok, experts, strategy="fewshot", mixture=mixture)),
                     ("oracle", AdaptiveModel(svf, tok, experts, strategy="oracle"))]
         for label, how in configs:
+            if (task_name, label) in done:
+                continue
+            if label == "oracle":  # the oracle picks one expert for the whole task: reuse its row
+                pick = how.route([task.user_content(items[0])], domains=[TASK_DOMAINS.get(task.name)])[0].expert
+                twin = next((r for r in results if r["task"] == task_name and pick is not None
+                             and r["config"] == f"expert:{pick.name}"), None)
+                if twin is not None:
+                    row = dict(twin, config="oracle", same_as=twin["config"])
+                    results.append(row)
+                    save()
+                    print(json.dumps(row))
+                    continue
             if isinstance(how, AdaptiveModel):
                 def choose(batch, am=how, task=task):
                     texts = [task.user_content(it) for it in batch]
@@ -74,7 +116,7 @@ def main() -> None:
                 def choose(batch, e=how):
                     return [e] * len(batch)
             summary, rows = evaluate(model, tok, task, items, batch_size=args.batch_size,
-                                     max_new_tokens=args.max_new_tokens, svf=svf, choose_experts=choose,
+                                     max_new_tokens=max_new, svf=svf, choose_experts=choose,
                                      desc=f"{task_name} [{label}]")
             routed: dict[str, int] = {}
             for r in rows:
@@ -86,22 +128,43 @@ def main() -> None:
                 row["search_s"] = round(search_s, 1)
                 row["mixture"] = mixture.meta.get("mixture")
             results.append(row)
+            save()
             print(json.dumps(row))
-    cmd = "python bench/adaptation_table.py " + " ".join(
-        [f"--experts {' '.join(args.experts)}"] + ([f"--classifier {args.classifier}"] if args.classifier else []) +
-        [f"--tasks {' '.join(args.tasks)}", f"--limit {args.limit}", f"--shots {args.shots}",
-         f"--cem-population {args.cem_population}", f"--cem-iterations {args.cem_iterations}"] +
-        ([f"--max-new-tokens {args.max_new_tokens}"] if args.max_new_tokens else []))
-    write_json(args.out, {"command": cmd, "machine": f"{platform.machine()}, torch {torch.__version__}",
-                          "rows": results})
+    save()
     lines = [f"Command: `{cmd}`", "", "| task | config | accuracy | 95% CI | n | first pass s | second pass s | routed |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['task']} | {r['config']} | {r['accuracy']:.1%} | [{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}] | "
                      f"{r['n']} | {r['first_pass_s']:.1f} | {r['second_pass_s']:.1f} | "
                      f"{', '.join(f'{k}: {v}' for k, v in r['routed'].items())} |")
-    write_text(Path(args.out).with_suffix(".md"), "\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
+    plot(results, out.with_suffix(".png"))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Accuracy with 95% intervals, one panel per task."""
+    import matplotlib
+
+    from transformer_squared.fileio import atomic_path
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        mine = [r for r in rows if r["task"] == task]
+        acc = [100 * r["accuracy"] for r in mine]
+        err = [[100 * (r["accuracy"] - r["ci95"][0]) for r in mine], [100 * (r["ci95"][1] - r["accuracy"]) for r in mine]]
+        ax.bar(range(len(mine)), acc, yerr=err, capsize=3, color="#4C72B0")
+        ax.set_xticks(range(len(mine)), [r["config"].replace("expert:", "") for r in mine], rotation=45, ha="right")
+        ax.set_title(f"{task} (n={mine[0]['n']})")
+        ax.set_ylabel("accuracy %")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

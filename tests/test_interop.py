@@ -208,3 +208,12 @@ def test_transfer_between_same_architectures_pairs_by_name(tmp_path):
     moved = e.transfer(b)
     for n in b.layers:
         torch.testing.assert_close(moved.z[n], e.z[n])
+
+
+def test_expert_copy_renames(tmp_path, capsys):
+    SVFModel(tiny_model("llama")).to_expert("gsm8k", task="gsm8k").save(tmp_path / "run")
+    assert main(["expert", "copy", str(tmp_path / "run"), str(tmp_path / "math"), "--name", "math"]) == 0
+    copied = Expert.load(tmp_path / "math")
+    assert copied.name == "math" and copied.meta["task"] == "gsm8k"
+    assert main(["expert", "copy", str(tmp_path / "run"), str(tmp_path / "math")]) == 2
+    assert "already holds an expert" in capsys.readouterr().err

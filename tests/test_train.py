@@ -294,7 +294,9 @@ def test_outputs_expert_metrics_plot_and_best_on_val(tmp_path):
     expert = Expert.load(out)
     assert expert.meta["task"] == "parity" and expert.meta["training"]["trainable_params"] == 192
     assert expert.meta["training"]["best_step"] == result.best_step
-    best = max(rows, key=lambda r: (r.get("val_accuracy", -1), -r["step"]))
+    evals = [r for r in rows if "val_accuracy" in r]
+    assert all(isinstance(r["val_ref_loglik"], float) for r in evals)  # the parity items have references
+    best = max(evals, key=lambda r: (r["val_accuracy"], r["val_ref_loglik"], -r["step"]))
     assert result.best_step == best["step"]
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3 and state["task"] == "parity"
@@ -373,3 +375,22 @@ def test_one_rl_step_on_the_default_model(default_model, tmp_path):
     result = train(cfg, model=model, tokenizer=tokenizer, task=get_task("arc_easy"))
     row = result.history[-1]
     assert result.trainable_params == 51_840 and not row["skipped"] and row["grad_norm"] > 0
+
+
+def test_model_selection_breaks_accuracy_ties_by_reference_loglik():
+    from types import SimpleNamespace
+
+    from transformer_squared.rl import Trainer
+
+    saved = []
+    t = Trainer.__new__(Trainer)
+    t.best_val = t.best_step = t.best_loglik = t.best_state = None
+    t.policy = SimpleNamespace(state=lambda: {"step": len(saved)}, save=lambda *a: saved.append(a))
+    t.out, t._name, t._summary = "out", (lambda: "x"), (lambda: {})
+    assert t._consider_best(0, 0.0, -1.5)
+    assert not t._consider_best(10, 0.0, -1.6)   # same accuracy, references less likely
+    assert t._consider_best(20, 0.0, -1.2)       # same accuracy, references more likely
+    assert not t._consider_best(30, 0.0, None)   # no references: ties keep the earlier weights
+    assert t._consider_best(40, 0.1, -3.0)       # accuracy first
+    assert not t._consider_best(50, 0.05, -0.1)
+    assert (t.best_step, t.best_val, len(saved)) == (40, 0.1, 3)

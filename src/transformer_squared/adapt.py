@@ -270,9 +270,11 @@ class CEMConfig:
 
 
 @torch.no_grad()
-def mean_reference_loglik(svf, tokenizer, task, items, batch_size: int = 16) -> float:
-    """Mean per-token log-likelihood of the items' reference answers (the CEM tie-breaker)."""
-    model = svf.model
+def mean_reference_loglik(model, tokenizer, task, items, batch_size: int = 16) -> float | None:
+    """Mean per-token log-likelihood of the items' reference answers under ``model`` (a module or
+    an SVFModel); the tie-breaker of the CEM search and of the trainer's model selection. None
+    when no item has a reference."""
+    model = getattr(model, "model", model) if not isinstance(model, torch.nn.Module) else model
     device = next(model.parameters()).device
     total, count = 0.0, 0.0
     for s in range(0, len(items), batch_size):
@@ -284,7 +286,7 @@ def mean_reference_loglik(svf, tokenizer, task, items, batch_size: int = 16) -> 
         sums, lengths = continuation_logprobs(model, tokenizer.pad_token_id, pairs, device)
         total += sums.sum().item()
         count += lengths.sum().item()
-    return total / max(1, count)
+    return total / count if count else None
 
 
 def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence, config: CEMConfig | None = None,
@@ -325,7 +327,7 @@ def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence,
         svf.apply(Expert.mix(experts, alpha, name="candidate"))
         summary, _ = evaluate(svf.model, tokenizer, task, list(shots), split="fewshot", batch_size=cfg.batch_size,
                               max_new_tokens=cfg.max_new_tokens, progress=False)
-        ll = mean_reference_loglik(svf, tokenizer, task, list(shots), cfg.batch_size)
+        ll = mean_reference_loglik(svf, tokenizer, task, list(shots), cfg.batch_size) or 0.0
         cache[key] = (float(summary.correct), ll)
         return cache[key]
 

@@ -617,6 +617,7 @@ class Trainer:
         # run state
         self.step = 0
         self.best_val: float | None = None
+        self.best_loglik: float | None = None
         self.best_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_streak = 0
@@ -712,6 +713,7 @@ class Trainer:
         set_rng_state(ckpt.rng)
         self.step = int(s["step"])
         self.best_val = s.get("best_val")
+        self.best_loglik = s.get("best_loglik")
         self.best_step = s.get("best_step")
         self.best_state = ckpt.best
         self.bad_streak = int(s.get("bad_streak", 0))
@@ -738,7 +740,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         state = {**self._identity(), "step": self.step, "position": self.step * self.config.batch_size,
-                 "best_val": self.best_val, "best_step": self.best_step, "bad_streak": self.bad_streak,
+                 "best_val": self.best_val, "best_loglik": self.best_loglik, "best_step": self.best_step, "bad_streak": self.bad_streak,
                  "skipped": self.skipped, "world_size": self.dist.world, "config": self.config.to_dict()}
         save_checkpoint(self.out / CHECKPOINT_DIR, state=state, trainable=self.policy.state(),
                         best=self.best_state, optimizer=self.optimizer.state_dict(),
@@ -938,8 +940,11 @@ class Trainer:
         return row
 
     # -- validation and saving ------------------------------------------------------------
-    def evaluate_val(self) -> tuple[float, int, float]:
-        """Greedy accuracy on the val items (rank 0 only): (accuracy, n, seconds)."""
+    def evaluate_val(self) -> tuple[float, int, float, float | None]:
+        """Greedy accuracy on the val items (rank 0 only), and the mean per-token log-likelihood
+        of their reference answers (one teacher-forced pass; the tie-breaker between equal
+        accuracies, as in the CEM search): (accuracy, n, seconds, loglik or None)."""
+        from .adapt import mean_reference_loglik
         from .evaluation import evaluate
 
         t0 = time.perf_counter()
@@ -947,7 +952,9 @@ class Trainer:
             summary, _ = evaluate(self.policy.model, self.tokenizer, self.task, self.val_items, split="val",
                                   batch_size=self.config.eval_batch_size, max_new_tokens=self.max_new_tokens,
                                   progress=False)
-        return summary.accuracy, summary.n, time.perf_counter() - t0
+            loglik = mean_reference_loglik(self.policy.model, self.tokenizer, self.task, self.val_items,
+                                           self.config.eval_batch_size)
+        return summary.accuracy, summary.n, time.perf_counter() - t0, loglik
 
     def _name(self) -> str:
         return self.config.name or self.task.name
@@ -966,10 +973,15 @@ class Trainer:
             "trainable_params": self.trainable_params, "train_provenance": info.get("provenance"),
         }
 
-    def _consider_best(self, step: int, accuracy: float) -> bool:
-        if self.best_val is not None and accuracy <= self.best_val:
+    def _consider_best(self, step: int, accuracy: float, loglik: float | None = None) -> bool:
+        """Keep these weights if val accuracy is higher, or equal with a higher reference
+        log-likelihood (with a handful of val items, ties at 0% or at a few % are common)."""
+        better = self.best_val is None or accuracy > self.best_val or (
+            accuracy == self.best_val and loglik is not None and self.best_loglik is not None
+            and loglik > self.best_loglik)
+        if not better:
             return False
-        self.best_val, self.best_step = accuracy, step
+        self.best_val, self.best_step, self.best_loglik = accuracy, step, loglik
         self.best_state = self.policy.state()
         self.policy.save(self.out, self.best_state, self._name(), self._summary())
         return True
@@ -994,9 +1006,9 @@ class Trainer:
         if self.step == 0 and c.eval_every and c.eval_at_start:
             row: dict[str, Any] = {"step": 0, "trainable_params": self.trainable_params}
             if main:
-                acc, n, secs = self.evaluate_val()
-                self._consider_best(0, acc)
-                row.update(val_accuracy=acc, val_n=n, eval_seconds=round(secs, 3), best=True)
+                acc, n, secs, ll = self.evaluate_val()
+                self._consider_best(0, acc, ll)
+                row.update(val_accuracy=acc, val_n=n, val_ref_loglik=ll, eval_seconds=round(secs, 3), best=True)
                 self._log(row, writer)
             d.barrier()
         from tqdm.auto import tqdm
@@ -1023,9 +1035,9 @@ class Trainer:
                                 step, self.bad_streak)
                 if c.eval_every and (step % c.eval_every == 0 or step == c.steps):
                     if main:
-                        acc, n, esecs = self.evaluate_val()
-                        row.update(val_accuracy=acc, val_n=n, eval_seconds=round(esecs, 3),
-                                   best=self._consider_best(step, acc))
+                        acc, n, esecs, ll = self.evaluate_val()
+                        row.update(val_accuracy=acc, val_n=n, val_ref_loglik=ll, eval_seconds=round(esecs, 3),
+                                   best=self._consider_best(step, acc, ll))
                     d.barrier()
                 if main:
                     self._log(row, writer)

@@ -24,6 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--weights", required=True, help="comma-separated, one per expert")
     m.add_argument("--out", required=True)
     m.set_defaults(func=run_expert_mix)
+    c = esub.add_parser("copy", help="copy an expert folder (e.g. out of a training run), optionally renamed")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--name", default=None, help="the copy's name (default: the source's)")
+    c.add_argument("--domain", default=None, help="the routing label (default: from its task)")
+    c.add_argument("--overwrite", action="store_true", help="replace dst if it holds an expert")
+    c.set_defaults(func=run_expert_copy)
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -62,4 +69,22 @@ def run_expert_mix(args: argparse.Namespace) -> int:
     mixed = Expert.mix(experts, weights, name=args.out.rstrip("/").split("/")[-1])
     mixed.save(args.out)
     print(f"wrote {mixed!r} to {args.out}")
+    return 0
+
+
+def run_expert_copy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import T2Error
+    from ..experts import CONFIG_NAME, Expert
+
+    expert = Expert.load(args.src)
+    if (Path(args.dst) / CONFIG_NAME).exists() and not args.overwrite:
+        raise T2Error(f"{args.dst!r} already holds an expert; pass --overwrite to replace it")
+    if args.name:
+        expert.meta["name"] = args.name
+    if args.domain:
+        expert.meta["domain"] = args.domain
+    expert.save(args.dst)
+    print(f"wrote {expert!r} to {args.dst}")
     return 0
