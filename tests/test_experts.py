@@ -228,3 +228,22 @@ def test_one_row_expert_broadcasts_to_the_batch():
     with svf.rows([a]):
         got = out(model)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_seeded_sampling_is_reproducible_and_leaves_the_global_rng_alone():
+    from conftest import tiny_tokenizer
+
+    from transformer_squared.generation import generate
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 1, 2
+    prompts = ["w5 w6 w7", "w8 w9"]
+    torch.manual_seed(123)
+    want_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = generate(model, tok, prompts, max_new_tokens=6, temperature=1.0, seed=7)
+    assert torch.equal(torch.rand(3), want_next)  # the caller's stream is where it was
+    b = generate(model, tok, prompts, max_new_tokens=6, temperature=1.0, seed=7)
+    c = generate(model, tok, prompts, max_new_tokens=6, temperature=1.0, seed=8)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]

@@ -59,11 +59,13 @@ def generate(
         gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if seed is not None:
-        torch.manual_seed(seed)
     out: list[Generation] = []
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    rng = contextlib.ExitStack()
+    if seed is not None:  # seeded sampling without disturbing the caller's random state
+        rng.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+        torch.manual_seed(seed)
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
@@ -84,6 +86,7 @@ def generate(
                 progress(len(chunk))
     finally:
         tokenizer.padding_side = old_side
+        rng.close()
     return out
 
 
