@@ -247,3 +247,10 @@ def test_seeded_sampling_is_reproducible_and_leaves_the_global_rng_alone():
     c = generate(model, tok, prompts, max_new_tokens=6, temperature=1.0, seed=8)
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert [g.token_ids for g in a] != [g.token_ids for g in c]
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    from transformer_squared.fileio import _UMASK, write_text
+
+    write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~_UMASK
