@@ -144,27 +144,13 @@ def main() -> None:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Accuracy with 95% intervals, one panel per task."""
-    import matplotlib
+    from charts import accuracy_panels
 
-    from transformer_squared.fileio import atomic_path
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        mine = [r for r in rows if r["task"] == task]
-        acc = [100 * r["accuracy"] for r in mine]
-        err = [[100 * (r["accuracy"] - r["ci95"][0]) for r in mine], [100 * (r["ci95"][1] - r["accuracy"]) for r in mine]]
-        ax.bar(range(len(mine)), acc, yerr=err, capsize=3, color="#4C72B0")
-        ax.set_xticks(range(len(mine)), [r["config"].replace("expert:", "") for r in mine], rotation=45, ha="right")
-        ax.set_title(f"{task} (n={mine[0]['n']})")
-        ax.set_ylabel("accuracy %")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    panels: dict[str, list] = {}
+    for r in rows:
+        title = f"{r['task']} (n={r['n']})"
+        panels.setdefault(title, []).append((r["config"].replace("expert:", ""), r["accuracy"], r["ci95"]))
+    accuracy_panels(panels, path)
 
 
 if __name__ == "__main__":

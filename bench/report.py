@@ -128,27 +128,12 @@ def speed_tables(missing: list[str]) -> list[str]:
 
 
 def plot(bars: list[dict], path: Path) -> None:
-    import matplotlib
+    from charts import accuracy_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(b["task"] for b in bars))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        mine = [b for b in bars if b["task"] == task]
-        acc = [100 * b["accuracy"] for b in mine]
-        err = [[100 * (b["accuracy"] - b["ci95"][0]) for b in mine], [100 * (b["ci95"][1] - b["accuracy"]) for b in mine]]
-        ax.bar(range(len(mine)), acc, yerr=err, capsize=3, color=["#999999", "#4C72B0"][: len(mine)])
-        ax.set_xticks(range(len(mine)), [b["label"] for b in mine])
-        ax.set_title(task)
-        ax.set_ylabel("held-out accuracy %")
-    from transformer_squared.fileio import atomic_path
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    panels: dict[str, list] = {}
+    for b in bars:
+        panels.setdefault(b["task"], []).append((b["label"], b["accuracy"], b["ci95"]))
+    accuracy_panels(panels, path, ylabel="held-out accuracy %", width=2.6, rotate=False)
 
 
 def main() -> None:
