@@ -12,6 +12,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("T2_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "t2cache"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run much faster on one torch thread, above all on a busy machine, and runs compare
+    exactly (the resume / multi-process tests' subprocesses use OMP_NUM_THREADS=1 too)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def tiny_model(arch: str = "llama", seed: int = 0, dtype=torch.float32):
     """A randomly initialised causal LM a few hundred KB big, for fast exact tests."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config

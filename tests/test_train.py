@@ -26,14 +26,7 @@ from transformer_squared.rl import (
 )
 from transformer_squared.tasks.base import Item, Task
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run much faster on one thread, above all on a busy machine (and runs compare exactly)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ParityTask(Task):

@@ -38,13 +38,7 @@ if int(os.environ.get("RANK", "0")) == 0:
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocesses run with OMP_NUM_THREADS=1; the in-process runs use one thread too."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_config(tmp_path: Path, model_dir: Path, name: str, **kw) -> dict:
