@@ -70,6 +70,14 @@ def test_classifier_strategy_uses_the_classifier_then_resets(setup):
     b = clf.route(["w5 w6 w7"])[0].scores
     assert any(abs(a[k] - b[k]) > 1e-6 for k in ("math", "code", "reasoning"))
     assert z_is_identity(svf)
+    # a long first pass merges the classifier instead (same scores), and still leaves z alone
+    texts = ["w5 w6 w7", "w9 w10", "w11 w12 w13 w14"]
+    factored = [r.scores for r in clf.route(texts)]
+    clf.merge_min_tokens = 1
+    merged = [r.scores for r in clf.route(texts)]
+    for f, m in zip(factored, merged, strict=True):
+        assert all(abs(f[k] - m[k]) < 1e-5 for k in f)
+    assert z_is_identity(svf)
 
 
 def test_oracle_and_none(setup):

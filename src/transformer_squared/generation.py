@@ -70,7 +70,7 @@ def generate(
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            ctx = _expert_context(svf, experts[start:start + batch_size]) if experts is not None \
+            ctx = expert_weights(svf, experts[start:start + batch_size]) if experts is not None \
                 else contextlib.nullcontext()
             with torch.no_grad(), ctx:
                 seqs = model.generate(**enc, **gen_kwargs)
@@ -91,7 +91,7 @@ def generate(
 
 
 @contextlib.contextmanager
-def _expert_context(svf, experts: Sequence):
+def expert_weights(svf, experts: Sequence):
     """Per-row experts for one batch.
 
     When every row wants the same expert (or the base), the batch takes the merged path (or
