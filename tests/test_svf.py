@@ -212,7 +212,8 @@ def test_merged_cache_follows_z_changes():
     assert torch.equal(logits(model), first)
 
 
-def test_svd_cache_is_reused(monkeypatch):
+def test_svd_cache_is_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("T2_CACHE_DIR", str(tmp_path / "own-cache"))  # not the session's shared cache
     model = tiny_model("llama")
     SVFModel(model)  # fills the cache
     import transformer_squared.svf as svf_mod
