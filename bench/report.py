@@ -113,6 +113,13 @@ def speed_tables(missing: list[str]) -> list[str]:
         out.append("")
     else:
         missing.append("mixed_batch.json (python bench/mixed_batch.py)")
+    first = _load(RESULTS / "first_pass.json")
+    if first:
+        out += [f"**First pass alone** (`{first['command']}`, {first['machine']}; {first['requests']} requests, "
+                f"{first['prompt_tokens']:,} prompt tokens):", "",
+                "| first pass | seconds | ms per request |", "|---|---|---|"]
+        out += [f"| {name} | {r['seconds']} | {r['ms_per_request']} |" for name, r in first["rows"].items()]
+        out.append("")
     step = _load(RESULTS / "train_step.json")
     if step:
         out += [f"**One RL step** (`{step['command']}`; {step['torch_threads']} torch thread(s); "
