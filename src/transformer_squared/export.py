@@ -17,11 +17,11 @@ import torch
 
 from .errors import T2Error
 from .experts import Expert
+from .fileio import refuse_existing
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise T2Error(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    refuse_existing(out, overwrite)
     if out.exists() and not out.is_dir():
         raise T2Error(f"{str(out)!r} is a file, not a folder")
 

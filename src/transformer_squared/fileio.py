@@ -40,6 +40,16 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once at import: os.umask is process-wide, not thread-safe
 
 
+def refuse_existing(out: str | os.PathLike, overwrite: bool) -> Path:
+    """``out`` as a Path, or a T2Error if it exists and ``overwrite`` is not set (the CLI's --overwrite)."""
+    from .errors import T2Error
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise T2Error(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    return out
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

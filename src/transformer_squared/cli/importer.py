@@ -23,17 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..errors import T2Error
+    from ..fileio import refuse_existing
     from ..import_reference import import_reference
     from ..models import load_model
     from ..svf import Parameterization, SVFModel
     from .common import parse_targets
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise T2Error(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    out = refuse_existing(args.out, args.overwrite)
     model, _ = load_model(args.model, dtype=args.dtype, device=args.device)
     svf = SVFModel(model, targets=parse_targets(args.targets),
                    parameterization=Parameterization(kind="sigmoid", max_mult=args.max_mult))

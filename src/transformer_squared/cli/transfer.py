@@ -18,16 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..errors import T2Error
     from ..experts import Expert
+    from ..fileio import refuse_existing
     from ..models import load_model
     from ..svf import SVFModel
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise T2Error(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    out = refuse_existing(args.out, args.overwrite)
     expert = Expert.load(args.expert)
     model, _ = load_model(args.model, dtype=args.dtype, device=args.device)
     svf = SVFModel(model, targets=expert.meta.get("targets", "mlp"), parameterization=expert.parameterization)
