@@ -19,11 +19,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = [
-    "What is 17 times 23?", "Write a Python function that checks whether a number is prime.",
-    "Why does ice float on water?", "A train travels 60 km in 45 minutes. What is its speed in km/h?",
-    "Write a Python function to merge two sorted lists.", "What causes the seasons on Earth?",
-]
 
 
 def main() -> None:
@@ -35,13 +30,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "inference_speed.json"))
     args = ap.parse_args()
 
+    from common import chat_prompts, random_experts
+
     import transformer_squared as t2
     from transformer_squared.fileio import write_json
     from transformer_squared.generation import generate
 
     model, tok = t2.load_model(args.model, device=args.device, progress=False)
-    prompts_all = [tok.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                                           tokenize=False, add_generation_prompt=True) for i in range(max(args.batches))]
+    prompts_all = chat_prompts(tok, max(args.batches))
 
     def timed(prompts, **kw) -> tuple[float, int]:
         if args.device.startswith("cuda"):
@@ -55,14 +51,7 @@ def main() -> None:
     generate(model, tok, prompts_all[:2], max_new_tokens=4)  # warm-up
     plain = {b: timed(prompts_all[:b]) for b in args.batches}
     svf = t2.SVFModel(model)
-    experts = []
-    for i in range(3):
-        g = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for p in svf.parameters():
-                p.copy_(1 + 0.02 * torch.randn(p.shape, generator=g).to(p.device))
-        experts.append(svf.to_expert(f"e{i}"))
-    svf.reset()
+    experts = random_experts(svf, 3)
     rows = []
     for b in args.batches:
         prompts = prompts_all[:b]

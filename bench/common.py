@@ -1,0 +1,30 @@
+"""Pieces the generation benchmarks share: the same chat prompts and the same random experts."""
+
+from __future__ import annotations
+
+import torch
+
+QUESTIONS = [
+    "What is 17 times 23?", "Write a Python function that checks whether a number is prime.",
+    "Why does ice float on water?", "A train travels 60 km in 45 minutes. What is its speed in km/h?",
+    "Write a Python function to merge two sorted lists.", "What causes the seasons on Earth?",
+]
+
+
+def chat_prompts(tokenizer, n: int) -> list[str]:
+    """``n`` chat-formatted prompts cycling through :data:`QUESTIONS`."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                                          tokenize=False, add_generation_prompt=True) for i in range(n)]
+
+
+def random_experts(svf, k: int, scale: float = 0.02) -> list:
+    """``k`` experts with z = 1 + scale·N(0, 1) (seeds 0..k-1); ``svf`` is reset afterwards."""
+    experts = []
+    for i in range(k):
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for p in svf.parameters():
+                p.copy_(1 + scale * torch.randn(p.shape, generator=g).to(p.device))
+        experts.append(svf.to_expert(f"e{i}"))
+    svf.reset()
+    return experts
