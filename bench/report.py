@@ -43,8 +43,7 @@ def _eval_command(task: str, options: str, expert_dir: str | None, out: str) -> 
 
 
 def trained_table(missing: list[str]) -> tuple[list[str], list[dict]]:
-    lines = ["| task | model | accuracy | 95% CI | n | method | trainable | training wall time | command |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    rows: list[list] = []
     bars = []
     for task, run, expert_dir, options in TRAINED:
         base_f, exp_f = f"{task}_test_base.json", f"{task}_test_expert.json"
@@ -57,20 +56,20 @@ def trained_table(missing: list[str]) -> tuple[list[str], list[dict]]:
         metrics = RESULTS / run / "metrics.jsonl"
         wall = None
         if metrics.is_file():
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            wall = max((r.get("elapsed") or 0) for r in rows) or None
+            logged = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            wall = max((r.get("elapsed") or 0) for r in logged) or None
         method = f"SVF-{training.get('objective', '?').upper()}"
         for label, rep, f in (("base", base, base_f), (expert_dir, exp, exp_f)):
             is_exp = label != "base"
             params = f"{training.get('trainable_params', 0):,}" if is_exp else "—"
             secs = f"{wall:,.0f} s" if is_exp and wall else "—"
-            lines.append(
-                f"| {task} | {label} | {_pct(rep['accuracy'])} ({rep['correct']}/{rep['n']}) | {_ci(rep['ci95'])} | "
-                f"{rep['n']} | {method if is_exp else '—'} | {params} | {secs} | "
-                f"`{_eval_command(task, options, expert_dir if is_exp else None, f'docs/results/{run}/{f}')}` |")
+            command = _eval_command(task, options, expert_dir if is_exp else None, f"docs/results/{run}/{f}")
+            rows.append([task, label, f"{_pct(rep['accuracy'])} ({rep['correct']}/{rep['n']})", _ci(rep["ci95"]),
+                         rep["n"], method if is_exp else "—", params, secs, f"`{command}`"])
             bars.append({"task": task, "label": "base" if not is_exp else Path(expert_dir).name,
                          "accuracy": rep["accuracy"], "ci95": rep["ci95"]})
-    return lines, bars
+    header = ["task", "model", "accuracy", "95% CI", "n", "method", "trainable", "training wall time", "command"]
+    return (_table(header, rows) if rows else []), bars
 
 
 def adaptation_table(missing: list[str]) -> list[str]:
@@ -78,70 +77,78 @@ def adaptation_table(missing: list[str]) -> list[str]:
     if data is None:
         missing.append("adaptation_table.json (python bench/adaptation_table.py ...)")
         return []
-    lines = [f"Command: `{data['command']}`", "",
-             "| task | strategy | accuracy | 95% CI | n | first pass s | second pass s | first/second |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in data["rows"]:
         ratio = r["first_pass_s"] / r["second_pass_s"] if r["second_pass_s"] else 0.0
-        lines.append(f"| {r['task']} | {r['config']} | {_pct(r['accuracy'])} | {_ci(r['ci95'])} | {r['n']} | "
-                     f"{r['first_pass_s']:.1f} | {r['second_pass_s']:.1f} | "
-                     f"{f'{100 * ratio:.0f}%' if r['first_pass_s'] else '—'} |")
-    return lines
+        rows.append([r["task"], r["config"], _pct(r["accuracy"]), _ci(r["ci95"]), r["n"], f"{r['first_pass_s']:.1f}",
+                     f"{r['second_pass_s']:.1f}", f"{100 * ratio:.0f}%" if r["first_pass_s"] else "—"])
+    return [f"Command: `{data['command']}`", ""] + _table(
+        ["task", "strategy", "accuracy", "95% CI", "n", "first pass s", "second pass s", "first/second"], rows)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _svf_core(d: dict) -> list[str]:
+    f = d["forward_ratio_vs_plain"]
+    return [f"**SVF on the default model** (`{d['command']}`, {d['machine']}):", ""] + _table(["measure", "value"], [
+        [f"SVD of all {d['matrices']} target matrices", f"{d['svd_all_seconds']:.1f} s"],
+        ["wrapping with the SVD cache", f"{d['wrap_with_cached_svd_seconds']:.2f} s"],
+        ["merging an expert (all matrices)", f"{d['merge_all_seconds']:.2f} s"],
+        ["forward, merged W' vs plain model", f"{f['merged']:.2f}×"],
+        ["forward, factored vs plain model", f"{f['factored']:.2f}×"],
+        ["resident memory with W' cached vs plain", f"{d['rss_after_forward_mib']['ratio']:.2f}×"]])
+
+
+def _mixed_batch(d: dict) -> list[str]:
+    return [f"**Mixed-expert batches** (`{d['command']}`, {d['machine']}):", ""] + _table(
+        ["distinct experts", "one mixed batch", "one batch per expert", "speed-up"],
+        [[r["distinct_experts"], f"{r['mixed_tokens_per_s']} tokens/s", f"{r['grouped_tokens_per_s']} tokens/s",
+          f"{r['speedup_mixed_over_grouped']:.2f}×"] for r in d["rows"]])
+
+
+def _inference_speed(d: dict) -> list[str]:
+    return [f"**Generation tokens/s** (`{d['command']}`, {d['device']}, torch {d['torch']}):", ""] + _table(
+        ["batch", "plain model", "SVF merged", "SVF factored", "mixed experts (3)"],
+        [[r["batch"], r["plain_tokens_per_s"]] + [f"{r[f'{k}_tokens_per_s']} ({r[f'{k}_vs_plain']}×)"
+                                                   for k in ("merged", "factored", "mixed")] for r in d["rows"]]
+    ) + ["", "At batch 1 the \"mixed\" row holds one expert, so it takes the merged path and its time "
+         "includes building W' (0.86 s on this model)."]
+
+
+def _first_pass(d: dict) -> list[str]:
+    return [f"**First pass alone** (`{d['command']}`, {d['machine']}; {d['requests']} requests, "
+            f"{d['prompt_tokens']:,} prompt tokens):", ""] + _table(
+        ["first pass", "seconds", "ms per request"],
+        [[name, r["seconds"], r["ms_per_request"]] for name, r in d["rows"].items()])
+
+
+def _train_step(d: dict) -> list[str]:
+    return [f"**One RL step** (`{d['command']}`; {d['torch_threads']} torch thread(s); {d['trl']}):", ""] + _table(
+        ["configuration", "trainable", "step s", "update s (median)", "update tokens/s", "peak RSS MiB"],
+        [[r["config"], f"{r['trainable_params']:,}", r["step_seconds"], r["update_seconds_median"],
+          r["update_tokens_per_s"], r["peak_rss_mib"]] for r in d["results"]])
+
+
+# (results file, the command that writes it, how to show it)
+SPEED = [("svf_core.json", "python bench/svf_core.py", _svf_core),
+         ("mixed_batch.json", "python bench/mixed_batch.py", _mixed_batch),
+         ("inference_speed.json", "python bench/inference_speed.py", _inference_speed),
+         ("first_pass.json", "python bench/first_pass.py", _first_pass),
+         ("train_step.json", "python bench/train_step.py", _train_step)]
 
 
 def speed_tables(missing: list[str]) -> list[str]:
     out: list[str] = []
-    core = _load(RESULTS / "svf_core.json")
-    if core:
-        f = core["forward_ratio_vs_plain"]
-        out += [f"**SVF on the default model** (`{core['command']}`, {core['machine']}):", "",
-                "| measure | value |", "|---|---|",
-                f"| SVD of all {core['matrices']} target matrices | {core['svd_all_seconds']:.1f} s |",
-                f"| wrapping with the SVD cache | {core['wrap_with_cached_svd_seconds']:.2f} s |",
-                f"| merging an expert (all matrices) | {core['merge_all_seconds']:.2f} s |",
-                f"| forward, merged W' vs plain model | {f['merged']:.2f}× |",
-                f"| forward, factored vs plain model | {f['factored']:.2f}× |",
-                f"| resident memory with W' cached vs plain | {core['rss_after_forward_mib']['ratio']:.2f}× |", ""]
-    else:
-        missing.append("svf_core.json (python bench/svf_core.py)")
-    mixed = _load(RESULTS / "mixed_batch.json")
-    if mixed:
-        out += [f"**Mixed-expert batches** (`{mixed['command']}`, {mixed['machine']}):", "",
-                "| distinct experts | one mixed batch | one batch per expert | speed-up |", "|---|---|---|---|"]
-        out += [f"| {r['distinct_experts']} | {r['mixed_tokens_per_s']} tokens/s | {r['grouped_tokens_per_s']} tokens/s | "
-                f"{r['speedup_mixed_over_grouped']:.2f}× |" for r in mixed["rows"]]
-        out.append("")
-    else:
-        missing.append("mixed_batch.json (python bench/mixed_batch.py)")
-    speed = _load(RESULTS / "inference_speed.json")
-    if speed:
-        out += [f"**Generation tokens/s** (`{speed['command']}`, {speed['device']}, torch {speed['torch']}):", "",
-                "| batch | plain model | SVF merged | SVF factored | mixed experts (3) |", "|---|---|---|---|---|"]
-        out += [f"| {r['batch']} | {r['plain_tokens_per_s']} | {r['merged_tokens_per_s']} ({r['merged_vs_plain']}×) | "
-                f"{r['factored_tokens_per_s']} ({r['factored_vs_plain']}×) | {r['mixed_tokens_per_s']} "
-                f"({r['mixed_vs_plain']}×) |" for r in speed["rows"]]
-        out += ["", "At batch 1 the \"mixed\" row holds one expert, so it takes the merged path and its time "
-                "includes building W' (0.86 s on this model).", ""]
-    else:
-        missing.append("inference_speed.json (python bench/inference_speed.py)")
-    first = _load(RESULTS / "first_pass.json")
-    if first:
-        out += [f"**First pass alone** (`{first['command']}`, {first['machine']}; {first['requests']} requests, "
-                f"{first['prompt_tokens']:,} prompt tokens):", "",
-                "| first pass | seconds | ms per request |", "|---|---|---|"]
-        out += [f"| {name} | {r['seconds']} | {r['ms_per_request']} |" for name, r in first["rows"].items()]
-        out.append("")
-    step = _load(RESULTS / "train_step.json")
-    if step:
-        out += [f"**One RL step** (`{step['command']}`; {step['torch_threads']} torch thread(s); "
-                f"{step['trl']}):", "",
-                "| configuration | trainable | step s | update s (median) | update tokens/s | peak RSS MiB |",
-                "|---|---|---|---|---|---|"]
-        out += [f"| {r['config']} | {r['trainable_params']:,} | {r['step_seconds']} | {r['update_seconds_median']} | "
-                f"{r['update_tokens_per_s']} | {r['peak_rss_mib']} |" for r in step["results"]]
-        out.append("")
-    else:
-        missing.append("train_step.json (python bench/train_step.py)")
+    for name, command, render in SPEED:
+        data = _load(RESULTS / name)
+        if data:
+            out += render(data) + [""]
+        else:
+            missing.append(f"{name} ({command})")
     return out
 
 
