@@ -2,10 +2,12 @@
 
     python bench/inference_speed.py [--batches 1 8 32] [--new-tokens 32]
 
-All four run in one process on the same prompts (greedy, the same number of new tokens asked for);
-tokens/s counts generated tokens. "plain" is the model before SVF wraps it; "merged" applies one
-expert (W' cached); "factored" runs the same expert through the factored path; "mixed" gives the rows
-three different experts in one batch. Writes docs/results/inference_speed.json.
+All four run in one process on the same prompts (greedy, the same number of new tokens asked for),
+round-robin: each round times plain, merged, factored and mixed one after another (the first round
+is a warm-up), and each variant's tokens/s is the median over the rounds. tokens/s counts generated
+tokens. "plain" is the base weights (``svf.disabled()``: the original layers' own forward);
+"merged" applies one expert (W' cached); "factored" runs the same expert through the factored path;
+"mixed" gives the rows three different experts in one batch. Writes docs/results/inference_speed.json.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -26,7 +29,9 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=2, help="timed rounds (median), after one warm-up round")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 weights")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "inference_speed.json"))
     args = ap.parse_args()
 
@@ -36,7 +41,10 @@ def main() -> None:
     from transformer_squared.fileio import write_json
     from transformer_squared.generation import generate
 
-    model, tok = t2.load_model(args.model, device=args.device, progress=False)
+    model, tok = t2.load_model(args.model, dtype=args.dtype, device=args.device, progress=False)
+    # model FLOPs per generated token: 2 per weight of every Linear (lm_head included; attention
+    # scores, norms and sampling left out), to compare with the measured matmul ceiling
+    flops_per_token = 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     prompts_all = chat_prompts(tok, max(args.batches))
 
     def timed(prompts, **kw) -> tuple[float, int]:
@@ -48,33 +56,45 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t, sum(g.num_tokens for g in out)
 
-    generate(model, tok, prompts_all[:2], max_new_tokens=4)  # warm-up
-    plain = {b: timed(prompts_all[:b]) for b in args.batches}
     svf = t2.SVFModel(model)
     experts = random_experts(svf, 3)
     rows = []
     for b in args.batches:
         prompts = prompts_all[:b]
-        res = {"plain": plain[b]}
-        svf.apply(experts[0])
-        timed(prompts[:1])  # builds and caches W'
-        res["merged"] = timed(prompts)
-        with svf.use_path("factored"):
-            res["factored"] = timed(prompts)
-        svf.reset()
-        res["mixed"] = timed(prompts, svf=svf, experts=[experts[i % 3] for i in range(b)])
+        mixed = [experts[i % 3] for i in range(b)]
+        times: dict[str, list[float]] = {k: [] for k in ("plain", "merged", "factored", "mixed")}
+        tokens: dict[str, int] = {}
+        # round-robin: every round times the four variants one after another, so clock ramps and
+        # machine load touch them alike; round 0 is a warm-up and is not counted
+        for round_ in range(args.repeats + 1):
+            svf.apply(experts[0])
+            generate(model, tok, prompts[:1], max_new_tokens=1)  # builds and caches W' (untimed)
+            with svf.disabled():
+                res = {"plain": timed(prompts)}
+            res["merged"] = timed(prompts)
+            with svf.use_path("factored"):
+                res["factored"] = timed(prompts)
+            svf.reset()
+            res["mixed"] = timed(prompts, svf=svf, experts=mixed)
+            if round_:
+                for name, (secs, n) in res.items():
+                    times[name].append(secs)
+                    tokens[name] = n
         row = {"batch": b}
-        for name, (secs, tokens) in res.items():
-            row[f"{name}_tokens_per_s"] = round(tokens / secs, 1)
+        for name, secs in times.items():
+            row[f"{name}_tokens_per_s"] = round(tokens[name] / statistics.median(secs), 1)
         for name in ("merged", "factored", "mixed"):
             row[f"{name}_vs_plain"] = round(row[f"{name}_tokens_per_s"] / row["plain_tokens_per_s"], 2)
         rows.append(row)
-        print(row)
+        print(row, flush=True)
+    extra = "".join(f" --{k} {v}" for k, v in (("model", args.model), ("device", args.device), ("dtype", args.dtype))
+                    if v not in ("default", "cpu", "float32"))
     result = {"command": f"python bench/inference_speed.py --batches {' '.join(map(str, args.batches))} "
-                         f"--new-tokens {args.new_tokens}",
+                         f"--new-tokens {args.new_tokens} --repeats {args.repeats}{extra}",
               "device": args.device if args.device != "cpu" else f"cpu ({platform.machine()}, "
                                                                      f"{torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "rows": rows}
+              "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.machine(),
+              "dtype": args.dtype, "flops_per_token": flops_per_token, "torch": torch.__version__, "rows": rows}
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
 

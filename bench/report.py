@@ -72,6 +72,27 @@ def trained_table(missing: list[str]) -> tuple[list[str], list[dict]]:
     return (_table(header, rows) if rows else []), bars
 
 
+CELL_LABELS = {"base": "base", "svf-sft": "SVF-SFT", "lora-sft": "LoRA-SFT", "svf-rl": "SVF-RL", "lora-rl": "LoRA-RL"}
+
+
+def quality_table(missing: list[str]) -> list[str]:
+    """SVF vs LoRA, SFT vs RL, on the training tasks' held-out parts (bench/quality_table.py)."""
+    data = _load(RESULTS / "quality_table.json")
+    if data is None:
+        missing.append("quality_table.json (python bench/quality_table.py)")
+        return []
+    rows = [[r["task"], CELL_LABELS.get(r["cell"], r["cell"]), f"{_pct(r['accuracy'])} ({r['correct']}/{r['n']})",
+             _ci(r["ci95"]), f"{r['trainable_params']:,}" if r["trainable_params"] else "—",
+             f"{r['train_seconds']:,.0f} s" if r["train_seconds"] else "—"] for r in data["rows"]]
+    proto = [f"- {t}: held-out items {p['limit']}; SFT `{p['sft']}`; RL `{p['rl']}`" for t, p in data["protocol"].items()]
+    return ([f"Command: `{data['command']}` ({data['machine']}; seed {data['seed']}; learning rates "
+             f"{', '.join(f'{k} {v}' for k, v in data['lr'].items())}; last weights of each run scored, "
+             f"no validation-based choice). Per-run commands are in `docs/results/quality_table.json`.", "",
+             "Protocol (the same for SVF and LoRA):", ""] + proto + [""]
+            + _table(["task", "method", "accuracy", "95% CI", "trainable", "training wall time"], rows)
+            + ["", "![SVF vs LoRA on the training tasks](results/quality_table.png)"])
+
+
 def adaptation_table(missing: list[str]) -> list[str]:
     data = _load(RESULTS / "adaptation_table.json")
     if data is None:
@@ -110,13 +131,36 @@ def _mixed_batch(d: dict) -> list[str]:
           f"{r['speedup_mixed_over_grouped']:.2f}×"] for r in d["rows"]])
 
 
+def _ceiling(d: dict, dtype: str) -> float | None:
+    """The measured matmul GFLOP/s of the device that wrote ``d`` (bench/matmul_ceiling.py), if any."""
+    cuda = str(d.get("device", "cpu")).startswith("cuda")
+    ceil = _load(RESULTS / ("gpu" if cuda else "") / "matmul_ceiling.json")
+    entry = (ceil or {}).get("devices", {}).get("cuda" if cuda else "cpu")
+    return entry["ceiling_gflops"].get(dtype) if entry else None
+
+
+def _fraction(gflops: float, ceiling: float | None) -> str:
+    return f"{gflops:,.1f} ({100 * gflops / ceiling:.1f}%)" if ceiling else f"{gflops:,.1f}"
+
+
 def _inference_speed(d: dict) -> list[str]:
-    return [f"**Generation tokens/s** (`{d['command']}`, {d['device']}, torch {d['torch']}):", ""] + _table(
-        ["batch", "plain model", "SVF merged", "SVF factored", "mixed experts (3)"],
-        [[r["batch"], r["plain_tokens_per_s"]] + [f"{r[f'{k}_tokens_per_s']} ({r[f'{k}_vs_plain']}×)"
-                                                   for k in ("merged", "factored", "mixed")] for r in d["rows"]]
-    ) + ["", "At batch 1 the \"mixed\" row holds one expert, so it takes the merged path and its time "
-         "includes building W' (0.86 s on this model)."]
+    dtype = d.get("dtype", "float32")
+    fpt = d.get("flops_per_token")
+    ceiling = _ceiling(d, dtype)
+    header = ["batch", "plain model", "SVF merged", "SVF factored", "mixed experts (3)"]
+    rows = []
+    for r in d["rows"]:
+        row = [r["batch"], r["plain_tokens_per_s"]] + [f"{r[f'{k}_tokens_per_s']} ({r[f'{k}_vs_plain']}×)"
+                                                        for k in ("merged", "factored", "mixed")]
+        if fpt:
+            row.append(_fraction(r["merged_tokens_per_s"] * fpt / 1e9, ceiling))
+        rows.append(row)
+    if fpt:
+        header.append("merged GFLOP/s (% of matmul ceiling)")
+    where = d.get("device_name", d["device"])
+    return [f"**Generation tokens/s** (`{d['command']}`; {where}, {dtype}, torch {d['torch']}):", ""] + _table(
+        header, rows) + ["", "At batch 1 the \"mixed\" row holds one expert, so it takes the merged path and its "
+                         "time includes building W'."]
 
 
 def _first_pass(d: dict) -> list[str]:
@@ -127,18 +171,72 @@ def _first_pass(d: dict) -> list[str]:
 
 
 def _train_step(d: dict) -> list[str]:
-    return [f"**One RL step** (`{d['command']}`; {d['torch_threads']} torch thread(s); {d['trl']}):", ""] + _table(
-        ["configuration", "trainable", "step s", "update s (median)", "update tokens/s", "peak RSS MiB"],
-        [[r["config"], f"{r['trainable_params']:,}", r["step_seconds"], r["update_seconds_median"],
-          r["update_tokens_per_s"], r["peak_rss_mib"]] for r in d["results"]])
+    fpt = d.get("update_flops_per_token")
+    rows = []
+    for r in d["results"]:
+        upd = r.get("update_seconds_median")
+        frac = "—"
+        if fpt and upd and r.get("update_tokens_per_s"):
+            dtype = "bfloat16" if r["config"].endswith("bf16") else "float32"
+            frac = _fraction(r["update_tokens_per_s"] * fpt / 1e9, _ceiling(d, dtype))
+        rows.append([r["config"], f"{r['trainable_params']:,}", r["step_seconds"], upd if upd is not None else "(in step)",
+                     r.get("update_tokens_per_s", "—"), r.get("tokens_per_s", "—"), frac,
+                     r.get("peak_cuda_mib", r["peak_rss_mib"])])
+    mem = "peak CUDA MiB" if any("peak_cuda_mib" in r for r in d["results"]) else "peak RSS MiB"
+    where = d.get("device_name") or f"{d['torch_threads']} torch thread(s)"
+    return [f"**One RL step** (`{d['command']}`; {where}; B={d['batch_size']} prompts × K={d['samples_per_prompt']}, "
+            f"{d['max_new_tokens']} new tokens at most; {d['trl']}):", ""] + _table(
+        ["configuration", "trainable", "step s", "update s (median)", "update tokens/s", "generated tokens/s",
+         "update GFLOP/s (% of ceiling)", mem], rows)
+
+
+def _matmul(d: dict) -> list[str]:
+    out = []
+    for e in d["devices"].values():
+        sq = {(r["dtype"], r["n"]): r["gflops"] for r in e["square"]}
+        sizes = sorted({n for _, n in sq})
+        out += [f"**Matrix-multiply ceiling, {e['device_name']}** (`{e['command']}`):", ""] + _table(
+            ["dtype"] + [f"n={n}" for n in sizes] + ["ceiling GFLOP/s"],
+            [[dt] + [f"{sq.get((dt, n), 0):,.0f}" for n in sizes] + [f"{e['ceiling_gflops'][dt]:,.0f}"]
+             for dt in e["ceiling_gflops"]]) + [""]
+        shapes = e.get("model_shapes", [])
+        if shapes:
+            out += ["Shapes of the default model's MLP (tokens × 576 · 576 × 1536 and back): " + ", ".join(
+                f"{r['dtype']} {r['m']}×{r['k']}·{r['k']}×{r['n']} {r['gflops']:,.0f}" for r in shapes) + " GFLOP/s.", ""]
+    return out
+
+
+def _scaling(d: dict) -> list[str]:
+    mid = d["middle"]
+    rows = []
+    for sweep in ("width", "seq", "batch"):
+        pts = sorted({r[sweep] for r in d["rows"] if r["sweep"] == sweep})
+        for method in dict.fromkeys(r["method"] for r in d["rows"]):
+            by = {r[sweep]: r for r in d["rows"] if r["sweep"] == sweep and r["method"] == method}
+            rows.append([sweep, method] + [f"{by[p]['step_ms']:.1f} ms / {by[p]['extra_mib']} MiB"
+                                           if p in by else "—" for p in pts])
+    out = [f"**How an update's cost grows** (`{d['command']}`; {d['device_name']}; {d['layers']}-layer random Llama; "
+           f"fixed point width {mid['width']}, sequence {mid['seq']}, batch {mid['batch']}). Each cell: step time / "
+           "extra memory of training (activations, gradients, optimiser state):", ""]
+    for sweep in ("width", "seq", "batch"):
+        pts = sorted({r[sweep] for r in d["rows"] if r["sweep"] == sweep})
+        out += _table([sweep, "method"] + [str(p) for p in pts],
+                      [[r[0]] + r[1:] for r in rows if r[0] == sweep]) + [""]
+    return out
 
 
 # (results file, the command that writes it, how to show it)
-SPEED = [("svf_core.json", "python bench/svf_core.py", _svf_core),
+SPEED = [("matmul_ceiling.json", "python bench/matmul_ceiling.py", _matmul),
+         ("svf_core.json", "python bench/svf_core.py", _svf_core),
          ("mixed_batch.json", "python bench/mixed_batch.py", _mixed_batch),
          ("inference_speed.json", "python bench/inference_speed.py", _inference_speed),
          ("first_pass.json", "python bench/first_pass.py", _first_pass),
-         ("train_step.json", "python bench/train_step.py", _train_step)]
+         ("train_step.json", "python bench/train_step.py", _train_step),
+         ("scaling.json", "python bench/scaling.py", _scaling)]
+# the same benchmarks on a GPU (sh bench/speed_suite.sh MODEL docs/results/gpu cuda), when one was lent
+GPU = [("gpu/matmul_ceiling.json", _matmul), ("gpu/train_step.json", _train_step),
+       ("gpu/inference_speed.json", _inference_speed), ("gpu/inference_speed_bf16.json", _inference_speed),
+       ("gpu/scaling.json", _scaling)]
 
 
 def speed_tables(missing: list[str]) -> list[str]:
@@ -161,23 +259,117 @@ def plot(bars: list[dict], path: Path) -> None:
     accuracy_panels(panels, path, ylabel="held-out accuracy %", width=2.6, rotate=False)
 
 
+def gpu_tables() -> list[str]:
+    out: list[str] = []
+    for name, render in GPU:
+        data = _load(RESULTS / name)
+        if data:
+            out += render(data) + [""]
+    return out
+
+
+def headlines() -> list[str]:
+    """A few figures read from the results, for the top of RESULTS.md and the README."""
+    lines = []
+    q = _load(RESULTS / "quality_table.json")
+    if q:
+        params = {r["cell"].split("-")[0]: r["trainable_params"] for r in q["rows"] if r["cell"] != "base"}
+        if params.get("svf") and params.get("lora"):
+            lines.append(f"- An SVF expert trains {params['svf']:,} numbers; the paper's LoRA baseline (r=16 on q/v) "
+                         f"{params['lora']:,} ({100 * params['svf'] / params['lora']:.1f}% of it).")
+        for task in dict.fromkeys(r["task"] for r in q["rows"]):
+            rs = {r["cell"]: r for r in q["rows"] if r["task"] == task}
+            if "base" in rs and len(rs) > 1:
+                parts = ", ".join(f"{CELL_LABELS.get(c, c)} {_pct(r['accuracy'])}" for c, r in rs.items())
+                lines.append(f"- {task} held-out ({rs['base']['n']} items): {parts}.")
+    a = _load(RESULTS / "adaptation_table.json")
+    if a:
+        for task in dict.fromkeys(r["task"] for r in a["rows"]):
+            rs = {r["config"]: r for r in a["rows"] if r["task"] == task}
+            if "base" in rs:
+                top = max(r["accuracy"] for r in rs.values())
+                base = rs["base"]
+                if top <= base["accuracy"]:
+                    lines.append(f"- Unseen {task} ({base['n']} items): base {_pct(base['accuracy'])}; "
+                                 "no strategy or expert above it.")
+                    continue
+                best = [c.replace("expert:", "") + " expert" if c.startswith("expert:") else c
+                        for c, r in rs.items() if r["accuracy"] == top]
+                lines.append(f"- Unseen {task} ({base['n']} items): base {_pct(base['accuracy'])} "
+                             f"{_ci(base['ci95'])}; best {_pct(top)} {_ci(rs[next(iter(c for c, r in rs.items() if r['accuracy'] == top))]['ci95'])} "
+                             f"({', '.join(best)}).")
+    for name in ("gpu/train_step.json", "train_step.json"):
+        t = _load(RESULTS / name)
+        if t:
+            by = {r["config"]: r for r in t["results"]}
+            if "svf-merged" in by and "lora" in by:
+                where = t.get("device_name") or "2 CPU cores"
+                extra = ""
+                if "trl-grpo-lora" in by:
+                    extra = f", TRL GRPOTrainer + LoRA {by['trl-grpo-lora']['step_seconds']} s"
+                lines.append(f"- One RL step ({t['batch_size']}×{t['samples_per_prompt']} completions of up to "
+                             f"{t['max_new_tokens']} tokens) on {where}: SVF {by['svf-merged']['step_seconds']} s, "
+                             f"LoRA in the same loop {by['lora']['step_seconds']} s{extra}.")
+    for name in ("gpu/inference_speed.json", "inference_speed.json"):
+        i = _load(RESULTS / name)
+        if i:
+            r = i["rows"][-1]
+            lines.append(f"- Generation at batch {r['batch']} on {i.get('device_name', i['device'])}: SVF merged "
+                         f"{r['merged_vs_plain']}× the plain model's tokens/s, a mixed batch of 3 experts "
+                         f"{r['mixed_vs_plain']}×.")
+    return lines
+
+
+def update_readme(lines: list[str], readme: Path = ROOT / "README.md") -> bool:
+    """Replace the README's block between the headline markers with ``lines``."""
+    start, end = "<!-- headline:start (bench/report.py) -->", "<!-- headline:end -->"
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    from transformer_squared.fileio import write_text
+
+    write_text(readme, head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"))
     args = ap.parse_args()
     missing: list[str] = []
+    quality = quality_table(missing)
     trained, bars = trained_table(missing)
     adapt = adaptation_table(missing)
     speed = speed_tables(missing)
+    gpu = gpu_tables()
+    heads = headlines()
     text = ["# Results", "",
             "Generated by `python bench/report.py` from `docs/results/*.json`; each table names the command that",
-            "regenerates its numbers. Model: SmolLM2-135M-Instruct (the bundled default), 2 CPU cores.", "",
-            "## The shipped experts on their own tasks (held-out test parts)", ""]
+            "regenerates its numbers. Model: SmolLM2-135M-Instruct (the bundled default). Quality numbers come from",
+            "2 CPU cores; GPU speed numbers, where shown, from the GPU named in their table.", ""]
+    if heads:
+        text += ["## Headline figures", ""] + heads + [""]
+    text += ["## SVF vs LoRA, SFT vs RL, on the training tasks (held-out parts)", ""] + (quality or ["(not run yet)"]) + [""]
+    text += ["## The shipped experts on their own tasks (longer runs, held-out test parts)", ""]
     text += trained + ["", "![held-out accuracy, base vs expert](results/quality.png)", ""] if trained else []
     text += ["## Self-adaptation on unseen tasks", ""] + (adapt or ["(not run yet)"]) + [""]
     if (RESULTS / "adaptation_table.png").is_file():
         text += ["![adaptation table](results/adaptation_table.png)", ""]
-    text += ["## Speed and memory", ""] + speed
+    text += ["## Speed and memory on this machine's CPU", ""] + speed
+    if (RESULTS / "scaling.png").is_file():
+        text += ["![step time and memory against width, sequence length and batch, CPU](results/scaling.png)", ""]
+    if gpu:
+        text += ["## Speed and memory on a GPU", "",
+                 "Taken with `sh bench/speed_suite.sh /tmp/smollm2-random docs/results/gpu cuda` on a GPU machine",
+                 "without network, on a random-weight copy of the default model's architecture",
+                 "(`python bench/random_model.py --like default --out /tmp/smollm2-random`): speed does not depend on",
+                 "the weights, and random weights never stop early, so every row generates its full length.", ""] + gpu
+        if (RESULTS / "gpu" / "scaling.png").is_file():
+            text += ["![step time and memory against width, sequence length and batch, GPU](results/gpu/scaling.png)", ""]
     if missing:
         text += ["## Not yet measured", ""] + [f"- {m}" for m in missing] + [""]
     from transformer_squared.fileio import write_text
@@ -185,7 +377,9 @@ def main() -> None:
     write_text(args.out, "\n".join(text) + "\n")
     if bars:
         plot(bars, RESULTS / "quality.png")
-    print(f"wrote {args.out}" + (f"; missing: {', '.join(missing)}" if missing else ""))
+    readme = update_readme(heads)
+    print(f"wrote {args.out}" + ("; README headline block updated" if readme else "")
+          + (f"; missing: {', '.join(missing)}" if missing else ""))
 
 
 if __name__ == "__main__":

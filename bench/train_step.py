@@ -18,8 +18,14 @@ The SVF variants sample with the same (merged, cached) weights, so generation is
 ``svf-merged`` and its completions are replayed in the other SVF children; the update is timed
 ``--repeats`` times on the same completions (median). At init LoRA computes the same function, so
 its samples are the same too (its generation is timed separately: the adapters are not merged).
-TRL's GRPOTrainer is compared only when ``trl`` is importable (it is not installed here).
-Writes docs/results/train_step.json.
+* ``trl-grpo-lora``: TRL's ``GRPOTrainer`` with the same PEFT LoRA (r=16 on q_proj/v_proj), the
+  same prompts, K, completion length and KL coefficient (beta = 0.1), rewards from the same task
+  checker; runs only when ``trl`` is importable (``pip install trl``, or ``PYTHONPATH`` to a folder
+  holding it). TRL generates inside its step, so it is timed as whole steps (the median of the
+  steps after the first); its completion lengths come from TRL's own log.
+
+``--device`` (default: cuda when available) places the model; peak memory is the child's peak
+RSS on CPU and ``torch.cuda.max_memory_allocated`` on CUDA. Writes docs/results/train_step.json.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ CONFIGS = {
     "lora": dict(method="lora"),
     "svf-merged-bf16": dict(method="svf", train_path="merged", autocast="bf16"),
     "svf-ab": dict(method="svf", train_path="merged"),
+    "trl-grpo-lora": dict(method="trl"),
 }
 # svf-ab: one process, the same completions, updates alternating between these variants
 # (round-robin, first round discarded), so machine load affects them alike.
@@ -58,12 +65,15 @@ def child(spec: dict) -> dict:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    opts = CONFIGS[spec["config"]]
+    opts = dict(CONFIGS[spec["config"]])
+    if opts.get("method") == "trl":
+        return trl_child(spec)
     out = tempfile.mkdtemp(prefix="t2-bench-")
     t0 = time.perf_counter()
     cfg = TrainConfig(task=spec["task"], model=spec["model"], out=out, batch_size=spec["batch_size"],
                       samples_per_prompt=spec["k"], max_new_tokens=spec["max_new_tokens"], eval_every=0,
-                      progress=False, overwrite=True, **opts)
+                      progress=False, overwrite=True, device=spec.get("device", "cpu"),
+                      gen_prompts=spec["batch_size"], **opts)  # one generate call for all B×K rows, as TRL does
     trainer = Trainer(cfg)
     load_s = time.perf_counter() - t0
     res: dict = {"config": spec["config"], "trainable_params": trainer.trainable_params, "load_seconds": round(load_s, 2),
@@ -89,18 +99,108 @@ def child(spec: dict) -> dict:
         res["bf16_vs_fp32"] = compare_bf16(trainer, ro)
     if spec["config"] == "svf-ab":
         res["ab"] = alternate(trainer, ro, spec["repeats"])
-        res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        res.update(_peak_memory(spec))
         res["update_seconds_median"] = res["ab"]["merged/none"]["median"]
         return res
     times = []
     for _ in range(spec["repeats"]):
+        _sync(spec)
         t = time.perf_counter()
         row = trainer.update(ro)
+        _sync(spec)
         times.append(time.perf_counter() - t)
         res.setdefault("first_update", {k: row.get(k) for k in ("loss", "kl", "grad_norm")})
     res["update_seconds"] = [round(t, 2) for t in times]
-    res["update_seconds_median"] = round(statistics.median(times), 2)
-    res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    res["update_seconds_median"] = round(statistics.median(times), 3)
+    res.update(_peak_memory(spec))
+    return res
+
+
+def _sync(spec: dict) -> None:
+    if spec.get("device", "cpu").startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _peak_memory(spec: dict) -> dict:
+    """The child's peak memory: resident set on CPU, allocated device memory on CUDA."""
+    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if spec.get("device", "cpu").startswith("cuda"):
+        import torch
+
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return out
+
+
+def trl_child(spec: dict) -> dict:
+    """TRL GRPOTrainer + PEFT LoRA on the same prompts, K, completion length and KL coefficient."""
+    import pyarrow as pa
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from transformer_squared.models import load_model
+    from transformer_squared.rl import TrainConfig, Trainer
+
+    device = spec.get("device", "cpu")
+    # the same B prompts our loop uses at step 1 (its seeded train order), read without loading a policy
+    order = Trainer.__new__(Trainer)
+    order.config = TrainConfig(task=spec["task"], out="unused", seed=0)
+    from transformer_squared.tasks import get_task
+
+    task = get_task(spec["task"])
+    order.train_items, order._perm_cache = task.load("train"), None
+    items = [order.item_at(g) for g in range(spec["batch_size"])]
+    t0 = time.perf_counter()
+    model, tok = load_model(spec["model"], device=device, progress=False)
+    by_id = {it.id: it for it in items}
+    rows = [{"prompt": task.prompt(it, tok), "item_id": it.id} for it in items]
+    # an explicit fingerprint: datasets' own hashing of the table fails under some dill/pyarrow pairs
+    data = Dataset(pa.Table.from_pylist(rows), fingerprint=f"t2-bench-{spec['task']}-{len(rows)}")
+
+    def reward(prompts, completions, item_id, **_):
+        return task.rewards([by_id[i] for i in item_id], list(completions))
+
+    steps: list[float] = []
+    logged: list[dict] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            _sync(spec)
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            _sync(spec)
+            steps.append(time.perf_counter() - self.t)
+
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs:
+                logged.append(dict(logs))
+
+    k = spec["k"]
+    cfg = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="t2-trl-"), per_device_train_batch_size=spec["batch_size"] * k,
+                     num_generations=k, max_completion_length=spec["max_new_tokens"], beta=0.1, temperature=1.0,
+                     learning_rate=5e-4, max_steps=1 + spec["repeats"], logging_steps=1, report_to="none",
+                     save_strategy="no", use_cpu=not device.startswith("cuda"), bf16=False, seed=0,
+                     shuffle_dataset=False, disable_dropout=True, dataloader_num_workers=0)
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok,
+                          peft_config=lora, callbacks=[Clock()])
+    load_s = time.perf_counter() - t0
+    trainer.train()
+    timed = steps[1:] or steps
+    lengths = [lg["completions/mean_length"] for lg in logged if "completions/mean_length" in lg]
+    completion_tokens = round(statistics.mean(lengths[1:] or lengths) * spec["batch_size"] * k) if lengths else None
+    median = statistics.median(timed)
+    res = {"config": spec["config"], "trl_version": trl.__version__,
+           "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+           "load_seconds": round(load_s, 2), "step_seconds_all": [round(t, 3) for t in steps],
+           "step_seconds": round(median, 3), "completion_tokens": completion_tokens,
+           "reward_mean": next((lg["reward"] for lg in logged if "reward" in lg), None)}
+    res.update(_peak_memory(spec))
     return res
 
 
@@ -156,6 +256,7 @@ def main() -> None:
     ap.add_argument("--samples-per-prompt", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "train_step.json"))
@@ -164,12 +265,21 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
         return
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.machine()} CPU"
+    print(f"device: {device} ({device_name})", flush=True)
     replay = Path(tempfile.mkdtemp(prefix="t2-bench-")) / "rollout.json"
     results = []
-    for name in args.configs.split(","):
+    trl = importlib.util.find_spec("trl") is not None
+    names = args.configs.split(",")
+    if "trl-grpo-lora" in names and not trl:
+        names.remove("trl-grpo-lora")
+    for name in names:
         spec = {"config": name, "model": args.model, "task": args.task, "batch_size": args.batch_size,
                 "k": args.samples_per_prompt, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-                "threads": args.threads, "replay": str(replay) if name.startswith("svf") else None}
+                "threads": args.threads, "device": device, "replay": str(replay) if name.startswith("svf") else None}
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -182,34 +292,45 @@ def main() -> None:
         print(f"{name}: {json.dumps(res)}", flush=True)
     gen = next((r for r in results if "gen_seconds" in r and r["config"].startswith("svf")), None)
     for r in results:
+        if r["config"].startswith("trl"):
+            r["tokens_per_s"] = round(r["completion_tokens"] / r["step_seconds"], 1) if r["completion_tokens"] else None
+            continue
         g = r.get("gen_seconds", gen["gen_seconds"] if gen else 0.0)
         rw = r.get("reward_seconds", gen["reward_seconds"] if gen else 0.0)
         r["step_seconds"] = round(g + rw + r["update_seconds_median"], 2)
         r["tokens_per_s"] = round(r["completion_tokens"] / r["step_seconds"], 1)
         r["update_tokens_per_s"] = round(r["teacher_forced_tokens"] / r["update_seconds_median"], 1)
     print(f"\n{'config':18} {'params':>9} {'gen s':>7} {'update s':>9} {'step s':>7} {'tok/s':>6} "
-          f"{'upd tok/s':>9} {'peak RSS MiB':>12}")
+          f"{'upd tok/s':>9} {'peak MiB':>12}")
     for r in results:
         print(f"{r['config']:18} {r['trainable_params']:>9,} {r.get('gen_seconds', '(replay)')!s:>7} "
-              f"{r['update_seconds_median']:>9} {r['step_seconds']:>7} {r['tokens_per_s']:>6} "
-              f"{r['update_tokens_per_s']:>9} {r['peak_rss_mib']:>12}")
+              f"{r.get('update_seconds_median', '-')!s:>9} {r['step_seconds']:>7} {r['tokens_per_s']!s:>6} "
+              f"{r.get('update_tokens_per_s', '-')!s:>9} {r.get('peak_cuda_mib', r['peak_rss_mib']):>12}")
     for r in results:
         if "bf16_vs_fp32" in r:
             print(f"bf16 autocast vs fp32: {r['bf16_vs_fp32']}")
         if "ab" in r:
             print("update seconds, variants alternated in one process (median / min): " + ", ".join(
                 f"{k} {v['median']} / {v['min']}" for k, v in r["ab"].items()))
-    trl = importlib.util.find_spec("trl") is not None
-    note = ("trl is importable but a GRPOTrainer comparison is not implemented here" if trl else
-            "trl is not installed: no GRPOTrainer comparison")
+    # model FLOPs per teacher-forced token of an update: forward with grad (2 per Linear weight),
+    # backward to the activations (2 more; frozen weights need no weight gradient) and the KL's
+    # base-model forward (2 more); attention scores, norms and the tiny z / LoRA gradients left out
+    from transformer_squared.models import load_model
+
+    plain, _ = load_model(args.model, progress=False)
+    linear = sum(m.weight.numel() for m in plain.modules() if isinstance(m, torch.nn.Linear))
+    del plain
+    note = ("TRL GRPOTrainer + LoRA measured (config trl-grpo-lora)" if any(r["config"].startswith("trl") for r in results)
+            else "trl is not installed: no GRPOTrainer comparison" if not trl else "trl-grpo-lora not asked for")
     print(note)
     report = {
         "command": "python bench/train_step.py " + " ".join(sys.argv[1:]),
-        "model": args.model, "task": args.task, "batch_size": args.batch_size,
+        "device": device, "device_name": device_name, "model": args.model, "task": args.task, "batch_size": args.batch_size,
         "samples_per_prompt": args.samples_per_prompt, "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                              "load_average_at_end": os.getloadavg()},
-        "torch_threads": args.threads or "default", "trl": note, "results": results,
+        "torch_threads": args.threads or "default", "trl": note, "update_flops_per_token": 6 * linear,
+        "results": results,
     }
     sys.path.insert(0, str(ROOT / "src"))
     from transformer_squared.fileio import write_json

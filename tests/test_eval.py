@@ -55,11 +55,62 @@ def test_eval_with_expert(tiny_model_dir, tmp_path):
     assert json.loads(out.read_text())["expert"] == "x"
 
 
+def _random_lora(model_dir, out):
+    """A PEFT LoRA adapter with non-zero B on the tiny model (so it changes the logits)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from transformer_squared import load_model
+
+    model, _ = load_model(str(model_dir), progress=False)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    peft_model.save_pretrained(out)
+    return peft_model
+
+
+def test_apply_adapter_merges_the_lora_weights(tiny_model_dir, tmp_path):
+    import torch
+
+    from transformer_squared import load_model
+    from transformer_squared.lora import apply_adapter
+
+    peft_model = _random_lora(tiny_model_dir, tmp_path / "lora")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    base, _ = load_model(str(tiny_model_dir), progress=False)
+    with torch.no_grad():
+        plain = base(ids).logits
+        want = peft_model(ids).logits
+        merged = apply_adapter(base, tmp_path / "lora")
+        got = merged(ids).logits
+    assert not torch.allclose(plain, want, atol=1e-3)  # the adapter does change the model
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert type(merged).__name__ == "LlamaForCausalLM"  # plain model again, no PEFT wrapper
+
+
+def test_eval_with_lora_adapter(tiny_model_dir, tmp_path):
+    _random_lora(tiny_model_dir, tmp_path / "lora")
+    out = tmp_path / "l.json"
+    argv = ["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--limit", "2", "--max-new-tokens", "3",
+            "--out", str(out), "--no-progress"]
+    assert main(argv + ["--lora", str(tmp_path / "lora")]) == 0
+    report = json.loads(out.read_text())
+    assert report["lora"] == str(tmp_path / "lora") and "--lora" in report["command"] and report["n"] == 2
+    # resuming the same --out without the adapter would mix two models' items: refused
+    assert main(argv) == 2
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--task", "arc_easy", "--limit", "0"], "--limit must be at least 1"),
     (["--task", "nope"], "unknown task"),
     (["--task", "arc_easy", "--split", "dev"], "split"),
     (["--task", "arc_easy", "--expert", "/no/such/expert"], "does not exist"),
+    (["--task", "arc_easy", "--lora", "/no/such/adapter"], "not a PEFT adapter folder"),
+    (["--task", "arc_easy", "--lora", "x", "--expert", "y"], "cannot be combined"),
 ])
 def test_eval_bad_input(extra, message, tiny_model_dir, capsys):
     assert main(["eval", "--model", str(tiny_model_dir), "--no-progress", *extra]) == 2

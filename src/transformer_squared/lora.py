@@ -151,3 +151,26 @@ class LoRAPolicy:
         write_json(out / TRAINING_NAME, {"name": name, "method": "lora", "base_model": self.base_model_name,
                                          "fingerprint": self.fingerprint, **meta})
         return out
+
+
+def apply_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Merge the PEFT LoRA adapter in ``folder`` into ``model``'s weights and return the plain model.
+
+    Used by ``t2 eval --lora`` to score a LoRA run of ``t2 train --method lora`` (or any PEFT LoRA
+    adapter for the same base model) exactly like an SVF expert: merged, so decoding costs the same.
+    """
+    peft = _import_peft()
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise T2Error(f"{str(folder)!r} is not a PEFT adapter folder (no {ADAPTER_CONFIG})")
+    name = getattr(model, "t2_model_name", None)
+    try:
+        wrapped = peft.PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise T2Error(f"could not apply the adapter in {str(folder)!r} to this model: "
+                      f"{str(exc).splitlines()[0]}") from None
+    merged = wrapped.merge_and_unload()
+    merged.eval()
+    if name is not None:
+        merged.t2_model_name = name
+    return merged

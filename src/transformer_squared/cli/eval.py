@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default="offline", help="offline (bundled data), hub, or a JSONL file")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items of the split")
     p.add_argument("--expert", default=None, help="an expert folder to apply (default: the base model)")
+    p.add_argument("--lora", default=None, metavar="DIR",
+                   help="a PEFT LoRA adapter folder (e.g. from t2 train --method lora), merged before scoring")
     p.add_argument("--transfer", action="store_true",
                    help="the expert was trained on another model with the same shapes: pair in layer order")
     a = p.add_argument_group("self-adaptation (two passes)")
@@ -51,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise T2Error(f"--limit must be at least 1, got {args.limit}")
+    if args.lora and (args.expert or args.adapt):
+        raise T2Error("--lora scores one LoRA adapter on its own; it cannot be combined with --expert or --adapt")
     task = get_task(args.task, source=args.source)
     items = task.load(args.split)
     if args.limit:
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         if meta_path.exists():
             prev = json.loads(meta_path.read_text())
             now = {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model}
+            if args.lora or "lora" in prev:
+                now["lora"] = args.lora
             if {k: prev.get(k) for k in now} != now:
                 raise T2Error(f"{items_path} holds items of another run ({prev}); use another --out or delete it")
     t0 = time.perf_counter()
@@ -75,9 +81,15 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, svf = load_svf(args, progress=not args.no_progress) if expert else (*_load_plain(args), None)
     if expert:
         svf.apply(expert, strict=not args.transfer)
+    if args.lora:
+        from ..lora import apply_adapter
+
+        model = apply_adapter(model, args.lora)
     if out:
-        write_json(out.with_name(out.name + ".run.json"),
-                   {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model})
+        run_meta = {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model}
+        if args.lora:
+            run_meta["lora"] = args.lora
+        write_json(out.with_name(out.name + ".run.json"), run_meta)
     load_s = time.perf_counter() - t0
     summary, rows = evaluate(model, tokenizer, task, items, split=args.split, batch_size=args.batch_size,
                              max_new_tokens=args.max_new_tokens, items_jsonl=items_path,
@@ -85,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     answered = sum(r["extracted"] is not None for r in rows)
     report = summary.to_dict()
     report.update(model=getattr(model, "t2_model_name", args.model), expert=expert.name if expert else None,
+                  lora=args.lora,
                   source=args.source, limit=args.limit, answered=answered, load_seconds=round(load_s, 2),
                   command="t2 " + " ".join(_argv(args)))
     print(summary.line())
@@ -193,6 +206,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
         parts += ["--limit", str(args.limit)]
     if args.expert:
         parts += ["--expert", args.expert]
+    if args.lora:
+        parts += ["--lora", args.lora]
     if args.model != "default":
         parts += ["--model", args.model]
     return parts
