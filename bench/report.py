@@ -213,15 +213,15 @@ def _scaling(d: dict) -> list[str]:
         pts = sorted({r[sweep] for r in d["rows"] if r["sweep"] == sweep})
         for method in dict.fromkeys(r["method"] for r in d["rows"]):
             by = {r[sweep]: r for r in d["rows"] if r["sweep"] == sweep and r["method"] == method}
-            rows.append([sweep, method] + [f"{by[p]['step_ms']:.1f} ms / {by[p]['extra_mib']} MiB"
-                                           if p in by else "—" for p in pts])
+            rows.append([sweep, method] + [f"{by[p]['step_ms']:.1f} ms / {by[p]['extra_mib']:,.0f} MiB"
+                                           if p in by and by[p]["extra_mib"] is not None else
+                                           f"{by[p]['step_ms']:.1f} ms" if p in by else "—" for p in pts])
     out = [f"**How an update's cost grows** (`{d['command']}`; {d['device_name']}; {d['layers']}-layer random Llama; "
            f"fixed point width {mid['width']}, sequence {mid['seq']}, batch {mid['batch']}). Each cell: step time / "
            "extra memory of training (activations, gradients, optimiser state):", ""]
     for sweep in ("width", "seq", "batch"):
         pts = sorted({r[sweep] for r in d["rows"] if r["sweep"] == sweep})
-        out += _table([sweep, "method"] + [str(p) for p in pts],
-                      [[r[0]] + r[1:] for r in rows if r[0] == sweep]) + [""]
+        out += _table([f"method \\ {sweep}"] + [str(p) for p in pts], [r[1:] for r in rows if r[0] == sweep]) + [""]
     return out
 
 
@@ -266,6 +266,51 @@ def gpu_tables() -> list[str]:
         if data:
             out += render(data) + [""]
     return out
+
+
+def speed_notes(folder: str) -> list[str]:
+    """What the speed tables of one device say, with the numbers read from them."""
+    notes = []
+    t = _load(RESULTS / folder / "train_step.json")
+    if t:
+        by = {r["config"]: r for r in t["results"]}
+        if {"svf-merged", "lora"} <= set(by):
+            svf, lora = by["svf-merged"], by["lora"]
+            notes.append(
+                f"- RL step: the update costs the same for SVF and LoRA ({svf['update_seconds_median']} s vs "
+                f"{lora['update_seconds_median']} s): both back-propagate through every layer, and the trainable "
+                f"tensors are too small to matter. It runs {svf['micro_batches']} micro-batches (the trainer's "
+                "automatic size: 8 completions each, whatever the device; `--grad-accum` sets it).")
+            if "trl-grpo-lora" in by:
+                trl = by["trl-grpo-lora"]
+                notes.append(
+                    f"- TRL's GRPOTrainer takes {trl['step_seconds']} s for a whole step against "
+                    f"{svf['step_seconds']} s for ours (generation {svf.get('gen_seconds')} s of it); its update takes all "
+                    f"{t['batch_size'] * t['samples_per_prompt']} completions as one batch (per_device_train_batch_size "
+                    f"= B×K), ours {svf['micro_batches']} micro-batches. It held {trl.get('peak_cuda_mib', trl['peak_rss_mib'])} MiB at peak "
+                    f"against {svf.get('peak_cuda_mib', svf['peak_rss_mib'])} MiB (SVF merged) and "
+                    f"{by.get('svf-factored', svf).get('peak_cuda_mib', '?')} MiB (SVF factored).")
+    sc = _load(RESULTS / folder / "scaling.json")
+    if sc:
+        width = [r for r in sc["rows"] if r["sweep"] == "width"]
+        top = max(r["width"] for r in width)
+        at = {r["method"]: r for r in width if r["width"] == top}
+        if {"svf-factored", "svf-merged", "lora", "full"} <= set(at) and all(r["extra_mib"] for r in at.values()):
+            f, m, lo, full = at["svf-factored"], at["svf-merged"], at["lora"], at["full"]
+            notes.append(
+                f"- At width {top}: an SVF-factored update takes {f['step_ms'] / lo['step_ms']:.2f}× LoRA's time and "
+                f"{f['extra_mib'] / full['extra_mib']:.0%} of full fine-tuning's extra memory (LoRA "
+                f"{lo['extra_mib'] / full['extra_mib']:.0%}); the merged path needs "
+                f"{m['extra_mib'] / f['extra_mib']:.2f}× the factored path's memory, for the dense W' and its gradient. "
+                "SVF's extra time is the rank-r transform around each MLP matrix (factored) or rebuilding W' (merged).")
+    inf = _load(RESULTS / folder / "inference_speed.json")
+    if inf:
+        last = inf["rows"][-1]
+        notes.append(
+            f"- Generation at batch {last['batch']}: merged {last['merged_vs_plain']}× the plain model, factored "
+            f"{last['factored_vs_plain']}×, a batch mixing 3 experts {last['mixed_vs_plain']}×; the merged path is "
+            "the plain model's cost, the factored path adds two thin matmuls per adapted matrix.")
+    return notes
 
 
 def headlines() -> list[str]:
@@ -320,6 +365,72 @@ def headlines() -> list[str]:
     return lines
 
 
+def _overlap(a: dict, b: dict) -> bool:
+    return a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1]
+
+
+def _compare(a: dict, b: dict, a_name: str, b_name: str) -> str:
+    """``a`` against ``b``: which is higher, and whether their 95% intervals separate them."""
+    if a["accuracy"] == b["accuracy"]:
+        return f"{a_name} {_pct(a['accuracy'])} = {b_name}"
+    word = "above" if a["accuracy"] > b["accuracy"] else "below"
+    sep = "intervals overlap" if _overlap(a, b) else "intervals separate"
+    return f"{a_name} {_pct(a['accuracy'])} {word} {b_name} {_pct(b['accuracy'])} ({sep})"
+
+
+def claims() -> list[str]:
+    """The paper's central claims next to what the results here show (a difference counts only when
+    the two 95% Wilson intervals do not overlap)."""
+    out = []
+    q = _load(RESULTS / "quality_table.json")
+    if q:
+        params = {r["cell"].split("-")[0]: r["trainable_params"] for r in q["rows"] if r["cell"] != "base"}
+        parts = []
+        for task in dict.fromkeys(r["task"] for r in q["rows"]):
+            rs = {r["cell"]: r for r in q["rows"] if r["task"] == task}
+            if "svf-rl" in rs and "lora-rl" in rs:
+                parts.append(f"{task}: {_compare(rs['svf-rl'], rs['lora-rl'], 'SVF-RL', 'LoRA-RL')}")
+        wins = sum(1 for p in parts if "above" in p and "separate" in p)
+        verdict = ("not measured yet" if not parts else "reproduced" if wins == len(parts)
+                   else "not reproduced at this scale")
+        ratio = f"{params['svf'] / params['lora']:.1%}" if params.get("svf") and params.get("lora") else "?"
+        out.append(f"- **SVF-RL beats LoRA on the training tasks with about a tenth of the parameters**: {verdict}. "
+                   f"Parameters: SVF {ratio} of LoRA's. " + ("; ".join(parts) + "." if parts else "(RL cells not run yet)"))
+    a = _load(RESULTS / "adaptation_table.json")
+    if a:
+        helped, fewshot_top, fractions = [], [], []
+        for task in dict.fromkeys(r["task"] for r in a["rows"]):
+            rs = {r["config"]: r for r in a["rows"] if r["task"] == task}
+            base = rs.get("base")
+            adaptive = {c: r for c, r in rs.items() if c in ("prompt", "classifier", "fewshot")}
+            if base and adaptive:
+                best_c = max(adaptive, key=lambda c: adaptive[c]["accuracy"])
+                helped.append(f"{task}: {_compare(adaptive[best_c], base, best_c, 'base')}")
+                top = max(r["accuracy"] for r in adaptive.values())
+                if "fewshot" not in adaptive:
+                    fewshot_top.append(f"{task}: not run")
+                elif top == 0:
+                    fewshot_top.append(f"{task}: every strategy 0%")
+                else:
+                    fewshot_top.append(f"{task}: {'yes' if adaptive['fewshot']['accuracy'] == top else 'no'} "
+                                       f"(fewshot {_pct(adaptive['fewshot']['accuracy'])}, best {_pct(top)})")
+            ratios = [r["first_pass_s"] / r["second_pass_s"] for c, r in rs.items()
+                      if c in ("prompt", "classifier") and r["second_pass_s"]]
+            if ratios:
+                fractions.append(f"{task} {min(ratios):.0%}–{max(ratios):.0%}")
+        n_sep = sum(1 for h in helped if "above" in h and "separate" in h)
+        out.append(f"- **Self-adaptation helps on unseen tasks**: {'reproduced' if helped and n_sep == len(helped) else 'partly' if n_sep else 'not shown at this scale'} "
+                   f"({n_sep} of {len(helped)} tasks with separated intervals). " + "; ".join(helped) + ".")
+        scored = [f for f in fewshot_top if ": yes" in f or ": no" in f]
+        out.append("- **Few-shot CEM adaptation is the strongest strategy**: top (or tied) on "
+                   f"{sum(1 for f in scored if ': yes' in f)} of the {len(scored)} tasks where any strategy scored. " + "; ".join(fewshot_top) + ".")
+        if fractions:
+            out.append("- **The first pass is cheap relative to the second**: first pass as a fraction of the second "
+                       "(prompt and classifier): " + ", ".join(fractions) + ". Cheap where answers are long, "
+                       "not where the second pass is itself one short answer.")
+    return out
+
+
 def update_readme(lines: list[str], readme: Path = ROOT / "README.md") -> bool:
     """Replace the README's block between the headline markers with ``lines``."""
     start, end = "<!-- headline:start (bench/report.py) -->", "<!-- headline:end -->"
@@ -353,6 +464,11 @@ def main() -> None:
             "2 CPU cores; GPU speed numbers, where shown, from the GPU named in their table.", ""]
     if heads:
         text += ["## Headline figures", ""] + heads + [""]
+    said = claims()
+    if said:
+        text += ["## The paper's claims at this scale", "",
+                 "A difference counts only where the two 95% Wilson intervals do not overlap; the verdicts below are",
+                 "computed from the tables by `bench/report.py`, not written by hand.", ""] + said + [""]
     text += ["## SVF vs LoRA, SFT vs RL, on the training tasks (held-out parts)", ""] + (quality or ["(not run yet)"]) + [""]
     text += ["## The shipped experts on their own tasks (longer runs, held-out test parts)", ""]
     text += trained + ["", "![held-out accuracy, base vs expert](results/quality.png)", ""] if trained else []
@@ -367,7 +483,8 @@ def main() -> None:
                  "Taken with `sh bench/speed_suite.sh /tmp/smollm2-random docs/results/gpu cuda` on a GPU machine",
                  "without network, on a random-weight copy of the default model's architecture",
                  "(`python bench/random_model.py --like default --out /tmp/smollm2-random`): speed does not depend on",
-                 "the weights, and random weights never stop early, so every row generates its full length.", ""] + gpu
+                 "the weights, and random weights never stop early, so every row generates its full length.", ""]
+        text += speed_notes("gpu") + [""] + gpu
         if (RESULTS / "gpu" / "scaling.png").is_file():
             text += ["![step time and memory against width, sequence length and batch, GPU](results/gpu/scaling.png)", ""]
     if missing:

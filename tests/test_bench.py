@@ -29,9 +29,8 @@ def test_scaling_measures_each_method_with_its_own_trainable_count():
 
 
 def test_matmul_gflops_is_a_positive_rate():
-    import torch
-
     import matmul_ceiling
+    import torch
 
     assert matmul_ceiling.gflops(64, 64, 64, torch.float32, "cpu", repeats=1) > 0
 
@@ -131,3 +130,23 @@ def test_report_train_step_table_shows_trl_and_the_ceiling_fraction(tmp_path, mo
     text = "\n".join(report._train_step(d))
     assert mem_key in text and "50.0 (50.0%)" in text  # 50 tokens/s × 1 GFLOP/token = half the 100 GFLOP/s ceiling
     assert "| trl-grpo-lora | 20 | 3.0 | (in step) |" in text
+
+
+@pytest.mark.parametrize("svf_correct, verdict", [(9, "reproduced"), (5, "not reproduced at this scale")])
+def test_report_claims_count_a_difference_only_when_intervals_separate(tmp_path, monkeypatch, svf_correct, verdict):
+    import report
+
+    from transformer_squared.evaluation import wilson_interval
+
+    def row(cell, correct, params):
+        return {"task": "t", "cell": cell, "n": 10, "correct": correct, "accuracy": correct / 10,
+                "ci95": list(wilson_interval(correct, 10)), "trainable_params": params, "train_seconds": 1.0}
+
+    results = tmp_path / "results"
+    results.mkdir()
+    data = {"rows": [row("base", 1, 0), row("svf-rl", svf_correct, 10), row("lora-rl", 1, 100)]}
+    (results / "quality_table.json").write_text(json.dumps(data))
+    monkeypatch.setattr(report, "RESULTS", results)
+    said = report.claims()
+    # 9/10 vs 1/10: Wilson intervals [59.6, 98.2] and [1.8, 40.4] separate; 5/10 vs 1/10 overlap
+    assert f"parameters**: {verdict}." in said[0] and "SVF 10.0% of LoRA's" in said[0]
