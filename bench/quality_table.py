@@ -123,11 +123,13 @@ def main() -> None:
                 if not marker.is_file():
                     print(f"[{time.strftime('%H:%M:%S')}] train {task} {cell}", flush=True)
                     wall = _t2(*targs, log=log)
-                    marker.write_text(json.dumps({"wall_seconds": round(wall, 1), "command": "t2 " + " ".join(targs)}))
+                    # the 1-minute load average when the run ended: > 2 on this 2-core machine means it shared the CPU
+                    marker.write_text(json.dumps({"wall_seconds": round(wall, 1), "command": "t2 " + " ".join(targs),
+                                                  "load_average_end": round(os.getloadavg()[0], 2)}))
                 done = json.loads(marker.read_text())
                 config = json.loads((run / "train_config.json").read_text())
                 row.update(trainable_params=config["trainable_params"], train_seconds=done["wall_seconds"],
-                           train_command=done["command"])
+                           train_command=done["command"], train_load_average_end=done.get("load_average_end"))
             report = evals / f"{task}-{cell}{suffix if run is not None else ''}.json"
             eargs = eval_args(task, cell, run, report, args.device, args.limit)
             if not report.is_file():
