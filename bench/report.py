@@ -293,7 +293,7 @@ def speed_notes(folder: str) -> list[str]:
                     f"- TRL's GRPOTrainer takes {trl['step_seconds']} s for a whole step against "
                     f"{svf['step_seconds']} s for ours (generation {svf.get('gen_seconds')} s of it); its update takes all "
                     f"{t['batch_size'] * t['samples_per_prompt']} completions as one batch (per_device_train_batch_size "
-                    f"= B×K), ours {svf['micro_batches']} micro-batches. It held {trl.get('peak_cuda_mib', trl['peak_rss_mib'])} MiB at peak "
+                    f"= B×K), ours {svf['micro_batches']} micro-batches. With GRPOConfig's default gradient checkpointing it held {trl.get('peak_cuda_mib', trl['peak_rss_mib'])} MiB at peak "
                     f"against {svf.get('peak_cuda_mib', svf['peak_rss_mib'])} MiB (SVF merged) and "
                     f"{by.get('svf-factored', svf).get('peak_cuda_mib', '?')} MiB (SVF factored).")
     sc = _load(RESULTS / folder / "scaling.json")

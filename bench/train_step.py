@@ -22,7 +22,9 @@ its samples are the same too (its generation is timed separately: the adapters a
   same prompts, K, completion length and KL coefficient (beta = 0.1), rewards from the same task
   checker; runs only when ``trl`` is importable (``pip install trl``, or ``PYTHONPATH`` to a folder
   holding it). TRL generates inside its step, so it is timed as whole steps (the median of the
-  steps after the first); its completion lengths come from TRL's own log.
+  steps after the first); its completion lengths come from TRL's own log. Everything else is
+  GRPOConfig's default, gradient checkpointing included (GRPOConfig turns it on; our loop does not
+  checkpoint), so its peak memory is not comparable one-for-one.
 
 ``--device`` (default: cuda when available) places the model; peak memory is the child's peak
 RSS on CPU and ``torch.cuda.max_memory_allocated`` on CUDA. Writes docs/results/train_step.json.
@@ -42,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -143,17 +146,14 @@ def trl_child(spec: dict) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from transformer_squared.models import load_model
-    from transformer_squared.rl import TrainConfig, Trainer
-
-    device = spec.get("device", "cpu")
-    # the same B prompts our loop uses at step 1 (its seeded train order), read without loading a policy
-    order = Trainer.__new__(Trainer)
-    order.config = TrainConfig(task=spec["task"], out="unused", seed=0)
+    from transformer_squared.rl import Trainer
     from transformer_squared.tasks import get_task
 
+    device = spec.get("device", "cpu")
     task = get_task(spec["task"])
-    order.train_items, order._perm_cache = task.load("train"), None
-    items = [order.item_at(g) for g in range(spec["batch_size"])]
+    # the same B prompts our loop uses at step 1: Trainer.item_at's seeded order, without building a trainer
+    order = SimpleNamespace(train_items=task.load("train"), _perm_cache=None, config=SimpleNamespace(seed=0))
+    items = [Trainer.item_at(order, g) for g in range(spec["batch_size"])]
     t0 = time.perf_counter()
     model, tok = load_model(spec["model"], device=device, progress=False)
     by_id = {it.id: it for it in items}
