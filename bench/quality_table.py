@@ -129,7 +129,8 @@ def main() -> None:
                 done = json.loads(marker.read_text())
                 config = json.loads((run / "train_config.json").read_text())
                 row.update(trainable_params=config["trainable_params"], train_seconds=done["wall_seconds"],
-                           train_command=done["command"], train_load_average_end=done.get("load_average_end"))
+                           train_command=done["command"], train_load_average_end=done.get("load_average_end"),
+                           **training_signal(run / "metrics.jsonl"))
             report = evals / f"{task}-{cell}{suffix if run is not None else ''}.json"
             eargs = eval_args(task, cell, run, report, args.device, args.limit)
             if not report.is_file():
@@ -146,6 +147,21 @@ def main() -> None:
                     "rows": [rows[k] for k in sorted(rows, key=_order)]}
             write_json(out, data)
     write_outputs(data, out)
+
+
+def training_signal(metrics: Path) -> dict:
+    """What the run learned from: SFT, the reference NLL per token at the first and last three steps;
+    RL, the mean reward and how many steps had a non-zero gradient (all-wrong groups give none)."""
+    steps = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    steps = [r for r in steps if r.get("step", 0) > 0 and "loss" in r]
+    if not steps:
+        return {}
+    if "nll_per_token" in steps[0]:
+        head, tail = steps[:3], steps[-3:]
+        return {"nll_first": round(sum(r["nll_per_token"] for r in head) / len(head), 3),
+                "nll_last": round(sum(r["nll_per_token"] for r in tail) / len(tail), 3)}
+    return {"reward_mean": round(sum(r.get("reward_mean", 0.0) for r in steps) / len(steps), 3),
+            "steps": len(steps), "steps_with_gradient": sum(1 for r in steps if (r.get("grad_norm") or 0) > 0)}
 
 
 def _previous_eval_seconds(row: dict | None) -> float | None:

@@ -75,6 +75,16 @@ def trained_table(missing: list[str]) -> tuple[list[str], list[dict]]:
 CELL_LABELS = {"base": "base", "svf-sft": "SVF-SFT", "lora-sft": "LoRA-SFT", "svf-rl": "SVF-RL", "lora-rl": "LoRA-RL"}
 
 
+def _signal(r: dict) -> str:
+    """SFT: reference NLL/token, first → last three steps; RL: mean reward and steps with a gradient."""
+    if "nll_first" in r:
+        return f"NLL {r['nll_first']} → {r['nll_last']}"
+    if "reward_mean" in r:
+        moved = "" if r["steps_with_gradient"] else " (weights never moved)"
+        return f"reward {r['reward_mean']:+.2f}, {r['steps_with_gradient']}/{r['steps']} steps with a gradient{moved}"
+    return "—"
+
+
 def quality_table(missing: list[str]) -> list[str]:
     """SVF vs LoRA, SFT vs RL, on the training tasks' held-out parts (bench/quality_table.py)."""
     data = _load(RESULTS / "quality_table.json")
@@ -84,14 +94,15 @@ def quality_table(missing: list[str]) -> list[str]:
     rows = [[r["task"], CELL_LABELS.get(r["cell"], r["cell"]), f"{_pct(r['accuracy'])} ({r['correct']}/{r['n']})",
              _ci(r["ci95"]), f"{r['trainable_params']:,}" if r["trainable_params"] else "—",
              f"{r['train_seconds']:,.0f} s" if r["train_seconds"] else "—",
-             r.get("train_load_average_end") if r.get("train_load_average_end") is not None else "—"]
+             _signal(r), r.get("train_load_average_end") if r.get("train_load_average_end") is not None else "—"]
             for r in data["rows"]]
     proto = [f"- {t}: held-out items {p['limit']}; SFT `{p['sft']}`; RL `{p['rl']}`" for t, p in data["protocol"].items()]
     return ([f"Command: `{data['command']}` ({data['machine']}; seed {data['seed']}; learning rates "
              f"{', '.join(f'{k} {v}' for k, v in data['lr'].items())}; last weights of each run scored, "
              f"no validation-based choice). Per-run commands are in `docs/results/quality_table.json`.", "",
              "Protocol (the same for SVF and LoRA):", ""] + proto + [""]
-            + _table(["task", "method", "accuracy", "95% CI", "trainable", "training wall time", "load at end"], rows)
+            + _table(["task", "method", "accuracy", "95% CI", "trainable", "training wall time", "what training saw",
+                      "load at end"], rows)
             + ["", "Wall time covers the whole `t2 train` process on a shared 2-core machine; \"load at end\" is the "
                "1-minute load average when the run finished (above 2, the run shared the CPU and its time is "
                "inflated; — where it was not recorded). Per-step speed is compared side by side in the speed "

@@ -150,3 +150,18 @@ def test_report_claims_count_a_difference_only_when_intervals_separate(tmp_path,
     said = report.claims()
     # 9/10 vs 1/10: Wilson intervals [59.6, 98.2] and [1.8, 40.4] separate; 5/10 vs 1/10 overlap
     assert f"parameters**: {verdict}." in said[0] and "SVF 10.0% of LoRA's" in said[0]
+
+
+def test_quality_table_reads_what_each_run_learned_from(tmp_path):
+    import quality_table as qt
+
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("\n".join(json.dumps({"step": i, "loss": 1.0, "nll_per_token": v})
+                             for i, v in enumerate([2.0, 2.0, 2.0, 1.5, 1.0, 1.0, 1.0], start=1)))
+    assert qt.training_signal(sft) == {"nll_first": 2.0, "nll_last": 1.0}
+    rl = tmp_path / "rl.jsonl"
+    rows = [{"step": 0, "val_accuracy": 0.0}, {"step": 1, "loss": 0.0, "reward_mean": -1.0, "grad_norm": 0.0},
+            {"step": 2, "loss": 0.3, "reward_mean": -0.5, "grad_norm": 0.7}]
+    rl.write_text("\n".join(json.dumps(r) for r in rows))
+    assert qt.training_signal(rl) == {"reward_mean": -0.75, "steps": 2, "steps_with_gradient": 1}
+    assert qt.training_signal(tmp_path / "missing.jsonl") == {}
