@@ -141,7 +141,7 @@ def main() -> None:
                        eval_command="t2 " + " ".join(a for a in eargs if a != "--no-progress"),
                        eval_seconds=row.get("eval_seconds", _previous_eval_seconds(rows.get((task, cell)))))
             rows[(task, cell)] = row
-            data = {"command": "python bench/quality_table.py " + " ".join(sys.argv[1:]),
+            data = {"command": " ".join(["python bench/quality_table.py", *sys.argv[1:]]),
                     "device": args.device, "machine": _machine(args.device), "seed": SEED,
                     "protocol": {t: PROTOCOL[t] for t in args.tasks}, "lr": LR, "scale": args.scale,
                     "rows": [rows[k] for k in sorted(rows, key=_order)]}
