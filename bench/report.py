@@ -293,11 +293,15 @@ def speed_notes(folder: str) -> list[str]:
         by = {r["config"]: r for r in t["results"]}
         if {"svf-merged", "lora"} <= set(by):
             svf, lora = by["svf-merged"], by["lora"]
+            parts = [f"SVF merged {svf['update_seconds_median'] / lora['update_seconds_median']:.2f}×"]
+            if "svf-factored" in by:
+                parts.append(f"SVF factored {by['svf-factored']['update_seconds_median'] / lora['update_seconds_median']:.2f}×")
             notes.append(
-                f"- RL step: the update costs the same for SVF and LoRA ({svf['update_seconds_median']} s vs "
-                f"{lora['update_seconds_median']} s): both back-propagate through every layer, and the trainable "
-                f"tensors are too small to matter. It runs {svf['micro_batches']} micro-batches (the trainer's "
-                "automatic size: 8 completions each, whatever the device; `--grad-accum` sets it).")
+                f"- RL step update, against LoRA's {lora['update_seconds_median']} s: {', '.join(parts)}. All of them "
+                "back-propagate through every layer; SVF adds the rank-r transform around each MLP matrix "
+                "(factored) or rebuilding W' and its gradient (merged). The update runs "
+                f"{svf['micro_batches']} micro-batches (the trainer's automatic size: 8 completions each, "
+                "whatever the device; `--grad-accum` sets it).")
             if "trl-grpo-lora" in by:
                 trl = by["trl-grpo-lora"]
                 notes.append(
@@ -325,8 +329,8 @@ def speed_notes(folder: str) -> list[str]:
         last = inf["rows"][-1]
         notes.append(
             f"- Generation at batch {last['batch']}: merged {last['merged_vs_plain']}× the plain model, factored "
-            f"{last['factored_vs_plain']}×, a batch mixing 3 experts {last['mixed_vs_plain']}×; the merged path is "
-            "the plain model's cost, the factored path adds two thin matmuls per adapted matrix.")
+            f"{last['factored_vs_plain']}×, a batch mixing 3 experts {last['mixed_vs_plain']}×; the merged path runs "
+            "the plain model's matmuls on W' (same shapes), the factored path adds two thin matmuls per adapted matrix.")
     return notes
 
 
@@ -492,7 +496,7 @@ def main() -> None:
     text += ["## Self-adaptation on unseen tasks", ""] + (adapt or ["(not run yet)"]) + [""]
     if (RESULTS / "adaptation_table.png").is_file():
         text += ["![adaptation table](results/adaptation_table.png)", ""]
-    text += ["## Speed and memory on this machine's CPU", ""] + speed
+    text += ["## Speed and memory on this machine's CPU", ""] + speed_notes("") + [""] + speed
     if (RESULTS / "scaling.png").is_file():
         text += ["![step time and memory against width, sequence length and batch, CPU](results/scaling.png)", ""]
     if gpu:
