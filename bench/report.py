@@ -504,7 +504,10 @@ def main() -> None:
                  "Taken with `sh bench/speed_suite.sh /tmp/smollm2-random docs/results/gpu cuda` on a GPU machine",
                  "without network, on a random-weight copy of the default model's architecture",
                  "(`python bench/random_model.py --like default --out /tmp/smollm2-random`): speed does not depend on",
-                 "the weights, and random weights never stop early, so every row generates its full length.", ""]
+                 "the weights, and random weights never stop early, so every row generates its full length.",
+                 "Raw output: `results/gpu/speed_suite_log.txt` (first pass of the suite: its RL step hit the",
+                 "per-step time limit, and its generation numbers were timed plain-first and are superseded by the",
+                 "round-robin table below) and `results/gpu/train_step_log.txt` (the RL step table).", ""]
         text += speed_notes("gpu") + [""] + gpu
         if (RESULTS / "gpu" / "scaling.png").is_file():
             text += ["![step time and memory against width, sequence length and batch, GPU](results/gpu/scaling.png)", ""]
