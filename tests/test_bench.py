@@ -147,9 +147,9 @@ def test_report_claims_count_a_difference_only_when_intervals_separate(tmp_path,
     data = {"rows": [row("base", 1, 0), row("svf-rl", svf_correct, 10), row("lora-rl", 1, 100)]}
     (results / "quality_table.json").write_text(json.dumps(data))
     monkeypatch.setattr(report, "RESULTS", results)
-    said = report.claims()
+    claim, said, detail = report.claims()[0]
     # 9/10 vs 1/10: Wilson intervals [59.6, 98.2] and [1.8, 40.4] separate; 5/10 vs 1/10 overlap
-    assert f"parameters**: {verdict}." in said[0] and "SVF 10.0% of LoRA's" in said[0]
+    assert claim.startswith("SVF-RL beats LoRA") and said == verdict and "SVF 10.0% of LoRA's" in detail
 
 
 def test_quality_table_reads_what_each_run_learned_from(tmp_path):
