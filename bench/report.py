@@ -249,6 +249,8 @@ SPEED = [("matmul_ceiling.json", "python bench/matmul_ceiling.py", _matmul),
          ("inference_speed.json", "python bench/inference_speed.py", _inference_speed),
          ("first_pass.json", "python bench/first_pass.py", _first_pass),
          ("train_step.json", "python bench/train_step.py", _train_step),
+         ("train_step_bf16.json", "python bench/train_step.py --configs svf-merged,svf-merged-bf16,svf-ab ...",
+          _train_step),
          ("scaling.json", "python bench/scaling.py", _scaling)]
 # the same benchmarks on a GPU (sh bench/speed_suite.sh MODEL docs/results/gpu cuda), when one was lent
 GPU = [("gpu/matmul_ceiling.json", _matmul), ("gpu/train_step.json", _train_step),
@@ -285,6 +287,10 @@ def gpu_tables() -> list[str]:
     return out
 
 
+def _peak(r: dict) -> int:
+    return r.get("peak_cuda_mib", r["peak_rss_mib"])
+
+
 def speed_notes(folder: str) -> list[str]:
     """What the speed tables of one device say, with the numbers read from them."""
     notes = []
@@ -308,9 +314,9 @@ def speed_notes(folder: str) -> list[str]:
                     f"- TRL's GRPOTrainer takes {trl['step_seconds']} s for a whole step against "
                     f"{svf['step_seconds']} s for ours (generation {svf.get('gen_seconds')} s of it); its update takes all "
                     f"{t['batch_size'] * t['samples_per_prompt']} completions as one batch (per_device_train_batch_size "
-                    f"= B×K), ours {svf['micro_batches']} micro-batches. With GRPOConfig's default gradient checkpointing it held {trl.get('peak_cuda_mib', trl['peak_rss_mib'])} MiB at peak "
-                    f"against {svf.get('peak_cuda_mib', svf['peak_rss_mib'])} MiB (SVF merged) and "
-                    f"{by.get('svf-factored', svf).get('peak_cuda_mib', '?')} MiB (SVF factored).")
+                    f"= B×K), ours {svf['micro_batches']} micro-batches. With GRPOConfig's default gradient checkpointing it held {_peak(trl)} MiB at peak "
+                    f"against {_peak(svf)} MiB (SVF merged) and "
+                    f"{_peak(by.get('svf-factored', svf))} MiB (SVF factored).")
     sc = _load(RESULTS / folder / "scaling.json")
     if sc:
         width = [r for r in sc["rows"] if r["sweep"] == "width"]

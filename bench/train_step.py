@@ -300,10 +300,10 @@ def main() -> None:
         r["step_seconds"] = round(g + rw + r["update_seconds_median"], 2)
         r["tokens_per_s"] = round(r["completion_tokens"] / r["step_seconds"], 1)
         r["update_tokens_per_s"] = round(r["teacher_forced_tokens"] / r["update_seconds_median"], 1)
-    print(f"\n{'config':18} {'params':>9} {'gen s':>7} {'update s':>9} {'step s':>7} {'tok/s':>6} "
+    print(f"\n{'config':18} {'params':>9} {'gen s':>9} {'update s':>9} {'step s':>7} {'tok/s':>6} "
           f"{'upd tok/s':>9} {'peak MiB':>12}")
     for r in results:
-        print(f"{r['config']:18} {r['trainable_params']:>9,} {r.get('gen_seconds', '(replay)')!s:>7} "
+        print(f"{r['config']:18} {r['trainable_params']:>9,} {r.get('gen_seconds', '(in step)' if r['config'].startswith('trl') else '(replay)')!s:>9} "
               f"{r.get('update_seconds_median', '-')!s:>9} {r['step_seconds']:>7} {r['tokens_per_s']!s:>6} "
               f"{r.get('update_tokens_per_s', '-')!s:>9} {r.get('peak_cuda_mib', r['peak_rss_mib']):>12}")
     for r in results:
