@@ -365,11 +365,10 @@ def headlines() -> list[str]:
                     lines.append(f"- Unseen {task} ({base['n']} items): base {_pct(base['accuracy'])}; "
                                  "no strategy or expert above it.")
                     continue
-                best = [c.replace("expert:", "") + " expert" if c.startswith("expert:") else c
-                        for c, r in rs.items() if r["accuracy"] == top]
+                best = [c for c, r in rs.items() if r["accuracy"] == top]
+                names = [c.replace("expert:", "") + " expert" if c.startswith("expert:") else c for c in best]
                 lines.append(f"- Unseen {task} ({base['n']} items): base {_pct(base['accuracy'])} "
-                             f"{_ci(base['ci95'])}; best {_pct(top)} {_ci(rs[next(iter(c for c, r in rs.items() if r['accuracy'] == top))]['ci95'])} "
-                             f"({', '.join(best)}).")
+                             f"{_ci(base['ci95'])}; best {_pct(top)} {_ci(rs[best[0]]['ci95'])} ({', '.join(names)}).")
     for name in ("gpu/train_step.json", "train_step.json"):
         t = _load(RESULTS / name)
         if t:
