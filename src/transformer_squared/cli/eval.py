@@ -66,14 +66,14 @@ def run(args: argparse.Namespace) -> int:
         return run_adaptive(args, task, items)
     out = Path(args.out) if args.out else None
     items_path = out.with_name(out.name + ".items.jsonl") if out else None
+    # what a resumed run must share with the one that wrote the items (reports from before --lora
+    # existed have no "lora" key, which reads as None: no adapter)
+    run_meta = {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model, "lora": args.lora}
     if items_path and items_path.exists():
         meta_path = out.with_name(out.name + ".run.json")
         if meta_path.exists():
             prev = json.loads(meta_path.read_text())
-            now = {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model}
-            if args.lora or "lora" in prev:
-                now["lora"] = args.lora
-            if {k: prev.get(k) for k in now} != now:
+            if {k: prev.get(k) for k in run_meta} != run_meta:
                 raise T2Error(f"{items_path} holds items of another run ({prev}); use another --out or delete it")
     t0 = time.perf_counter()
     from .common import load_svf
@@ -86,9 +86,6 @@ def run(args: argparse.Namespace) -> int:
 
         model = apply_adapter(model, args.lora)
     if out:
-        run_meta = {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model}
-        if args.lora:
-            run_meta["lora"] = args.lora
         write_json(out.with_name(out.name + ".run.json"), run_meta)
     load_s = time.perf_counter() - t0
     summary, rows = evaluate(model, tokenizer, task, items, split=args.split, batch_size=args.batch_size,
