@@ -1,6 +1,9 @@
-"""Pieces the generation benchmarks share: the same chat prompts and the same random experts."""
+"""Pieces the benchmarks share: the device they ran on, the same chat prompts and the same random experts."""
 
 from __future__ import annotations
+
+import os
+import platform
 
 import torch
 
@@ -9,6 +12,13 @@ QUESTIONS = [
     "Why does ice float on water?", "A train travels 60 km in 45 minutes. What is its speed in km/h?",
     "Write a Python function to merge two sorted lists.", "What causes the seasons on Earth?",
 ]
+
+
+def device_name(device: str) -> str:
+    """What a benchmark ran on, for its JSON: the GPU's name, or the CPU with its cores and torch threads."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def chat_prompts(tokenizer, n: int) -> list[str]:

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "inference_speed.json"))
     args = ap.parse_args()
 
-    from common import chat_prompts, random_experts
+    from common import chat_prompts, device_name, random_experts
 
     import transformer_squared as t2
     from transformer_squared.fileio import write_json
@@ -93,7 +93,7 @@ def main() -> None:
                          f"--new-tokens {args.new_tokens} --repeats {args.repeats}{extra}",
               "device": args.device if args.device != "cpu" else f"cpu ({platform.machine()}, "
                                                                      f"{torch.get_num_threads()} threads)",
-              "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.machine(),
+              "device_name": device_name(args.device),
               "dtype": args.dtype, "flops_per_token": flops_per_token, "torch": torch.__version__, "rows": rows}
     write_json(args.out, result)
     print(json.dumps(result, indent=2))

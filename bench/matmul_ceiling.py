@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+from common import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -63,8 +62,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
     sizes = args.sizes or ([1024, 2048, 4096, 8192] if cuda else [256, 512, 1024, 2048])
-    name = torch.cuda.get_device_name(0) if cuda else f"{platform.machine()} CPU, {os.cpu_count()} cores, " \
-                                                      f"{torch.get_num_threads()} torch threads"
+    name = device_name(args.device)
     print(f"device: {args.device} ({name})")
     entry: dict = {"device": args.device, "device_name": name, "torch": torch.__version__,
                    "command": "python bench/matmul_ceiling.py --device " + args.device, "square": [], "model_shapes": [],

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -184,10 +183,9 @@ def _cuda() -> bool:
 
 def _machine(device: str) -> str:
     import torch
+    from common import device_name
 
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    return f"{device_name(device)}, torch {torch.__version__}"
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -24,13 +24,12 @@ docs/results/scaling.json and a plot, docs/results/scaling.png.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["svf-factored", "svf-merged", "lora", "full"]
@@ -161,7 +160,7 @@ def main() -> None:
     seqs = args.seqs or ([128, 256, 512, 1024, 2048] if cuda else [64, 128, 256, 512])
     batches = args.batches or ([1, 4, 16, 64] if cuda else [1, 4, 16])
     mid_w, mid_s, mid_b = widths[len(widths) // 2], seqs[len(seqs) // 2], batches[len(batches) // 2]
-    name = torch.cuda.get_device_name(0) if cuda else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    name = device_name(args.device)
     print(f"device: {args.device} ({name}); middle point width {mid_w}, seq {mid_s}, batch {mid_b}", flush=True)
     sweeps = {"width": [(w, mid_s, mid_b) for w in widths], "seq": [(mid_w, s, mid_b) for s in seqs],
               "batch": [(mid_w, mid_s, b) for b in batches]}

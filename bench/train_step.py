@@ -268,8 +268,10 @@ def main() -> None:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.machine()} CPU"
-    print(f"device: {device} ({device_name})", flush=True)
+    from common import device_name
+
+    where = device_name(device)
+    print(f"device: {device} ({where})", flush=True)
     replay = Path(tempfile.mkdtemp(prefix="t2-bench-")) / "rollout.json"
     results = []
     trl = importlib.util.find_spec("trl") is not None
@@ -325,7 +327,7 @@ def main() -> None:
     print(note)
     report = {
         "command": "python bench/train_step.py " + " ".join(sys.argv[1:]),
-        "device": device, "device_name": device_name, "model": args.model, "task": args.task, "batch_size": args.batch_size,
+        "device": device, "device_name": where, "model": args.model, "task": args.task, "batch_size": args.batch_size,
         "samples_per_prompt": args.samples_per_prompt, "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                              "load_average_at_end": os.getloadavg()},
