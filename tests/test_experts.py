@@ -155,6 +155,23 @@ def test_mix(param):
     torch.testing.assert_close(pm.z[names[0]], Expert.mix([a], [1.0]).z[names[0]])
     torch.testing.assert_close(pm.z[names[1]], Expert.mix([b], [1.0]).z[names[1]])
     assert pm.meta["mixture"]["experts"] == ["a", "b"]
+    # relative to the base: α = 0 is the identity, and α scales the change, not every singular value
+    none = Expert.mix([a, b], [0.0, 0.0])
+    double = Expert.mix([a], [2.0])
+    if param == "direct":
+        torch.testing.assert_close(none.z[n0], torch.ones_like(a.z[n0]))
+        torch.testing.assert_close(double.z[n0], 1 + 2 * (a.z[n0] - 1))
+        torch.testing.assert_close(Expert.mix([a, b], [0.7, 0.7]).z[n0], 1 + 0.7 * (a.z[n0] - 1) + 0.7 * (b.z[n0] - 1))
+    else:
+        s0 = torch.sigmoid(torch.tensor(svf.parameterization.init))
+        torch.testing.assert_close(torch.sigmoid(none.z[n0]), s0.expand_as(a.z[n0]))
+        torch.testing.assert_close(torch.sigmoid(double.z[n0]), s0 + 2 * (torch.sigmoid(a.z[n0]) - s0), rtol=1e-4, atol=1e-5)
+    svf.apply(none)
+    ids = torch.randint(0, 50, (1, 6))
+    out_none = svf(ids).logits
+    with svf.disabled():
+        out_base = svf(ids).logits
+    torch.testing.assert_close(out_none, out_base, rtol=1e-4, atol=1e-4)
     svf.apply(half)
     with pytest.raises(T2Error, match="shape"):
         Expert.mix([a, b], [1.0, 2.0, 3.0])

@@ -160,10 +160,13 @@ class Expert:
     @staticmethod
     def mix(experts: Sequence[Expert], weights: Sequence[float] | torch.Tensor,
             name: str = "mixture") -> Expert:
-        """z' = Σ_k α_k z_k with one weight per expert (K,) or per expert per matrix (K, L).
+        """z' = 1 + Σ_k α_k (z_k − 1): a mixture of the experts' *changes* to the base model.
 
-        Mixing is done on the multiplier g(z), not on raw z: for the direct parameterization
-        the two are the same; for the sigmoid one the mixed sigmoid is mapped back to z.
+        One weight per expert (K,) or per expert per matrix (K, L). α = 0 is the base model and a
+        one-hot α is expert k, so the overall scale of α is never a hidden gain on every singular
+        value (with z' = Σ α_k z_k, Σα = 1.1 would scale all of them by 1.1). For the sigmoid
+        parameterization the same is done on sigmoid(z), relative to sigmoid(init) (the identity),
+        and the result is mapped back to z.
         """
         experts = list(experts)
         if not experts:
@@ -185,11 +188,12 @@ class Expert:
             raise T2Error("mixing weights contain NaN or Inf")
         param = experts[0].parameterization
         z = {}
+        base = torch.sigmoid(torch.tensor(param.init)) if param.kind == "sigmoid" else torch.tensor(1.0)
         for j, n in enumerate(names):
             if param.kind == "direct":
-                z[n] = sum(alpha[i, j] * e.z[n] for i, e in enumerate(experts))
+                z[n] = base + sum(alpha[i, j] * (e.z[n] - base) for i, e in enumerate(experts))
             else:
-                s = sum(alpha[i, j] * torch.sigmoid(e.z[n]) for i, e in enumerate(experts))
+                s = base + sum(alpha[i, j] * (torch.sigmoid(e.z[n]) - base) for i, e in enumerate(experts))
                 z[n] = torch.logit(s.clamp(1e-6, 1 - 1e-6))
         meta = {k_: v for k_, v in experts[0].meta.items() if k_ not in ("task", "training", "name")}
         meta.update(name=name, task=None, mixture={
