@@ -6,7 +6,7 @@ Strategies (``AdaptiveModel(svf, tokenizer, experts, strategy=...)``):
   ``others`` (``\\boxed{label}``); ``others`` is answered with the base weights.
 * ``classifier`` — the same first pass, but with the classification expert applied
   (trained with ``t2 train --task classify``).
-* ``fewshot`` — a mixture z' = Σ α_k z_k found by the Cross-Entropy Method on a few labelled
+* ``fewshot`` — a mixture z' = 1 + Σ α_k (z_k − 1) found by the Cross-Entropy Method on a few labelled
   examples of the target task (:func:`cem_search`), then used for every request.
 * ``oracle`` — the expert of the request's known domain; ``none`` — the base model.
 
