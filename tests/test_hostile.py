@@ -1,0 +1,145 @@
+"""Hostile suite (issue 14): reward hacks, forged verdicts, reading answers, whitespace bombs,
+overflow answers. Each test asserts reward 0 (wrong) and a bounded time. Every class is tried
+with several variants, because a fix for one example is not a fix for the class."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from transformer_squared.rewards_guard import bounded_correct_many
+from transformer_squared.tasks import Item, get_task
+from transformer_squared.tasks.arc import extract_choice
+from transformer_squared.tasks.competition_math import extract_math_answer
+from transformer_squared.tasks.gsm8k import extract_number, numbers_equal
+from transformer_squared.tasks.latex import answers_equal
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("T2_CACHE_DIR", str(tmp_path_factory.mktemp("t2hostile")))
+
+
+CHOICES = ["dry palms", "wet palms", "carbon dioxide", "oxygen"]
+
+# ------------------------------------------------------------------ 1. overflow answers (MATH)
+
+OVERFLOW = ["10^{400}", "-10^{400}", "10^{10^{10}}", "9^{9^{9}}", "1e400", "10^{308}\\cdot 10^{308}", "\\infty",
+            "-\\infty", "\\frac{1}{0}", "0^{-1}", "2000!", "(2000!)!", "\\binom{10^{9}}{5000}", "e^{e^{e^{x}}}",
+            "10^{400}+\\infty", "10^{-400}", "(1+\\sqrt{2})^{10000}", "\\sqrt{10^{4999}}", "e^{10^{4}}",
+            "2^{2^{2^{2^{2}}}}", "\\log 0", "10^{400} x"]
+
+
+@pytest.mark.parametrize("pred", OVERFLOW)
+def test_overflow_answers_equal_nothing(pred):
+    start = time.monotonic()
+    for gold in ("5", "0", "-3", "\\frac{1}{2}", "\\sqrt{2}", "x", "10^{400}+1", "2\\pi"):
+        assert not answers_equal(pred, gold), (pred, gold)
+    assert time.monotonic() - start < 2.0
+
+
+def test_math_comparison_is_exact_for_rationals():
+    assert not answers_equal("123456789012", "123456789013")
+    assert not answers_equal("10^{20}+1", "10^{20}")
+    assert not answers_equal("\\frac{1}{3}", "0.333333333333")
+    assert answers_equal("10^{400}", "10^{400}") and answers_equal("2^{10}", "1024")
+    assert answers_equal("\\frac{6}{8}", "0.75") and answers_equal("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}")
+    assert answers_equal("\\sin^2 x+\\cos^2 x", "1")  # irrational values keep a tolerance
+
+
+def test_math_constant_overflow_completion_scores_nothing_on_the_whole_test_split():
+    task = get_task("math")
+    items = task.load("test")
+    assert len(items) == 5000
+    for constant in ("\\boxed{10^{400}}", "\\boxed{\\infty}", "\\boxed{1e400}", "\\boxed{9^{9^{9}}}"):
+        oks = task.correct_many(items, [f"The answer is $\\boxed{{{constant[7:-1]}}}$."] * len(items))
+        assert sum(oks) <= len(items) // 100, (constant, sum(oks))
+
+
+# ------------------------------------------------------------------ 2. whitespace and repetition bombs
+
+BOMB_SIZES = [10_000, 50_000]
+
+
+def _bombs(n: int) -> list[str]:
+    return [
+        "The answer is" + " " * n, "The answer is" + " " * n + "x", "The answer is" + "\t \n" * (n // 3) + "x",
+        "#### " + " " * n, "answer is " * (n // 10), "1" * n, "1," * (n // 2), "1 " * (n // 2), "1/" * (n // 2),
+        "\\boxed{1" + " " * n + "x}", "\\boxed{" + "." * n + "x}", "\\boxed{" * (n // 7), "\\boxed{" + "1 and " * (n // 6) + "}",
+        "\\boxed{5 " + "cm " * (n // 3) + "}", "\\boxed{" + "\\text{" * (n // 6) + "}", "The final answer is $" + " " * n,
+        "answer: " + "(" * n, "Answer: " + "*" * n + "A", " " * n + "A", "A. " * (n // 3), "(A)" * (n // 3),
+        "answer" + " " * n + ":", "\\frac{" * (n // 6),
+    ]
+
+
+@pytest.mark.parametrize("n", BOMB_SIZES)
+def test_extractors_are_linear_on_bombs(n):
+    for text in _bombs(n):
+        for name, fn in (("gsm8k", extract_number), ("math", lambda t: answers_equal(extract_math_answer(t), "5")),
+                         ("arc", lambda t: extract_choice(t, CHOICES))):
+            start = time.monotonic()
+            fn(text)
+            elapsed = time.monotonic() - start
+            assert elapsed < 1.0, (name, text[:30], len(text), elapsed)
+
+
+def test_reward_guard_bounds_a_hanging_checker():
+    class Slow:
+        def is_correct(self, item, completion):
+            if completion == "hang":
+                while True:
+                    pass
+            if completion == "raise":
+                raise ValueError("broken checker")
+            return completion == "ok"
+
+    problems: list[tuple[int, str]] = []
+    start = time.monotonic()
+    oks = bounded_correct_many(Slow(), [None] * 4, ["ok", "hang", "raise", "ok"], seconds=0.5,
+                               on_problem=lambda i, why: problems.append((i, why)))
+    assert oks == [True, False, False, True]
+    assert [i for i, _ in problems] == [1, 2] and "timeout" in problems[0][1] and "ValueError" in problems[1][1]
+    assert time.monotonic() - start < 5.0
+
+
+# ------------------------------------------------------------------ 3. GSM8K fragments
+
+FRAGMENTS = [("The answer is 1/2.", "1"), ("The answer is \\frac{3}{4}", "4"), ("The answer is 6 2/3", "6"),
+             ("The answer is 3.0e2", "3"), ("The answer is 1.5 million", "1.5"),
+             ("The answer is 12 dollars and 50 cents", "50"), ("The answer is 12 dollars and 50 cents", "12"),
+             ("\\frac{3}{4}", "4"), ("6 2/3", "6"), ("The answer is 7 + 5 = 12", "7"), ("The answer is 7 + 5 = 12", "12"),
+             ("#### 1/2", "2"), ("The answer is 2^{10}", "2"), ("The answer is 1,2345", "1"),
+             ("The answer is 5 x 10^{3}", "5"), ("The answer is 1.5.2", "1.5")]
+
+
+@pytest.mark.parametrize("completion,fragment", FRAGMENTS)
+def test_gsm8k_never_rewards_a_fragment(completion, fragment):
+    assert not numbers_equal(extract_number(completion), fragment)
+    task = get_task("gsm8k")
+    assert task.reward(Item(id="x", question="q", answer=fragment), completion) == task.reward_wrong
+
+
+def test_gsm8k_whole_expressions():
+    cases = {"The answer is 1/2.": "1/2", "The answer is \\frac{3}{4}": "0.75", "The answer is 6 2/3": "20/3",
+             "The answer is 3.0e2": "300", "The answer is 1.5 million.": "1500000", "#### 6\\frac{1}{2}": "6.5"}
+    for completion, value in cases.items():
+        assert numbers_equal(extract_number(completion), value), completion
+    assert extract_number("The answer is 12 dollars and 50 cents") is None
+
+
+# ------------------------------------------------------------------ 4. ARC hedges
+
+@pytest.mark.parametrize("completion", ["Answer: A or B", "The answer is A or B.", "The answer is (A) or (C)",
+                                        "Answer: A/B", "Answer: B, C", "Answer: A and D", "answer: a or b",
+                                        "The correct option is C or D"])
+def test_arc_hedge_is_no_answer(completion):
+    assert extract_choice(completion, CHOICES) is None
+
+
+def test_arc_lowercase_and_option_text_after_statement():
+    assert extract_choice("answer: c", CHOICES) == "C"
+    assert extract_choice("Answer: b.", CHOICES) == "B"
+    assert extract_choice("The answer is a gas", CHOICES) is None  # an article, not a label
+    assert extract_choice("I first thought oxygen, but the answer is carbon dioxide", CHOICES) == "C"
+    assert extract_choice("Both wet palms and oxygen come to mind; the answer is dry palms.", CHOICES) == "A"
