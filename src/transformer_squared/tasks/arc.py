@@ -43,31 +43,59 @@ def format_question(stem: str, choices: list[str]) -> str:
 
 
 def _norm_text(s: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[*_`\"']", "", s)).strip().rstrip(".").lower()
+    return re.sub(r"\s++", " ", re.sub(r"[*_`\"']", "", s)).strip().rstrip(".").lower()
+
+
+# An explicit statement of the answer ("The answer is", "Answer:", "correct option is"), up to the
+# label. Runs on whitespace-squeezed text; quantifiers are possessive, so matching stays linear.
+_STATEMENT = (r"(?i:answer|correct (?:option|choice)|best (?:option|choice)) ?(?:\*\*)?+ ?"
+              r"(?:(?i:is)|:|=)(?: ?:)?+ ?(?:\*\*)?+ ?(?:(?i:option|choice) ?)?+[:\-]?+ ?[\*\(\[ ]*+")
+# What marks a label as one of several ("A or B", "A/B", "A and C", "A, B"): a hedge, not an answer.
+_HEDGE = r"[\)\]\*]*+ ?(?:or|/|and|,|&) ?(?:(?i:option|choice) )?[\*\(\[]*+"
 
 
 def _letter_patterns(labels: str) -> list[re.Pattern[str]]:
-    """Regexes whose group 1 is a chosen label, in decreasing order of confidence."""
-    L = f"[{labels}]"
+    """Regexes whose group 1 is a chosen label, in decreasing order of confidence.
+
+    Group ``hedge`` is set when a second label follows ("A or B"). A lowercase letter counts only
+    where it cannot be an article: alone at the end of its line or sentence ("answer: c").
+    """
+    upper = f"[{labels}]"
+    lower = f"[{labels.lower()}]" if labels.isalpha() else upper
     end = r"(?![A-Za-z0-9])"
+    label = rf"(?:(?P<up>{upper}){end}|(?P<low>{lower})(?=[\)\]\*]*+\.?+ ?(?:\n|$)))"
     return [
-        # "The answer is (C)", "Answer: C", "correct option is **B**", "answer: option D"
-        re.compile(r"(?i:answer|correct\s+(?:option|choice)|best\s+(?:option|choice))\s*(?:\*\*)?\s*"
-                   r"(?:(?i:is)|:|=)\s*(?:\*\*)?\s*(?:(?i:option|choice)\s*)?[:\-]?\s*[\*\(\[\s]*"
-                   rf"({L}){end}"),
+        # "The answer is (C)", "Answer: C", "correct option is **B**", "answer: option D", "answer: c"
+        re.compile(_STATEMENT + label + rf"(?P<hedge>{_HEDGE}(?:{upper}|{lower}){end})?"),
         # "(C) is correct", "Option C is the correct answer"
-        re.compile(rf"(?:(?i:option|choice)\s+|\()({L})\)?\s+(?i:is\s+(?:the\s+)?(?:correct|right|best))"),
+        re.compile(rf"(?:(?i:option|choice) |\()({upper})\)?+ (?i:is (?:the )?(?:correct|right|best))"),
     ]
 
 
 def _start_patterns(labels: str) -> list[re.Pattern[str]]:
     L = f"[{labels}]"
     return [
-        re.compile(rf"^\s*[\(\[]({L})[\)\]]"),           # "(C) ..."
-        re.compile(rf"^\s*\*\*\(?({L})\)?[.:)]?\*\*"),    # "**C**", "**C.**"
-        re.compile(rf"^\s*({L})\s*[.):](?!\d)"),          # "C) ...", "C. ...", "C:"
-        re.compile(rf"^\s*({L})\s*$", re.M),              # a line holding only the letter
+        re.compile(rf"^ ?[\(\[]({L})[\)\]]"),           # "(C) ..."
+        re.compile(rf"^ ?\*\*\(?({L})\)?[.:)]?\*\*"),    # "**C**", "**C.**"
+        re.compile(rf"^ ?({L}) ?[.):](?!\d)"),          # "C) ...", "C. ...", "C:"
+        re.compile(rf"^ ?({L}) ?$", re.M),              # a line holding only the letter
     ]
+
+
+def _squeeze(text: str) -> str:
+    """Each whitespace run as one space (one newline if it holds one); linear."""
+    return re.sub(r"\s++", lambda m: "\n" if "\n" in m.group() else " ", text)
+
+
+def _option_after(text: str, pos: int, choices: list[str]) -> int | None:
+    """Index of the option whose text starts right at ``pos`` (the longest if several), or None."""
+    head = _norm_text(text[pos:pos + 400])
+    best, best_len = None, 0
+    for i, choice in enumerate(choices):
+        norm = _norm_text(choice)
+        if norm and re.match(rf"{re.escape(norm)}(?![\w])", head) and len(norm) > best_len:
+            best, best_len = i, len(norm)
+    return best
 
 
 def extract_choice(completion: str, choices: list[str] | None = None, orig_labels: list[str] | None = None) -> str | None:
@@ -75,16 +103,18 @@ def extract_choice(completion: str, choices: list[str] | None = None, orig_label
 
     ``choices`` (option texts) enables matching by option text and limits letters to the
     options that exist; ``orig_labels`` (e.g. ``["1", "2", "3", "4"]``) also accepts those labels.
+    A hedge ("Answer: A or B") is no answer. Every pattern is linear in the completion.
     """
     if not completion or not completion.strip():
         return None
+    completion = _squeeze(completion)
     n = len(choices) if choices else 5
     labels = LETTERS[:n]
     numeric = orig_labels if orig_labels and any(lab not in LETTERS for lab in orig_labels) else None
 
     def to_letter(lab: str) -> str | None:
-        if lab in labels:
-            return lab
+        if lab.upper() in labels and lab.isalpha():
+            return lab.upper()
         if numeric and lab in numeric:
             return LETTERS[numeric.index(lab)]
         return None
@@ -94,7 +124,7 @@ def extract_choice(completion: str, choices: list[str] | None = None, orig_label
     # 1. \boxed{C} / \boxed{\text{(C)}} / \boxed{option text}
     boxed = last_boxed(completion)
     if boxed is not None:
-        inner = re.sub(r"\\text\w*\{([^{}]*)\}", r"\1", boxed).strip().strip("()[]*. ")
+        inner = re.sub(r"\\text\w*+\{([^{}]*+)\}", r"\1", boxed).strip().strip("()[]*. ")
         if (letter := to_letter(inner)) is not None:
             return letter
         if choices:
@@ -102,14 +132,26 @@ def extract_choice(completion: str, choices: list[str] | None = None, orig_label
             if len(hits) == 1:
                 return LETTERS[hits[0]]
     # 2. explicit statements; the last one wins (models restate and correct themselves)
-    for pattern in _letter_patterns(alphabet):
-        found = pattern.findall(completion)
-        if found and (letter := to_letter(found[-1])) is not None:
+    statement, hedge = _letter_patterns(alphabet)
+    found = list(statement.finditer(completion))
+    if found:
+        last = found[-1]
+        if last.group("hedge"):
+            return None  # "Answer: A or B" commits to no single option
+        if (letter := to_letter(last.group("up") or last.group("low"))) is not None:
             return letter
+    found_plain = hedge.findall(completion)
+    if found_plain and (letter := to_letter(found_plain[-1])) is not None:
+        return letter
+    # 2b. the text of an option right after the last "the answer is" / "answer:"
+    if choices:
+        stated = [m.end() for m in re.finditer(_STATEMENT, completion)]
+        if stated and (index := _option_after(completion, stated[-1], choices)) is not None:
+            return LETTERS[index]
     # marked letters anywhere: "(B)", "**B**"
     marked = {a or b for a, b in re.findall(rf"\(([{labels}])\)|\*\*([{labels}])\*\*", completion)}
     # 3. the completion opens with the letter (and marks no other one, nor lists the options again)
-    listed = set(re.findall(rf"^\s*\(?([{labels}])[.)]\s", completion, re.M))
+    listed = set(re.findall(rf"^ ?\(?([{labels}])[.)] ", completion, re.M))
     for pattern in _start_patterns(alphabet) if len(listed) <= 1 else []:
         m = pattern.search(completion) if pattern.flags & re.M else pattern.match(completion)
         if m and (letter := to_letter(m.group(1))) is not None and marked <= {letter}:
