@@ -22,6 +22,13 @@ EXPECTED = {
     "arc_challenge": {"train": 1119, "val": 299, "test": 1172},
     "math": {"test": 5000, "fewshot": 20},
     "classify": {"train": 600, "val": 150, "test": 750},
+    "csqa": {"train": 8741, "val": 1000, "test": 1221},
+    "openbookqa": {"train": 4957, "val": 500, "test": 500},
+    "piqa": {"train": 15113, "val": 1000, "test": 1838},
+    "socialiqa": {"train": 32410, "val": 1000, "test": 1954},
+    "sciq": {"test": 1000, "fewshot": 32},
+    "hellaswag": {"train": 38905, "val": 1000, "test": 10042},
+    "winogrande": {"train": 39398, "val": 1000, "test": 1267},
 }
 
 # sha256 of the sorted ids of each partitioned split: pins the seeded partitions across versions.
@@ -31,6 +38,9 @@ PINNED = {
     ("mbpp", "val"): "cbacc3ce7e914866", ("mbpp", "test"): "4439920c6f77531d",
     ("classify", "test"): "f1ecf1e28d7aa4a9", ("math", "fewshot"): "17cb323a8bf8766b",
     ("humaneval", "fewshot"): "29873e265347280b",
+    ("csqa", "val"): "79c70c69334cb07a", ("piqa", "val"): "3140b8a45e27be0a",
+    ("socialiqa", "val"): "3585d0ff0940d07d", ("hellaswag", "val"): "f97846947f57ab4b",
+    ("winogrande", "val"): "2277037311017846",
 }
 
 
@@ -66,7 +76,8 @@ def test_offline_counts(name):
 
 
 def test_partitions_disjoint_and_pinned():
-    for name in ("gsm8k", "mbpp", "arc_easy", "arc_challenge", "classify"):
+    for name in ("gsm8k", "mbpp", "arc_easy", "arc_challenge", "classify", "csqa", "openbookqa", "piqa",
+                 "socialiqa", "hellaswag", "winogrande"):
         task = get_task(name)
         ids = {s: {it.id for it in task.load(s)} for s in ("train", "val", "test")}
         assert not ids["train"] & ids["test"] and not ids["val"] & ids["test"] and not ids["train"] & ids["val"]

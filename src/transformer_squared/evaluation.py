@@ -1,7 +1,15 @@
 """Evaluating a model (base, an expert, or an adaptive strategy) on a task split.
 
-Batched greedy generation, the task's checker, a per-item JSONL that makes an interrupted
-run resumable, and a summary with a 95% Wilson confidence interval and throughput.
+Two answer modes:
+
+* :func:`evaluate` (``generate``): batched greedy generation and the task's checker;
+* :func:`evaluate_loglik` (``loglik``, multiple-choice tasks): the option with the highest
+  log-likelihood, in the ``cloze`` channel (option texts after ``Question: ...\nAnswer:``, as
+  lm-eval scores these benchmarks) or the ``letter`` channel (the option letters as the first
+  token after the chat prompt). Every length normalisation is recorded per item.
+
+Both write a per-item JSONL that makes an interrupted run resumable, and a summary with a 95%
+Wilson confidence interval and throughput. :mod:`transformer_squared.stats` compares two runs.
 """
 
 from __future__ import annotations
@@ -166,6 +174,101 @@ def evaluate(
         tokens_per_s=(new_tokens / seconds) if seconds > 0 else 0.0, generated_tokens=new_tokens,
         provenance=str(info.get("provenance", "")),
         extra={"first_pass_seconds": round(first_pass, 3), "second_pass_seconds": round(second_pass, 3)},
+    )
+    order = {str(it.id): i for i, it in enumerate(items)}
+    rows.sort(key=lambda r: order.get(str(r["id"]), 0))
+    return summary, rows
+
+
+def _resume(items: Sequence, items_jsonl: str | Path | None) -> tuple[Path | None, list, list[dict]]:
+    path = Path(items_jsonl) if items_jsonl else None
+    done = _read_done(path) if path else {}
+    todo = [it for it in items if str(it.id) not in done]
+    rows = [done[str(it.id)] for it in items if str(it.id) in done]
+    return path, todo, rows
+
+
+def evaluate_loglik(
+    model,
+    tokenizer,
+    task,
+    items: Sequence,
+    *,
+    split: str = "test",
+    channel: str = "cloze",
+    norm: str = "token",
+    batch_size: int = 16,
+    items_jsonl: str | Path | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+    share_prefix: bool = True,
+) -> tuple[EvalSummary, list[dict]]:
+    """Multiple choice by log-likelihood: the answer is the option with the highest score.
+
+    ``norm`` picks the score that decides ``correct`` (``token``: mean log-prob per token, the
+    quantity ``t2 train --objective exact`` optimises; ``char``: per character, lm-eval's
+    ``acc_norm``; ``sum``: lm-eval's ``acc``); every row also records the choice and correctness
+    under each normalisation, and the summary reports all three accuracies.
+    """
+    import torch
+
+    from .scoring import NORMS, score_options
+    from .tasks.multiple_choice import CHANNELS, is_multiple_choice
+
+    if not items:
+        raise T2Error("nothing to evaluate: the item list is empty")
+    if not is_multiple_choice(task):
+        raise T2Error(f"--mode loglik scores the options of multiple-choice tasks; {task.name!r} has none "
+                      "(use --mode generate)")
+    if channel not in CHANNELS:
+        raise T2Error(f"unknown answer channel {channel!r}; use one of: {', '.join(CHANNELS)}")
+    if norm not in NORMS:
+        raise T2Error(f"unknown normalisation {norm!r}; use one of: {', '.join(NORMS)}")
+    if batch_size < 1:
+        raise T2Error("batch_size must be at least 1")
+    from tqdm.auto import tqdm
+
+    path, todo, rows = _resume(items, items_jsonl)
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
+               desc=desc or f"loglik {task.name}/{split} [{channel}]", unit="item", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                requests = [task.requests(it, channel, tokenizer) for it in batch]
+                scores = score_options(model, tokenizer, requests, batch_size=batch_size, share_prefix=share_prefix)
+                new_rows = []
+                for it, sc in zip(batch, scores, strict=True):
+                    gold = task.gold_index(it)
+                    picks = {n: int(torch.argmax(sc.normalised(n)).item()) for n in NORMS}
+                    new_rows.append({
+                        "id": str(it.id), "gold": gold, "channel": channel, "norm": norm,
+                        "logp": [round(float(v), 5) for v in sc.logp], "n_tokens": sc.n_tokens.tolist(),
+                        "n_chars": sc.n_chars.tolist(), "pred": picks,
+                        "correct_by_norm": {n: picks[n] == gold for n in NORMS},
+                        "correct": picks[norm] == gold,
+                    })
+                if path:
+                    append_jsonl(path, new_rows)
+                rows.extend(new_rows)
+                bar.update(len(batch))
+                bar.set_postfix(acc=f"{sum(bool(r['correct']) for r in rows) / max(1, len(rows)):.1%}")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    n = len(rows)
+    k = sum(bool(r["correct"]) for r in rows)
+    try:
+        info = task.split_info(split)
+    except (T2Error, AttributeError):
+        info = {}
+    by_norm = {nm: sum(bool(r["correct_by_norm"][nm]) for r in rows) / n for nm in NORMS}
+    summary = EvalSummary(
+        task=task.name, split=split, n=n, correct=k, accuracy=k / n, ci95=wilson_interval(k, n),
+        seconds=round(seconds, 3), items_per_s=(len(todo) / seconds) if seconds > 0 and todo else 0.0,
+        tokens_per_s=0.0, generated_tokens=0, provenance=str(info.get("provenance", "")),
+        extra={"mode": "loglik", "channel": channel, "norm": norm, "accuracy_by_norm": by_norm},
     )
     order = {str(it.id): i for i, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(str(r["id"]), 0))

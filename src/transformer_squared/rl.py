@@ -24,6 +24,14 @@ One RL step (``objective="rl"``):
 ``objective="sft"`` replaces sampling and rewards by the task's reference solutions (``Item.reference``)
 and the loss by −Σ_t log π(reference_t) / B (the paper's LoRA baseline).
 
+``objective="exact"`` (multiple-choice tasks) is the policy gradient with no sampling noise: the
+policy is a softmax over the item's options, π_j ∝ exp(s_j / T), where s_j is option j's score in
+the chosen answer channel (``cloze``: the option text's mean per-token log-likelihood after
+``Question: ...\nAnswer:``; ``letter``: the option letter's log-probability as the first token
+after the chat prompt). The loss is −E_π[r] = −Σ_j π_j r_j averaged over the B items (plus
+λ·KL(π‖π_base) over the options, exact too), so its gradient is the exact gradient of the
+expected reward. Validation then scores val items by log-likelihood in the same channel.
+
 Every ``eval_every`` steps the policy is evaluated greedily on the task's ``val`` split (never
 ``test``) and the best one is saved to ``out`` (an expert folder for SVF, a PEFT adapter folder
 for LoRA). ``out`` also receives ``metrics.jsonl``, ``train_curve.png``, ``train_config.json``
@@ -64,7 +72,11 @@ from .fileio import append_jsonl, atomic_path, write_json, write_text
 log = logging.getLogger(__name__)
 
 METHODS = ("svf", "lora")
-OBJECTIVES = ("rl", "sft")
+OBJECTIVES = ("rl", "sft", "exact")
+CHANNELS = ("cloze", "letter")
+NORMS = ("token", "char", "sum")
+# --objective exact: items per micro-batch when --grad-accum is 0 (auto)
+AUTO_MICRO_ITEMS = 16
 BASELINES = ("none", "mean", "loo")
 SCHEDULES = ("constant", "cosine")
 KL_ESTIMATORS = ("k3", "full")
@@ -84,7 +96,7 @@ TRAJECTORY_FIELDS = (
     "method", "objective", "targets", "parameterization", "lora_rank", "lora_alpha", "lora_targets",
     "batch_size", "samples_per_prompt", "lr", "weight_decay", "kl_coef", "kl_estimator", "baseline",
     "temperature", "top_p", "max_new_tokens", "gen_prompts", "schedule", "warmup_steps", "clip",
-    "seed", "dtype", "autocast", "reward_correct", "reward_wrong",
+    "seed", "dtype", "autocast", "reward_correct", "reward_wrong", "channel", "norm",
 )
 
 
@@ -102,7 +114,9 @@ class TrainConfig:
     dtype: str = "float32"
     device: str = "cpu"
     method: str = "svf"                  # svf | lora
-    objective: str = "rl"                # rl | sft
+    objective: str = "rl"                # rl | sft | exact
+    channel: str = "cloze"               # exact: cloze | letter (what the policy's softmax is over)
+    norm: str = "token"                  # exact: option score = mean log-prob per token | per char | sum
     # SVF
     targets: str | list[str] = "mlp"
     parameterization: str = "direct"
@@ -154,6 +168,8 @@ class TrainConfig:
 
         choice("method", METHODS)
         choice("objective", OBJECTIVES)
+        choice("channel", CHANNELS)
+        choice("norm", NORMS)
         choice("baseline", BASELINES)
         choice("schedule", SCHEDULES)
         choice("kl_estimator", KL_ESTIMATORS)
@@ -177,6 +193,8 @@ class TrainConfig:
             raise T2Error(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.val_limit is not None and self.val_limit < 1:
             raise T2Error(f"--val-limit must be at least 1 (or omitted for all), got {self.val_limit}")
+        if self.objective == "exact" and self.temperature <= 0:
+            raise T2Error("--objective exact needs --temperature > 0 (the softmax temperature over the options)")
         if self.objective == "rl":
             k = self.samples_per_prompt
             if self.baseline != "none" and k < 2:
@@ -511,6 +529,17 @@ def safe_rewards(task, items: Sequence, completions: Sequence[str]) -> tuple[lis
     return rewards, errors
 
 
+def _mean_gold_logprob(rows: Sequence[dict[str, Any]], norm: str) -> float | None:
+    """Mean log π(gold) of the softmax over normalised option scores, from loglik evaluation rows."""
+    from .scoring import OptionScores
+
+    vals = []
+    for r in rows:
+        sc = OptionScores(torch.tensor(r["logp"]), torch.tensor(r["n_tokens"]), torch.tensor(r["n_chars"]))
+        vals.append(float(F.log_softmax(sc.normalised(norm), dim=0)[r["gold"]]))
+    return sum(vals) / len(vals) if vals else None
+
+
 def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, cap))
 
@@ -549,6 +578,8 @@ class Trainer:
                 raise T2Error(f"--grad-accum {c.grad_accum} must divide the {self.local_prompts} prompts each "
                               "process handles per step (batch size / processes)")
             self.micro_prompts = self.local_prompts // c.grad_accum
+        elif c.objective == "exact":
+            self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ITEMS)
         else:
             self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ROWS // rows)
 
@@ -567,6 +598,12 @@ class Trainer:
                           "evaluation only. Train on gsm8k, mbpp or arc_easy, or give --source a JSONL file "
                           "with train records")
         self.train_items = list(task.load("train"))
+        if c.objective == "exact":
+            from .tasks.multiple_choice import is_multiple_choice
+
+            if not is_multiple_choice(task):
+                raise T2Error(f"--objective exact needs a multiple-choice task (a finite answer set); {task.name!r} "
+                              "has open answers: use --objective rl")
         if c.objective == "sft":
             self.train_items = [it for it in self.train_items if getattr(it, "reference", None)]
             if not self.train_items:
@@ -624,6 +661,8 @@ class Trainer:
         self.skipped = 0
         self.history: list[dict[str, Any]] = []
         self._perm_cache: tuple[int, list[int]] | None = None
+        self._start_state = {n: t.clone() for n, t in self.policy.state().items()}
+        self._prev_grad: torch.Tensor | None = None
         self._prepare_out(resume_from)
 
     def _lr_factor(self, step: int) -> float:
@@ -770,6 +809,8 @@ class Trainer:
         base = (step - 1) * c.batch_size
         indices = list(self._local_indices())
         items = [self.item_at(base + g) for g in indices]
+        if c.objective == "exact":  # nothing to sample: the loss sums over every option
+            return Rollout(step, items, [], [], [], None, 1, [True] * len(items))
         prompts = [self.task.prompt(it, tok) for it in items]
         prompt_ids = [list(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         if c.objective == "sft":
@@ -837,6 +878,8 @@ class Trainer:
         Returns this process's sums of loss, pg_loss, kl and completion log-prob.
         """
         c = self.config
+        if c.objective == "exact":
+            return self._exact_gradients(ro)
         rl = c.objective == "rl"
         k = ro.k
         n_global = c.batch_size * k
@@ -873,11 +916,81 @@ class Trainer:
                 totals[key] += stats.get(key, 0.0)
         return totals
 
+    def _exact_gradients(self, ro: Rollout) -> dict[str, float]:
+        """The exact policy gradient over each item's options (see the module docstring).
+
+        Returns this process's sums of loss, pg_loss (−E[r]), kl, log π(gold), E[r], E[r²], items whose
+        most likely option is gold, and the policy's entropy.
+        """
+        from .scoring import score_options
+
+        c = self.config
+        want_kl = c.kl_coef > 0
+        totals = dict.fromkeys(("loss", "pg_loss", "kl", "logp", "reward", "reward_sq", "argmax_correct",
+                                "entropy"), 0.0)
+        for p0 in range(0, len(ro.items), self.micro_prompts):
+            items = ro.items[p0:p0 + self.micro_prompts]
+            requests = [self.task.requests(it, c.channel, self.tokenizer) for it in items]
+            with self._autocast():
+                base = None
+                if want_kl:
+                    with torch.no_grad(), self.policy.base():
+                        base = score_options(self.policy.model, self.tokenizer, requests, batch_size=len(items))
+                with self.policy.training():
+                    scores = score_options(self.policy.model, self.tokenizer, requests, batch_size=len(items))
+            loss = torch.zeros((), device=self.device)
+            for i, (item, sc) in enumerate(zip(items, scores, strict=True)):
+                gold = self.task.gold_index(item)
+                logpi = F.log_softmax(sc.normalised(c.norm).float() / c.temperature, dim=0)
+                pi = logpi.exp()
+                r = torch.full_like(pi, self.task.reward_wrong)
+                r[gold] = self.task.reward_correct
+                expected = (pi * r).sum()
+                item_loss = -expected
+                if base is not None:
+                    logb = F.log_softmax(base[i].normalised(c.norm).float() / c.temperature, dim=0)
+                    kl = (pi * (logpi - logb.to(logpi.device))).sum()
+                    item_loss = item_loss + c.kl_coef * kl
+                    totals["kl"] += kl.item() / c.batch_size
+                loss = loss + item_loss / c.batch_size
+                totals["pg_loss"] += -expected.item() / c.batch_size
+                totals["reward"] += expected.item()
+                totals["reward_sq"] += (pi * r * r).sum().item()
+                totals["argmax_correct"] += float(int(torch.argmax(logpi).item()) == gold)
+                totals["entropy"] += -(pi * logpi).sum().item()
+                totals["logp"] += logpi[gold].item()
+            loss.backward()
+            totals["loss"] += loss.item()
+        return totals
+
+    def _rms_change(self) -> float:
+        """rms of (trainable − its value at the start of the run): rms(z − 1) for a direct SVF expert."""
+        sq, n = 0.0, 0
+        for name, value in self.policy.state().items():
+            start = self._start_state.get(name)
+            if start is not None:
+                sq += float(((value - start) ** 2).sum())
+                n += value.numel()
+        return math.sqrt(sq / n) if n else 0.0
+
+    def _grad_cosine(self) -> float | None:
+        """Cosine between this step's (clipped) gradient and the previous step's: ~0 on pure noise."""
+        grads = [p.grad.reshape(-1).float() for p in self.params if p.grad is not None]
+        if not grads:
+            return None
+        flat = torch.cat(grads).detach().cpu()
+        prev, self._prev_grad = self._prev_grad, flat
+        if prev is None or prev.shape != flat.shape:
+            return None
+        denom = float(flat.norm() * prev.norm())
+        return float(flat @ prev) / denom if denom > 0 else None
+
     def update(self, ro: Rollout) -> dict[str, Any]:
         """Loss, backward over micro-batches, all-reduce, clip and optimiser step (or skip if non-finite)."""
         c, d = self.config, self.dist
         rl = c.objective == "rl"
-        want_kl = rl and (c.kl_coef > 0)
+        exact = c.objective == "exact"
+        want_kl = (rl or exact) and (c.kl_coef > 0)
         k = ro.k
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
@@ -901,12 +1014,17 @@ class Trainer:
         if rl:
             r = ro.rewards.reshape(-1).double()
             local += [r.sum().item(), (r * r).sum().item(), float((r == self.task.reward_correct).sum().item())]
+            # prompts whose K samples got different rewards: the only ones that carry a gradient
+            local += [0.0, float((ro.rewards.max(dim=1).values != ro.rewards.min(dim=1).values).sum().item())]
+        elif exact:
+            local += [totals["reward"], totals["reward_sq"], totals["argmax_correct"], totals["entropy"], 0.0]
         else:
-            local += [0.0, 0.0, 0.0]
+            local += [0.0, 0.0, 0.0, 0.0, 0.0]
         agg = d.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
-        loss_sum, pg_sum, kl_sum, logp_sum, tokens, finished, n_err, r_sum, r2_sum, n_ok = agg
+        loss_sum, pg_sum, kl_sum, logp_sum, tokens, finished, n_err, r_sum, r2_sum, n_ok, ent_sum, n_disagree = agg
         params = [p for p in self.params if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, c.clip if c.clip > 0 else float("inf")).item()
+        grad_cos = self._grad_cosine()
         lr = self.scheduler.get_last_lr()[0]
         finite = math.isfinite(loss_sum) and math.isfinite(norm)
         if finite:
@@ -925,13 +1043,19 @@ class Trainer:
             "skipped": not finite, "tokens": int(tokens), "mean_len": tokens / n_rows,
             "update_seconds": round(time.perf_counter() - t0, 3), "backward_seconds": round(t_backward, 3),
         }
+        row.update(rms_change=self._rms_change(), grad_cos_prev=grad_cos)
         if rl:
             mean = r_sum / n_rows
             var = r2_sum / n_rows - mean * mean
             row.update(reward_mean=mean, reward_std=math.sqrt(max(0.0, var)) if math.isfinite(var) else None,
                        correct_frac=n_ok / n_rows, pg_loss=pg_sum if finite else None,
                        kl=(kl_sum if want_kl else None), finished_frac=finished / n_rows,
-                       reward_errors=int(n_err))
+                       reward_errors=int(n_err), disagree_frac=n_disagree / c.batch_size)
+        elif exact:
+            mean = r_sum / c.batch_size
+            row.update(reward_mean=mean, correct_frac=n_ok / c.batch_size, entropy=ent_sum / c.batch_size,
+                       pg_loss=pg_sum if finite else None, kl=(kl_sum if want_kl else None),
+                       gold_logprob=logp_sum / c.batch_size)
         else:
             row.update(nll_per_token=(-logp_sum / tokens) if tokens else None)
         for key, value in list(row.items()):
@@ -945,9 +1069,16 @@ class Trainer:
         of their reference answers (one teacher-forced pass; the tie-breaker between equal
         accuracies, as in the CEM search): (accuracy, n, seconds, loglik or None)."""
         from .adapt import mean_reference_loglik
-        from .evaluation import evaluate
+        from .evaluation import evaluate, evaluate_loglik
 
         t0 = time.perf_counter()
+        c = self.config
+        if c.objective == "exact":  # choose in the channel that is trained: options scored, no generation
+            with torch.no_grad(), self.policy.sampling():
+                summary, rows = evaluate_loglik(self.policy.model, self.tokenizer, self.task, self.val_items,
+                                                split="val", channel=c.channel, norm=c.norm,
+                                                batch_size=c.eval_batch_size, progress=False)
+            return summary.accuracy, summary.n, time.perf_counter() - t0, _mean_gold_logprob(rows, c.norm)
         with torch.no_grad(), self.policy.sampling():
             summary, _ = evaluate(self.policy.model, self.tokenizer, self.task, self.val_items, split="val",
                                   batch_size=self.config.eval_batch_size, max_new_tokens=self.max_new_tokens,
@@ -1149,6 +1280,16 @@ def write_plot(path: str | Path, history: Sequence[dict[str, Any]], title: str =
         fig.savefig(tmp, format="png")
 
 
+def warn_if_untrained(result: TrainResult) -> TrainResult:
+    """Warn when the saved weights are the step-0 ones (the identity: the run saved the base model)."""
+    if result.best_step == 0 and os.environ.get("RANK", "0") == "0":
+        acc = "" if result.best_val_accuracy is None else f" ({result.best_val_accuracy:.1%})"
+        log.warning("the weights saved in %s are the untrained step-0 ones (the base model): no later step beat "
+                    "step 0 on val%s, so nothing learned was kept; train longer, change --lr, or check the task's "
+                    "rewards", result.out, acc)
+    return result
+
+
 def train(config: TrainConfig, *, model: nn.Module | None = None, tokenizer=None, task=None,
           on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train an SVF expert (or the LoRA baseline) as ``config`` says and return a :class:`TrainResult`.
@@ -1157,7 +1298,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, tokenizer=None
     """
     trainer = Trainer(config, model=model, tokenizer=tokenizer, task=task)
     try:
-        return trainer.run(on_step=on_step)
+        return warn_if_untrained(trainer.run(on_step=on_step))
     finally:
         trainer.close()
 

@@ -7,7 +7,11 @@ Thin: parses the options into a :class:`~transformer_squared.rl.TrainConfig` and
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import sys
+from pathlib import Path
 
 from .common import add_model_args, parse_targets
 
@@ -37,8 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     m = p.add_argument_group("what is trained")
     m.add_argument("--method", default=d.method, choices=["svf", "lora"], help="svf (default) or the LoRA baseline")
-    m.add_argument("--objective", default=d.objective, choices=["rl", "sft"],
-                   help="rl: REINFORCE on the task's reward (default); sft: imitate the reference solutions")
+    m.add_argument("--objective", default=d.objective, choices=["rl", "sft", "exact"],
+                   help="rl: REINFORCE on the task's reward (default); sft: imitate the reference solutions; "
+                        "exact: exact policy gradient over a multiple-choice task's options (no sampling)")
+    m.add_argument("--channel", default=d.channel, choices=["cloze", "letter"],
+                   help="exact: score options as text after 'Question: ...\\nAnswer:' (cloze) or as the first "
+                        "letter after the chat prompt (letter, what generation samples)")
+    m.add_argument("--norm", default=d.norm, choices=["token", "char", "sum"],
+                   help="exact: option score = log-likelihood per token (default), per character, or summed")
     m.add_argument("--train-path", default=d.train_path, choices=["merged", "factored"],
                    help="SVF forward used for the gradient (same result; factored was as fast or faster here, see docs)")
     m.add_argument("--lora-rank", type=int, default=d.lora_rank)
@@ -85,6 +95,75 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--tensorboard", action="store_true", help="also log to <out>/tensorboard (needs tensorboard)")
     e.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+    _remember_defaults(p)  # last: covers every option above
+
+
+# Options a resumed run never takes from the saved run: where it runs and how it reports.
+NOT_REUSED = {"out", "resume", "overwrite", "progress"}
+# Command-line option (argparse dest) -> TrainConfig field, where the names differ.
+DEST_TO_FIELD = {"no_eval_at_start": "eval_at_start", "no_progress": "progress"}
+
+
+def _remember_defaults(p: argparse.ArgumentParser) -> None:
+    """Keep the defaults aside so that ``run`` knows which options the user gave (for --resume)."""
+    defaults = {}
+    for action in p._actions:
+        if action.dest in (argparse.SUPPRESS, "help") or action.default is argparse.SUPPRESS:
+            continue
+        defaults[action.dest] = action.default
+        action.default = argparse.SUPPRESS  # absent from the namespace unless given
+    p.set_defaults(_defaults=defaults)
+
+
+def _fill_defaults(args: argparse.Namespace) -> set[str]:
+    """Put the defaults back into ``args``; the names of the options given on the command line."""
+    defaults = getattr(args, "_defaults", {})
+    given = {dest for dest in defaults if hasattr(args, dest)}
+    for dest, value in defaults.items():
+        if dest not in given:
+            setattr(args, dest, value)
+    return given
+
+
+def saved_config(config) -> tuple[Path | None, dict]:
+    """The ``config`` written to train_config.json by the run that ``config.resume`` continues."""
+    from ..rl import CONFIG_NAME
+
+    where = Path(config.out) if config.resume is True or str(config.resume) == "auto" else Path(config.resume)
+    for folder in (where, where.parent):
+        path = folder / CONFIG_NAME
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8")).get("config")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                return path, {}
+            return path, saved if isinstance(saved, dict) else {}
+    return None, {}
+
+
+def reuse_saved_options(config, given: set[str]):
+    """``config`` with each option the user did not give taken from the run being resumed.
+
+    So ``t2 train --task T --out D --resume`` continues the run that ``t2 train ... --out D`` started
+    with its own options; an option given again wins (and the trainer refuses one that would change
+    what the run computes).
+    """
+    path, saved = saved_config(config)
+    if not saved:
+        return config
+    given_fields = {DEST_TO_FIELD.get(dest, dest) for dest in given}
+    names = {f.name for f in dataclasses.fields(config)}
+    taken = []
+    for name, value in saved.items():
+        if name in NOT_REUSED or name in given_fields or name not in names:
+            continue
+        if getattr(config, name) != value:
+            setattr(config, name, value)
+            taken.append(name)
+    if taken:
+        shown = " ".join(f"--{n.replace('_', '-')} {getattr(config, n)}" for n in taken)
+        print(f"t2 train: resuming with the options saved in {path}: {shown}", file=sys.stderr)
+    return config
 
 
 def config_from_args(args: argparse.Namespace):
@@ -93,7 +172,8 @@ def config_from_args(args: argparse.Namespace):
 
     return TrainConfig(
         task=args.task, out=args.out, source=args.source, model=args.model, dtype=args.dtype, device=args.device,
-        method=args.method, objective=args.objective, targets=parse_targets(args.targets),
+        method=args.method, objective=args.objective, channel=args.channel, norm=args.norm,
+        targets=parse_targets(args.targets),
         parameterization=args.parameterization, train_path=args.train_path, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()],
         steps=args.steps, batch_size=args.batch_size, samples_per_prompt=args.samples_per_prompt, lr=args.lr,
@@ -112,7 +192,11 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..rl import train
 
-    result = train(config_from_args(args))
+    given = _fill_defaults(args)
+    config = config_from_args(args)
+    if config.resume not in (None, False):
+        config = reuse_saved_options(config, given)
+    result = train(config)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if result.best_val_accuracy is not None:

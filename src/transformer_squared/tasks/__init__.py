@@ -22,9 +22,12 @@ from .classify import Classify
 from .code import MBPP, HumanEval
 from .competition_math import CompetitionMath
 from .gsm8k import GSM8K
+from .multiple_choice import MultipleChoice, is_multiple_choice
+from .olmes import OLMES_TASKS
 from .sources import Source
 
-TASK_NAMES: tuple[str, ...] = ("gsm8k", "mbpp", "humaneval", "arc_easy", "arc_challenge", "math", "classify")
+TASK_NAMES: tuple[str, ...] = ("gsm8k", "mbpp", "humaneval", "arc_easy", "arc_challenge", "math", "classify",
+                               *OLMES_TASKS)
 
 TASKS: dict[str, type[Task]] = {
     "gsm8k": GSM8K,
@@ -34,6 +37,7 @@ TASKS: dict[str, type[Task]] = {
     "arc_challenge": ARCChallenge,
     "math": CompetitionMath,
     "classify": Classify,
+    **OLMES_TASKS,
 }
 
 # The domain each task belongs to (the classify task's labels for the training tasks).
@@ -62,4 +66,5 @@ def get_task(name: str, source: str | os.PathLike | Source = "offline", reward_c
     return cls(source=source, reward_correct=reward_correct, reward_wrong=reward_wrong, **options)
 
 
-__all__ = ["DOMAINS", "Item", "SplitData", "TASKS", "TASK_NAMES", "Task", "get_task"]
+__all__ = ["DOMAINS", "Item", "MultipleChoice", "SplitData", "TASKS", "TASK_NAMES", "Task", "get_task",
+           "is_multiple_choice"]

@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import Item, SplitData, Task
+from .base import Item, SplitData
 from .gsm8k import last_boxed
+from .multiple_choice import MultipleChoice
 from .sources import Where, field, load_hub, oe_eval_docs, origin
 
 LETTERS = "ABCDEFGH"
@@ -171,8 +172,8 @@ def extract_choice(completion: str, choices: list[str] | None = None, orig_label
     return None
 
 
-class ARC(Task):
-    """ARC multiple choice; reward by the chosen letter."""
+class ARC(MultipleChoice):
+    """ARC multiple choice; reward by the chosen letter (or, with ``--mode loglik``, the option's score)."""
 
     name = "arc_easy"
     domain = "reasoning"
@@ -239,18 +240,6 @@ class ARC(Task):
             out[split] = SplitData(items, f"the official {self.hub_config} {official} split",
                                    f"hub: allenai/ai2_arc ({self.hub_config})", held_out=split == "test")
         return out
-
-    def extract(self, completion: str) -> str | None:
-        """The chosen letter (A-E) without knowing the options, or ``None``."""
-        return extract_choice(completion)
-
-    def extract_for(self, item: Item, completion: str) -> str | None:
-        """The chosen letter using the item's options (option text, numeric labels), or ``None``."""
-        return extract_choice(completion, item.data.get("choices"), item.data.get("orig_labels"))
-
-    def is_correct(self, item: Item, completion: str) -> bool:
-        """The chosen letter equals the gold letter."""
-        return self.extract_for(item, completion) == item.answer
 
 
 class ARCChallenge(ARC):

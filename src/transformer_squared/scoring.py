@@ -1,0 +1,208 @@
+"""Teacher-forced scoring: the log-likelihood of given continuations (answer options) after a context.
+
+This is the one primitive behind multiple-choice evaluation by log-likelihood (``t2 eval --mode
+loglik``, as lm-eval scores ARC or HellaSwag), the exact policy gradient over a finite answer set
+(``t2 train --objective exact``), and letter scoring after a chat prompt. It is differentiable:
+with gradients enabled, the scores carry gradients to whatever is trainable in the model (SVF z).
+
+A *group* is one context with the continuations to score after it. With ``share_prefix=True``
+each context is encoded once and its KV cache is repeated for its continuations, so a 4-option
+question costs one pass over the question plus four short passes over the options, instead of
+four passes over question + option. Both layouts give the same numbers (tested).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import T2Error
+
+Group = tuple[list[int], list[list[int]]]  # (context ids, [continuation ids, ...])
+
+
+@dataclass
+class OptionScores:
+    """Scores of one group's continuations: Σ_t log p, token counts and character counts."""
+
+    logp: torch.Tensor        # (n,) summed log-probability of each continuation (float32)
+    n_tokens: torch.Tensor    # (n,) tokens in each continuation
+    n_chars: torch.Tensor     # (n,) characters in each continuation's text (lm-eval's acc_norm unit)
+
+    def normalised(self, norm: str) -> torch.Tensor:
+        """The per-option score that picks an answer: ``sum``, per ``token`` mean, or per ``char``."""
+        if norm == "sum":
+            return self.logp
+        if norm == "token":
+            return self.logp / self.n_tokens.clamp_min(1).to(self.logp.dtype)
+        if norm == "char":
+            return self.logp / self.n_chars.clamp_min(1).to(self.logp.dtype)
+        raise T2Error(f"unknown normalisation {norm!r}; use sum, token or char")
+
+
+NORMS = ("token", "char", "sum")
+
+
+def encode_continuations(tokenizer, context: str, continuations: Sequence[str]) -> Group:
+    """Token ids of a context and of each continuation as they appear after it.
+
+    As lm-eval does, a continuation's ids are those of ``context + continuation`` past the
+    context's own ids, so a leading space merges into the first option token exactly as it would
+    in running text; where the tokenizer merges across the boundary, the continuation is encoded
+    on its own instead.
+    """
+    ctx = list(tokenizer(context, add_special_tokens=False)["input_ids"])
+    if not ctx:
+        raise T2Error("a scoring context must not be empty")
+    conts = []
+    for text in continuations:
+        whole = list(tokenizer(context + text, add_special_tokens=False)["input_ids"])
+        cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else []
+        if not cont:
+            cont = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not cont:
+            raise T2Error(f"continuation {text!r} encodes to no tokens")
+        conts.append(cont)
+    return ctx, conts
+
+
+def _accepts(model, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        return False
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _gather_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] in float32, for logits (..., V) and targets (...)."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    lp = -F.cross_entropy(flat, targets.reshape(-1), reduction="none")
+    return lp.view(targets.shape)
+
+
+def score_groups(model, groups: Sequence[Group], pad_id: int, *, share_prefix: bool = True) -> list[torch.Tensor]:
+    """Σ_t log p(continuation_t | context, continuation_<t) for every continuation of every group.
+
+    Returns one float32 tensor (n_continuations,) per group, differentiable when gradients are
+    enabled. All groups go through the model in one batch: callers choose the batch size.
+    """
+    if not groups:
+        return []
+    device = next(model.parameters()).device
+    rows_group = [g for g, (_, conts) in enumerate(groups) for _ in conts]
+    rows_cont = [c for _, conts in groups for c in conts]
+    if any(not c for c in rows_cont):
+        raise T2Error("every continuation needs at least one token")
+    if share_prefix:
+        flat = _score_shared(model, groups, rows_group, rows_cont, pad_id, device)
+    else:
+        flat = _score_rows(model, groups, rows_group, rows_cont, pad_id, device)
+    out, start = [], 0
+    for _, conts in groups:
+        out.append(flat[start:start + len(conts)])
+        start += len(conts)
+    return out
+
+
+def _score_shared(model, groups, rows_group, rows_cont, pad_id, device) -> torch.Tensor:
+    ids, mask = _left_pad([ctx for ctx, _ in groups], pad_id, device)
+    pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    longest = max(len(c) for c in rows_cont)
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=longest > 1)
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1
+    out = model(**kwargs)
+    index = torch.tensor(rows_group, dtype=torch.long, device=device)
+    first = torch.tensor([c[0] for c in rows_cont], dtype=torch.long, device=device)
+    total = _gather_logp(out.logits[:, -1][index], first)
+    if longest == 1:
+        return total
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cache.reorder_cache(index)  # one copy of each context's keys/values per continuation
+    # feed c[0..L-2] to predict c[1..L-1]
+    inp, cmask = _right_pad([c[:-1] for c in rows_cont], pad_id, device)
+    targets, tmask = _right_pad([c[1:] for c in rows_cont], pad_id, device)
+    attn = torch.cat([mask[index], cmask], dim=1)
+    start = pos[:, -1][index] + 1
+    pos2 = start[:, None] + torch.arange(inp.shape[1], device=device)[None, :]
+    cache_kw = "cache" if _accepts(model, "cache") else "past_key_values"  # renamed in transformers 5.x
+    out2 = model(input_ids=inp, attention_mask=attn, position_ids=pos2, use_cache=True, **{cache_kw: cache})
+    rest = _gather_logp(out2.logits, targets) * tmask
+    return total + rest.sum(dim=1)
+
+
+def _score_rows(model, groups, rows_group, rows_cont, pad_id, device) -> torch.Tensor:
+    ctx_ids, ctx_mask = _left_pad([groups[g][0] for g in rows_group], pad_id, device)
+    cont_ids, cont_mask = _right_pad(rows_cont, pad_id, device)
+    ids = torch.cat([ctx_ids, cont_ids], dim=1)
+    mask = torch.cat([ctx_mask, cont_mask], dim=1)
+    pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    width = cont_ids.shape[1]
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = width + 1
+    logits = model(**kwargs).logits[:, -(width + 1):-1]
+    return (_gather_logp(logits, cont_ids) * cont_mask).sum(dim=1)
+
+
+def score_options(model, tokenizer, requests: Sequence[Sequence[tuple[str, str]]], *, batch_size: int = 16,
+                  share_prefix: bool = True) -> list[OptionScores]:
+    """Scores of each item's options, where an item is a list of (context, continuation) pairs.
+
+    Options of one item usually share their context (a question and its answers); where they do
+    not (Winogrande's partial scoring puts the option into the context), each distinct context
+    becomes its own group. ``batch_size`` counts items per forward.
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    results: list[OptionScores] = []
+    for b0 in range(0, len(requests), batch_size):
+        chunk = requests[b0:b0 + batch_size]
+        groups: list[Group] = []
+        where: list[list[tuple[int, int]]] = []  # per item, per option: (group, index in group)
+        for pairs in chunk:
+            by_ctx: dict[str, int] = {}
+            places = []
+            for ctx, cont in pairs:
+                if ctx not in by_ctx:
+                    by_ctx[ctx] = len(groups)
+                    groups.append((list(tokenizer(ctx, add_special_tokens=False)["input_ids"]), []))
+                g = by_ctx[ctx]
+                _, ids = encode_continuations(tokenizer, ctx, [cont])
+                groups[g][1].append(ids[0])
+                places.append((g, len(groups[g][1]) - 1))
+            where.append(places)
+        scores = score_groups(model, groups, pad_id, share_prefix=share_prefix)
+        for pairs, places in zip(chunk, where, strict=True):
+            logp = torch.stack([scores[g][j] for g, j in places])
+            n_tok = torch.tensor([len(groups[g][1][j]) for g, j in places])
+            n_chr = torch.tensor([len(cont) for _, cont in pairs])
+            results.append(OptionScores(logp, n_tok, n_chr))
+    return results
+
+
+__all__ = ["NORMS", "OptionScores", "encode_continuations", "score_groups", "score_options"]
