@@ -111,6 +111,8 @@ def test_eval_with_lora_adapter(tiny_model_dir, tmp_path):
     (["--task", "arc_easy", "--expert", "/no/such/expert"], "does not exist"),
     (["--task", "arc_easy", "--lora", "/no/such/adapter"], "not a PEFT adapter folder"),
     (["--task", "arc_easy", "--lora", "x", "--expert", "y"], "cannot be combined"),
+    (["--task", "gsm8k", "--mode", "loglik", "--limit", "2"], "multiple-choice"),
+    (["--task", "arc_easy", "--mode", "loglik", "--adapt", "prompt"], "--mode generate"),
 ])
 def test_eval_bad_input(extra, message, tiny_model_dir, capsys):
     assert main(["eval", "--model", str(tiny_model_dir), "--no-progress", *extra]) == 2
@@ -124,3 +126,38 @@ def test_eval_default_model_arc_easy(tmp_path):
     assert main(["eval", "--task", "arc_easy", "--limit", "8", "--out", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text())
     assert report["n"] == 8 and report["answered"] >= 6  # SmolLM2 answers ARC with a letter
+
+
+def test_eval_loglik_writes_every_normalisation_and_compares(tiny_model_dir, tmp_path, capsys):
+    from conftest import tiny_model, tiny_tokenizer
+
+    from transformer_squared.evaluation import evaluate_loglik
+    from transformer_squared.tasks import get_task
+
+    out = tmp_path / "ll.json"
+    argv = ["eval", "--task", "arc_easy", "--mode", "loglik", "--model", str(tiny_model_dir), "--out", str(out),
+            "--limit", "5", "--batch-size", "2", "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["n"] == 5 and report["extra"]["mode"] == "loglik" and report["extra"]["channel"] == "cloze"
+    assert set(report["extra"]["accuracy_by_norm"]) == {"token", "char", "sum"}
+    assert "--mode loglik" in report["command"]
+    rows = [json.loads(line) for line in out.with_name("ll.json.items.jsonl").read_text().splitlines()]
+    assert all(r["correct"] == r["correct_by_norm"]["token"] and len(r["logp"]) == len(r["n_tokens"]) for r in rows)
+    assert all(r["correct"] == (r["pred"]["token"] == r["gold"]) for r in rows)
+    # the same scores from the Python API, without a shared prefix (a different layout, same numbers)
+    task = get_task("arc_easy")
+    summary, again = evaluate_loglik(tiny_model("llama"), tiny_tokenizer(), task, task.load("test")[:5],
+                                     progress=False, share_prefix=False)
+    assert summary.extra["mode"] == "loglik"
+    for r, r2 in zip(rows, again, strict=True):
+        assert r["id"] == r2["id"] and r["logp"] == pytest.approx(r2["logp"], abs=1e-4)
+    # a resumed run with another channel into the same --out is refused
+    assert main([*argv, "--channel", "letter"]) == 2
+    assert "another run" in capsys.readouterr().err
+    letter = tmp_path / "letter.json"
+    assert main([*argv[:-5], "--channel", "letter", "--out", str(letter), "--limit", "5", "--no-progress"]) == 0
+    assert all(json.loads(x)["n_tokens"] == [1] * len(json.loads(x)["logp"])
+               for x in letter.with_name("letter.json.items.jsonl").read_text().splitlines())
+    assert main(["compare", str(out), str(letter)]) == 0
+    assert "exact McNemar p" in capsys.readouterr().out

@@ -387,3 +387,84 @@ def test_model_selection_breaks_accuracy_ties_by_reference_loglik():
     assert t._consider_best(40, 0.1, -3.0)       # accuracy first
     assert not t._consider_best(50, 0.05, -0.1)
     assert (t.best_step, t.best_val, len(saved)) == (40, 0.1, 3)
+
+
+# --------------------------------------------------------------------------- the exact objective
+def _mc_file(tmp_path, n_train=8, n_val=4, seed=0):
+    rng = random.Random(seed)
+    path = tmp_path / "mc.jsonl"
+    words = [f"w{i}" for i in range(30, 128)]
+    with open(path, "w") as f:
+        for i, split in enumerate(["train"] * n_train + ["val"] * n_val + ["test"] * 2):
+            f.write(json.dumps({"question": " ".join(rng.choice(words) for _ in range(3)),
+                                "choices": [" ".join(rng.choice(words) for _ in range(1 + j % 2)) for j in range(4)],
+                                "answerKey": "ABCD"[i % 4], "split": split}) + "\n")
+    return path
+
+
+def _expected_reward_loss(trainer, items):
+    from transformer_squared.scoring import score_options
+
+    total = 0.0
+    for item in items:
+        with torch.no_grad():
+            sc = score_options(trainer.policy.model, trainer.tokenizer, [trainer.task.requests(item, "cloze")])[0]
+        pi = torch.softmax(sc.normalised("token").float(), dim=0)
+        r = torch.full_like(pi, -1.0)
+        r[trainer.task.gold_index(item)] = 1.0
+        total -= float((pi * r).sum())
+    return total / len(items)
+
+
+def test_exact_objective_gradient_matches_finite_differences(tmp_path):
+    from transformer_squared.tasks import get_task
+
+    task = get_task("arc_easy", source=str(_mc_file(tmp_path)))
+    trainer = tiny_trainer(tmp_path, task=task, objective="exact", batch_size=4, kl_coef=0.0, clip=0.0)
+    ro = trainer.rollout(1)
+    assert ro.completion_ids == [] and ro.rewards is None  # nothing is sampled
+    trainer.optimizer.zero_grad(set_to_none=True)
+    totals = trainer.accumulate_gradients(ro)
+    assert totals["loss"] == pytest.approx(_expected_reward_loss(trainer, ro.items), rel=1e-4, abs=1e-6)
+    name, layer = next(iter(trainer.policy.svf.layers.items()))
+    j = int(layer.z.grad.abs().argmax())
+    eps = 1e-2
+    losses = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            layer.z[j] += sign * eps
+        with torch.no_grad(), trainer.policy.training():
+            losses.append(_expected_reward_loss(trainer, ro.items))
+        with torch.no_grad():
+            layer.z[j] -= sign * eps
+    fd = (losses[0] - losses[1]) / (2 * eps)
+    assert float(layer.z.grad[j]) == pytest.approx(fd, rel=2e-2, abs=1e-6)
+
+
+def test_exact_objective_raises_expected_reward_and_logs_learning_signals(tmp_path):
+    from transformer_squared.tasks import get_task
+
+    task = get_task("arc_easy", source=str(_mc_file(tmp_path)))
+    trainer = tiny_trainer(tmp_path, task=task, objective="exact", batch_size=8, kl_coef=0.1, clip=0.0, lr=5e-2,
+                           steps=6, eval_every=3, val_limit=None)
+    result = trainer.run()
+    rows = [r for r in result.history if r["step"] > 0]
+    assert rows[-1]["reward_mean"] > rows[0]["reward_mean"]  # same 8 items every step (one epoch per step)
+    assert all(r["rms_change"] > 0 and r["kl"] is not None and 0 < r["entropy"] for r in rows)
+    assert rows[0]["grad_cos_prev"] is None and rows[1]["grad_cos_prev"] > 0.5  # same items: aligned gradients
+    val = [r for r in result.history if "val_accuracy" in r]
+    assert [r["step"] for r in val] == [0, 3, 6] and all(r["val_n"] == 4 for r in val)
+
+
+def test_exact_objective_needs_a_multiple_choice_task(tmp_path):
+    with pytest.raises(T2Error, match="multiple-choice"):
+        tiny_trainer(tmp_path, objective="exact")
+
+
+def test_rl_logs_the_share_of_prompts_whose_samples_disagree(tmp_path):
+    trainer = tiny_trainer(tmp_path)
+    ro = trainer.rollout(1)
+    row = trainer.update(ro)
+    expected = float((ro.rewards.max(1).values != ro.rewards.min(1).values).float().mean())
+    assert row["disagree_frac"] == pytest.approx(expected)
+    assert row["rms_change"] > 0

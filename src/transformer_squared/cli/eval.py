@@ -12,10 +12,21 @@ from .common import add_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate the base model or an expert on a task (greedy)",
-                       description="Greedy, batched evaluation with a per-item JSONL next to the report. "
-                                   "Re-running with the same --out resumes from the items already written.")
-    p.add_argument("--task", required=True, help="gsm8k, mbpp, humaneval, arc_easy, arc_challenge, math, classify")
+    p = sub.add_parser("eval", help="evaluate the base model or an expert on a task (greedy or log-likelihood)",
+                       description="Greedy, batched evaluation (or, for multiple-choice tasks, the option with the "
+                                   "highest log-likelihood) with a per-item JSONL next to the report. Re-running "
+                                   "with the same --out resumes from the items already written.")
+    p.add_argument("--task", required=True, help="a task id (t2 data list): gsm8k, mbpp, humaneval, arc_easy, "
+                   "arc_challenge, math, classify, csqa, openbookqa, piqa, socialiqa, sciq, hellaswag, winogrande")
+    p.add_argument("--mode", default="generate", choices=["generate", "loglik"],
+                   help="generate: greedy answer + checker (default); loglik: multiple choice by the options' "
+                        "log-likelihood, as lm-eval scores these benchmarks")
+    p.add_argument("--channel", default="cloze", choices=["cloze", "letter"],
+                   help="loglik: option texts after 'Question: ...\\nAnswer:' (cloze, default) or the option "
+                        "letters as the first token after the chat prompt (letter)")
+    p.add_argument("--norm", default="token", choices=["token", "char", "sum"],
+                   help="loglik: the score that picks the answer: mean log-prob per token (default), per "
+                        "character (lm-eval acc_norm) or summed (acc); all three are reported")
     p.add_argument("--split", default="test", help="train, val or test (default: test, the held-out part)")
     p.add_argument("--source", default="offline", help="offline (bundled data), hub, or a JSONL file")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items of the split")
@@ -63,12 +74,16 @@ def run(args: argparse.Namespace) -> int:
     if args.adapt and args.expert:
         raise T2Error("use either --expert (one fixed expert) or --adapt with --experts, not both")
     if args.adapt:
+        if args.mode != "generate":
+            raise T2Error("--adapt evaluates generated answers; use --mode generate")
         return run_adaptive(args, task, items)
     out = Path(args.out) if args.out else None
     items_path = out.with_name(out.name + ".items.jsonl") if out else None
     # what a resumed run must share with the one that wrote the items (reports from before --lora
     # existed have no "lora" key, which reads as None: no adapter)
     run_meta = {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model, "lora": args.lora}
+    if args.mode == "loglik":  # older .run.json files have no mode: they were generation runs
+        run_meta.update(mode="loglik", channel=args.channel, norm=args.norm)
     if items_path and items_path.exists():
         meta_path = out.with_name(out.name + ".run.json")
         if meta_path.exists():
@@ -88,17 +103,29 @@ def run(args: argparse.Namespace) -> int:
     if out:
         write_json(out.with_name(out.name + ".run.json"), run_meta)
     load_s = time.perf_counter() - t0
-    summary, rows = evaluate(model, tokenizer, task, items, split=args.split, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, items_jsonl=items_path,
-                             progress=not args.no_progress)
-    answered = sum(r["extracted"] is not None for r in rows)
+    if args.mode == "loglik":
+        from ..evaluation import evaluate_loglik
+
+        summary, rows = evaluate_loglik(model, tokenizer, task, items, split=args.split, channel=args.channel,
+                                        norm=args.norm, batch_size=args.batch_size, items_jsonl=items_path,
+                                        progress=not args.no_progress)
+    else:
+        summary, rows = evaluate(model, tokenizer, task, items, split=args.split, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens, items_jsonl=items_path,
+                                 progress=not args.no_progress)
+    answered = sum(r.get("extracted", r.get("pred")) is not None for r in rows)
     report = summary.to_dict()
     report.update(model=getattr(model, "t2_model_name", args.model), expert=expert.name if expert else None,
                   lora=args.lora,
                   source=args.source, limit=args.limit, answered=answered, load_seconds=round(load_s, 2),
                   command="t2 " + " ".join(_argv(args)))
     print(summary.line())
-    print(f"answered (an answer could be extracted): {answered}/{len(rows)}")
+    if args.mode == "loglik":
+        by = summary.extra["accuracy_by_norm"]
+        print(f"by normalisation ({args.channel}): " + ", ".join(f"{k} {v:.1%}" for k, v in by.items())
+              + f"; --norm {args.norm} decides 'correct'")
+    else:
+        print(f"answered (an answer could be extracted): {answered}/{len(rows)}")
     if summary.provenance:
         print(f"data: {summary.provenance}")
     if out:
@@ -199,6 +226,8 @@ def _load_plain(args: argparse.Namespace):
 
 def _argv(args: argparse.Namespace) -> list[str]:
     parts = ["eval", "--task", args.task, "--split", args.split]
+    if args.mode == "loglik":
+        parts += ["--mode", "loglik", "--channel", args.channel, "--norm", args.norm]
     if args.limit:
         parts += ["--limit", str(args.limit)]
     if args.expert:
