@@ -103,7 +103,7 @@ def setup(tmp_path_factory):
     from transformer_squared import SVFModel, load_model
 
     root = tmp_path_factory.mktemp("serve")
-    env = dict(os.environ, T2_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "t2cache"))
+    env = dict(os.environ, T2_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "t2cache"), T2_BODY_TIMEOUT_S="2")
     os.environ.setdefault("T2_CACHE_DIR", env["T2_CACHE_DIR"])
     model = tiny_model("llama")
     model.generation_config.pad_token_id = 1
@@ -304,6 +304,13 @@ GOOD = {"model": "tiny-llama", "messages": [{"role": "user", "content": "w5"}], 
      "messages[0].content[0]"),
     ("/v1/completions", {"model": "tiny-llama", "prompt": 5}, None, 400, "prompt"),
     ("/v1/completions", {"model": "tiny-llama", "prompt": ""}, None, 400, "prompt"),
+    (CHAT, {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, None, 400, "stop"),
+    (CHAT, {**GOOD, "stop": ["x"] * 10_000}, None, 400, "stop"),
+    (CHAT, {**GOOD, "logprobs": 0}, None, 400, "logprobs"),
+    (CHAT, {**GOOD, "logprobs": True}, None, 400, "logprobs"),
+    (CHAT, {**GOOD, "top_logprobs": 0}, None, 400, "top_logprobs"),
+    ("/v1/completions", {"model": "tiny-llama", "prompt": "w5", "logprobs": 0}, None, 400, "logprobs"),
+    ("/v1/completions", {"model": "tiny-llama", "prompt": "w5", "best_of": True}, None, 400, "best_of"),
     (CHAT, GOOD, {"Content-Type": "application/json"}, 401, None),
     (CHAT, GOOD, {"Authorization": "Bearer nope"}, 401, None),
     ("/v1/nothing", GOOD, None, 404, None),
@@ -483,14 +490,52 @@ def test_batches_split_so_every_row_fits_the_context(setup):
 
 @pytest.mark.slow
 def test_default_model_serves_a_chat(tmp_path_factory):
-    env = dict(os.environ, T2_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "t2cache"))
+    env = dict(os.environ, T2_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "t2cache"), T2_BODY_TIMEOUT_S="2")
     # the first start in a session converts the bundled GGUF and takes the SVD (minutes on 2 busy cores)
     proc, base = _start(["--model", "default", "--max-tokens-limit", "32", "--threads", "1"],
                         tmp_path_factory.mktemp("slow") / "log", env, wait_s=300)
     try:
         client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
-        resp = client.chat.completions.create(model="HuggingFaceTB/SmolLM2-135M-Instruct", max_tokens=12,
+        resp = client.chat.completions.create(model="default", max_tokens=12,
                                               temperature=0, messages=[{"role": "user", "content": "What is 2+2?"}])
         assert resp.choices[0].message.content.strip() and resp.model_extra["t2"]["expert"] is None
     finally:
         _stop(proc)
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 14: no request can produce a 500
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("temperature", [1e-45, 1e-300, 5e-324, 1e-6])
+@pytest.mark.parametrize("stream", [False, True])
+def test_tiny_temperatures_decode_greedily(server, temperature, stream):
+    body = {**GOOD, "max_tokens": 4, "temperature": temperature, "stream": stream}
+    code, _, text = _post(server + CHAT, body)
+    assert code == 200, text
+    assert "error" not in text
+    greedy = _post(server + CHAT, {**body, "temperature": 0})[2]
+    if not stream:
+        assert json.loads(text)["choices"][0]["message"] == json.loads(greedy)["choices"][0]["message"]
+
+
+def test_body_read_timeout_is_408_and_disconnects_are_quiet(server, setup):
+    import socket
+
+    host, port = server.removeprefix("http://").split(":")
+    body = json.dumps(GOOD).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:  # sends half the body, then waits
+        sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        start = time.monotonic()
+        reply = sock.recv(4096).decode(errors="replace")
+        assert reply.startswith("HTTP/1.1 408"), reply
+        assert time.monotonic() - start < 10
+    log = setup["root"] / "server.log"
+    before = log.read_text(errors="replace").count("Traceback")
+    for _ in range(3):  # hang up mid-body
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    time.sleep(0.5)
+    assert _get(server + "/health")[0] == 200
+    assert log.read_text(errors="replace").count("Traceback") == before

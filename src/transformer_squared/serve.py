@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import threading
 import time
 import uuid
@@ -39,6 +40,8 @@ log = logging.getLogger("transformer_squared.serve")
 # Strategies a request (or the server) may use; "oracle" and "fewshot" need more than a request.
 SERVE_STRATEGIES = ("prompt", "classifier", "none")
 MAX_ROWS_PER_REQUEST = 32  # prompts × n of one request
+GREEDY_BELOW = 1e-3  # a temperature below this decodes greedily (dividing logits by ~1e-45 overflows)
+BODY_TIMEOUT_S = 30.0  # default seconds to receive a whole request body before answering 408
 DRAIN_LIMIT = 64 << 20  # an oversize body is read and dropped up to this size, so the 413 arrives
 
 
@@ -61,6 +64,10 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _ClientGone(Exception):
+    """The client hung up while its request body was being read."""
 
 
 def _server_error(exc: BaseException) -> APIError:
@@ -141,7 +148,7 @@ class Job:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_p == 0
+        return self.temperature < GREEDY_BELOW or self.top_p == 0
 
     @property
     def sampling_key(self) -> tuple:
@@ -687,8 +694,12 @@ def _validation_error(exc) -> APIError:
 
 
 def _allowed_extra(key: str, value: Any) -> bool:
-    return value in (None, False, [], {}) or value == {"type": "text"} or (key == "best_of" and value == 1) \
-        or (key == "tool_choice" and value == "none")
+    # exact types: ``logprobs: 0`` or ``top_logprobs: 0`` is a request, not an absent field (0 == False)
+    if value is None or value is False or (type(value) in (list, dict) and not value):
+        return True
+    if key == "response_format":
+        return value == {"type": "text"}
+    return (key == "best_of" and type(value) is int and value == 1) or (key == "tool_choice" and value == "none")
 
 
 def _check_unsupported(req, names: Sequence[str]) -> None:
@@ -722,22 +733,32 @@ def create_app(model, tokenizer, svf=None, experts: Sequence[Expert] = (), strat
                classifier: Expert | None = None, *, api_key: str | None = None, model_id: str | None = None,
                max_batch: int = 8, queue_size: int = 64, max_tokens_limit: int = 512,
                max_body_bytes: int = 1 << 20, context_length: int | None = None, batch_wait_s: float = 0.005,
-               threads: int | None = None):
+               threads: int | None = None, body_timeout_s: float | None = None):
     """The FastAPI app serving ``model`` (and ``experts`` through ``svf``) with the OpenAI API.
 
     The engine's worker thread starts with the app (lifespan) and stops with it. ``strategy``
-    defaults to ``prompt`` when there are experts, else ``none``. Raises T2Error for a bad setup.
+    defaults to ``prompt`` when there are experts, else ``none``. ``body_timeout_s`` (default: the
+    ``T2_BODY_TIMEOUT_S`` environment variable, else 30) bounds the time to receive a request body
+    (then 408). Raises T2Error for a bad setup.
     """
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse, StreamingResponse
+        from fastapi.responses import JSONResponse, Response, StreamingResponse
+        from starlette.requests import ClientDisconnect
         from pydantic import ValidationError
         from starlette.exceptions import HTTPException as StarletteHTTPException
     except ImportError as exc:  # pragma: no cover - an install problem
         raise T2Error(f"t2 serve needs fastapi and uvicorn ({exc}); run: pip install fastapi uvicorn") from None
     from . import serve_schema as s
 
+    if body_timeout_s is None:
+        try:
+            body_timeout_s = float(os.environ.get("T2_BODY_TIMEOUT_S", BODY_TIMEOUT_S))
+        except ValueError:
+            raise T2Error("T2_BODY_TIMEOUT_S must be a number of seconds") from None
+    if not body_timeout_s > 0:
+        raise T2Error(f"body_timeout_s must be positive, got {body_timeout_s!r}")
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
         raise T2Error(f"max_body_bytes must be at least 1024, got {max_body_bytes!r}")
     engine = Engine(model, tokenizer, svf, experts, strategy, classifier, model_id=model_id, max_batch=max_batch,
@@ -787,6 +808,10 @@ def create_app(model, tokenizer, svf=None, experts: Sequence[Expert] = (), strat
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(APIError(400, f"Invalid request: {exc.errors()[:1]}", code="invalid_value"))
 
+    @app.exception_handler(_ClientGone)
+    async def _client_gone(request: Request, exc: _ClientGone) -> Response:
+        return Response(status_code=499)  # nobody is listening: no log, no traceback
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
@@ -797,16 +822,27 @@ def create_app(model, tokenizer, svf=None, experts: Sequence[Expert] = (), strat
         declared = request.headers.get("content-length", "")
         too_big = declared.isdigit() and int(declared) > max_body_bytes
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                too_big = True
-            if too_big:
-                chunks.clear()
-                if size > DRAIN_LIMIT:
-                    break
-            else:
-                chunks.append(chunk)
+
+        async def receive_all() -> None:
+            nonlocal size, too_big
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    too_big = True
+                if too_big:
+                    chunks.clear()
+                    if size > DRAIN_LIMIT:
+                        break
+                else:
+                    chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(receive_all(), body_timeout_s)
+        except TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {body_timeout_s:g} s",
+                           code="request_timeout") from None
+        except ClientDisconnect:
+            raise _ClientGone() from None
         if too_big:
             raise APIError(413, f"the request body is larger than {max_body_bytes} bytes", code="request_too_large")
         return b"".join(chunks)
@@ -826,7 +862,7 @@ def create_app(model, tokenizer, svf=None, experts: Sequence[Expert] = (), strat
         if len(route_texts) * req.n > MAX_ROWS_PER_REQUEST:
             raise APIError(400, f"at most {MAX_ROWS_PER_REQUEST} completions per request (prompts × n)", param="n")
         return Job(route_texts=route_texts, n=req.n, max_tokens=max_tokens, temperature=req.temperature,
-                   top_p=req.top_p, seed=req.seed, stop=req.stop_list()[:4], pin=pin, strategy=strategy_,
+                   top_p=req.top_p, seed=req.seed, stop=req.stop_list(), pin=pin, strategy=strategy_,
                    stream=req.stream, loop=asyncio.get_running_loop(), **kw)
 
     async def until_disconnect(request: Request, awaitable) -> tuple[bool, Any]:

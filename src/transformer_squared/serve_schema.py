@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Fields OpenAI clients may send that this server cannot honour: rejected (400) when set,
 # rather than silently ignored, because the caller would otherwise trust a wrong answer.
@@ -18,6 +18,8 @@ UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "tool_choice", "function_call",
 UNSUPPORTED_COMPLETION_FIELDS = ("logprobs", "echo", "suffix", "logit_bias", "best_of")
 
 SEED_MAX = 2**63 - 1
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
 
 
 class _Request(BaseModel):
@@ -61,6 +63,17 @@ class _Sampling(_Request):
     stream_options: StreamOptions | None = None
     user: str | None = None
     adapt: str | None = Field(default=None, description="t2 extra: the adaptation strategy for this request")
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """OpenAI's limit: at most 4 stop sequences (more is a 400, never silently dropped)."""
+        if isinstance(value, list) and len(value) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences are allowed, got {len(value)}")
+        stops = [value] if isinstance(value, str) else value or []
+        if any(len(x) > MAX_STOP_CHARS for x in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
+        return value
 
     def stop_list(self) -> list[str]:
         """The stop sequences as a list (empty strings dropped)."""
