@@ -38,6 +38,46 @@ def _finish(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
+# The largest LoRA rank vLLM serves (its --max-lora-rank takes one of 8, 16, 32, 64, 128, 256, 320, 512).
+VLLM_MAX_LORA_RANK = 512
+
+
+def folder_files(folder: str | os.PathLike) -> list[tuple[str, int]]:
+    """(relative name, bytes) of every file under ``folder``, largest first."""
+    folder = Path(folder)
+    files = [(str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file()]
+    return sorted(files, key=lambda f: (-f[1], f[0]))
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def base_model_id(svf, expert: Expert) -> str | None:
+    """The base model an exported folder should name: the Hub id the weights come from when known
+    (the bundled default's is HuggingFaceTB/SmolLM2-135M-Instruct), else the expert's base model."""
+    from .models import hub_base_id
+
+    base = expert.meta.get("base_model")
+    return getattr(svf.model, "t2_hub_id", None) or hub_base_id(base) or base or None
+
+
+def _export_info(svf, expert: Expert, kind: str) -> dict:
+    from .models import DEFAULT_MODEL_NAME
+
+    info = {"kind": kind, "expert": expert.name, "base_model": expert.meta.get("base_model"),
+            "base_model_name_or_path": base_model_id(svf, expert), "mixture": expert.meta.get("mixture")}
+    if expert.meta.get("base_model") == DEFAULT_MODEL_NAME or getattr(svf.model, "t2_model_name", None) == DEFAULT_MODEL_NAME:
+        info["base_weights"] = ("the expert was made on the bundled Q4_1 GGUF of SmolLM2-135M-Instruct, dequantised; "
+                                "applied to the Hub weights it is an approximation (their weights differ by the "
+                                "quantisation error)")
+    return info
+
+
 def export_merged(svf, expert: Expert, out: str | os.PathLike, tokenizer=None, strict: bool = True,
                   overwrite: bool = False) -> Path:
     """Write the model with ``expert`` merged into its weights (``save_pretrained`` format).
@@ -62,9 +102,7 @@ def export_merged(svf, expert: Expert, out: str | os.PathLike, tokenizer=None, s
             svf.model.save_pretrained(tmp, state_dict=state)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            info = {"kind": "merged", "expert": expert.name, "base_model": expert.meta.get("base_model"),
-                    "mixture": expert.meta.get("mixture")}
-            (tmp / "t2_export.json").write_text(json.dumps(info, indent=2))
+            (tmp / "t2_export.json").write_text(json.dumps(_export_info(svf, expert, "merged"), indent=2))
             _finish(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -145,10 +183,9 @@ def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = 
             state[f"base_model.model.{name}.lora_A.weight"] = pad_a
             state[f"base_model.model.{name}.lora_B.weight"] = pad_b
         set_peft_model_state_dict(peft_model, state)
-        report = {"kind": "lora", "expert": expert.name, "rank": k, "matrices": len(names),
+        report = {**_export_info(svf, expert, "lora"), "rank": k, "matrices": len(names),
                   "max_relative_error": max(errors.values()),
-                  "total_relative_error": (sq_err / sq_norm) ** 0.5 if sq_norm > 0 else 0.0,
-                  "base_model": expert.meta.get("base_model"), "errors": errors}
+                  "total_relative_error": (sq_err / sq_norm) ** 0.5 if sq_norm > 0 else 0.0, "errors": errors}
         if want_logits is not None:
             with torch.no_grad():
                 device = next(peft_model.parameters()).device
@@ -159,6 +196,7 @@ def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = 
         tmp = _tmp_dir(out)
         try:
             peft_model.save_pretrained(tmp)
+            _name_base(tmp / "adapter_config.json", report["base_model_name_or_path"])
             (tmp / "t2_export.json").write_text(json.dumps(report, indent=2))
             _finish(tmp, out)
         finally:
@@ -171,3 +209,13 @@ def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = 
         fresh = SVFModel(model, targets=svf.target_spec, parameterization=svf.parameterization, path=svf.path)
         svf.__dict__.update(fresh.__dict__)
     return report
+
+
+def _name_base(config_path: Path, base: str | None) -> None:
+    """Point the adapter at the real base model (PEFT writes the path the model was loaded from, which
+    for the bundled default is a cache folder on this machine)."""
+    if not base or not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -7,6 +7,8 @@ import argparse
 from ..errors import T2Error
 from .common import add_model_args
 
+VLLM_MAX_LORA_RANK = 512  # vLLM's --max-lora-rank takes one of 8, 16, 32, 64, 128, 256, 320, 512
+
 # A few short prompts for the logits check after a LoRA export.
 CHECK_PROMPTS = ["What is 12 times 7?", "Write a Python function that reverses a string.",
                  "Which gas do plants take in from the air?"]
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo = kinds.add_parser("lora", help="a PEFT LoRA adapter (exact at full rank) for vLLM, TGI, PEFT ...")
     lo.add_argument("--expert", metavar="DIR", required=True)
     lo.add_argument("--rank", type=int, default=None,
-                    help="LoRA rank R (default: full rank, exact); prints the error R costs")
+                    help="LoRA rank R (default: full rank, exact); prints the error R costs. vLLM serves R ≤ 512")
     _common(lo)
     lo.set_defaults(func=run_lora)
 
@@ -75,8 +77,20 @@ def run_merged(args: argparse.Namespace) -> int:
     svf, tokenizer = _load(args, expert)
     export_merged(svf, expert, args.out, tokenizer=tokenizer, strict=not args.transfer, overwrite=args.overwrite)
     print(f"wrote a merged checkpoint of {expert.name!r} to {args.out} "
-          "(load it with AutoModelForCausalLM.from_pretrained)")
+          "(load it with AutoModelForCausalLM.from_pretrained, or serve it with vLLM / lm-eval as a plain model)")
+    print_files(args.out)
     return 0
+
+
+def print_files(folder) -> None:
+    """What an export wrote, largest file first, and the total size."""
+    from ..export import folder_files, human_size
+
+    files = folder_files(folder)
+    total = sum(size for _, size in files)
+    print(f"{folder}: {len(files)} files, {human_size(total)}")
+    for name, size in files:
+        print(f"  {human_size(size):>9}  {name}")
 
 
 def run_lora(args: argparse.Namespace) -> int:
@@ -100,6 +114,14 @@ def run_lora(args: argparse.Namespace) -> int:
     if "logits_max_abs_diff" in report:
         print(f"logits of the adapter vs the SVF expert on {len(CHECK_PROMPTS)} prompts: "
               f"max |Δ| {report['logits_max_abs_diff']:.3e}, mean |Δ| {report['logits_mean_abs_diff']:.3e}")
+    print(f"adapter_config.json names the base model {report['base_model_name_or_path']!r}")
+    if report.get("base_weights"):
+        print(f"note: {report['base_weights']}")
+    print_files(args.out)
+    if report["rank"] > VLLM_MAX_LORA_RANK:
+        print(f"note: rank {report['rank']} is above {VLLM_MAX_LORA_RANK}, the largest LoRA rank vLLM serves; for vLLM "
+              f"export with --rank {VLLM_MAX_LORA_RANK} or less (the error it costs is printed), or use "
+              "`t2 export merged` (exact)")
     return 0
 
 
