@@ -468,3 +468,35 @@ def test_rl_logs_the_share_of_prompts_whose_samples_disagree(tmp_path):
     expected = float((ro.rewards.max(1).values != ro.rewards.min(1).values).float().mean())
     assert row["disagree_frac"] == pytest.approx(expected)
     assert row["rms_change"] > 0
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.1])
+def test_shared_prompt_update_matches_per_row_gradients(tmp_path, kl_coef):
+    grads, rows = [], []
+    for share in (True, False):
+        trainer = tiny_trainer(tmp_path / str(share), share_prompt=share, kl_coef=kl_coef, baseline="mean")
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for p in trainer.params:
+                p.add_(0.05 * torch.randn_like(p))
+        ro = trainer.rollout(1)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        totals = trainer.accumulate_gradients(ro)
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.params]))
+        rows.append((ro.completion_ids, totals))
+    assert rows[0][0] == rows[1][0]  # the same samples with the prompt prefilled once
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    assert rows[0][1]["loss"] == pytest.approx(rows[1][1]["loss"], rel=1e-5, abs=1e-7)
+
+
+def test_sample_group_draws_what_generate_draws():
+    from transformer_squared.generation import generate, sample_group
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    tok.pad_token_id, tok.eos_token_id = 1, 2
+    prompt = "w5 w6 w7 w8 w9"
+    a = sample_group(model, tok, prompt, 4, max_new_tokens=5, temperature=1.0, seed=7)
+    b = generate(model, tok, [prompt] * 4, max_new_tokens=5, temperature=1.0, batch_size=4, seed=7)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert len({tuple(g.token_ids) for g in a}) > 1

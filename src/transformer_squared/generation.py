@@ -7,6 +7,7 @@ optionally gives each row its own expert (mixed-expert batches, through ``SVFMod
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,19 +75,63 @@ def generate(
                 else contextlib.nullcontext()
             with torch.no_grad(), ctx:
                 seqs = model.generate(**enc, **gen_kwargs)
-            new = seqs[:, enc["input_ids"].shape[1]:]
-            for row in new.tolist():
-                ids = _trim(row, tokenizer)
-                finished = len(ids) < len(row) or (bool(ids) and ids[-1] == tokenizer.eos_token_id)
-                text = tokenizer.decode(ids, skip_special_tokens=True)
-                if stop:
-                    text = _apply_stop(text, stop)
-                out.append(Generation(text=text, num_tokens=len(ids), finished=finished, token_ids=ids))
+            out += _decode_rows(seqs[:, enc["input_ids"].shape[1]:], tokenizer, stop)
             if progress is not None:
                 progress(len(chunk))
     finally:
         tokenizer.padding_side = old_side
         rng.close()
+    return out
+
+
+def sample_group(model, tokenizer, prompt: str, k: int, *, max_new_tokens: int = 256, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[Generation]:
+    """``k`` sampled completions of one prompt, with the prompt encoded once.
+
+    The prompt (all but its last token) is run once, its KV cache is repeated ``k`` times, and
+    ``model.generate`` continues from it; the samples are the ones ``generate`` would draw for
+    ``k`` copies of the prompt with the same seed (same logits, same random draws: tested), at a
+    fraction of the prefill cost.
+    """
+    if k < 1 or max_new_tokens < 1:
+        raise T2Error("k and max_new_tokens must be at least 1")
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+    if ids.shape[1] < 2:  # nothing to cache
+        return generate(model, tokenizer, [prompt] * k, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, batch_size=k, seed=seed)
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+    if temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    rng = contextlib.ExitStack()
+    if seed is not None:
+        rng.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+        torch.manual_seed(seed)
+    try:
+        with torch.no_grad():
+            cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+            cache.batch_repeat_interleave(k)
+            rows = ids.repeat(k, 1)
+            cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+            seqs = model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), **{cache_kw: cache},
+                                  **gen_kwargs)
+    finally:
+        rng.close()
+    return _decode_rows(seqs[:, ids.shape[1]:], tokenizer, None)
+
+
+def _decode_rows(new: torch.Tensor, tokenizer, stop: Sequence[str] | None) -> list[Generation]:
+    out = []
+    for row in new.tolist():
+        ids = _trim(row, tokenizer)
+        finished = len(ids) < len(row) or (bool(ids) and ids[-1] == tokenizer.eos_token_id)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if stop:
+            text = _apply_stop(text, stop)
+        out.append(Generation(text=text, num_tokens=len(ids), finished=finished, token_ids=ids))
     return out
 
 

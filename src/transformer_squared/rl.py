@@ -154,6 +154,7 @@ class TrainConfig:
     name: str | None = None              # expert name (default: the task name)
     seed: int = 0
     autocast: str = "none"               # none | bf16 (teacher-forced forwards only)
+    share_prompt: bool = True            # encode each prompt once for its K samples (sampling and update)
     reward_correct: float = 1.0
     reward_wrong: float = -1.0
     progress: bool = True
@@ -803,7 +804,7 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------
     def rollout(self, step: int) -> Rollout:
         """This process's prompts of ``step`` (1-based) with K sampled completions and rewards (or references)."""
-        from .generation import generate
+        from .generation import generate, sample_group
 
         c, tok = self.config, self.tokenizer
         base = (step - 1) * c.batch_size
@@ -826,9 +827,14 @@ class Trainer:
         with torch.no_grad(), self.policy.sampling():
             for g0 in range(0, len(items), c.gen_prompts):
                 group = prompts[g0:g0 + c.gen_prompts]
+                seed = sample_seed(c.seed, step, indices[g0])
+                if c.share_prompt and len(group) == 1:  # the same samples, the prompt prefilled once
+                    gens += sample_group(self.policy.model, tok, group[0], k, max_new_tokens=self.max_new_tokens,
+                                         temperature=c.temperature, top_p=c.top_p, seed=seed)
+                    continue
                 gens += generate(self.policy.model, tok, [p for p in group for _ in range(k)],
                                  max_new_tokens=self.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
-                                 batch_size=len(group) * k, seed=sample_seed(c.seed, step, indices[g0]))
+                                 batch_size=len(group) * k, seed=seed)
         t1 = time.perf_counter()
         texts = [g.text for g in gens]
         rewards, errors = safe_rewards(self.task, [it for it in items for _ in range(k)], texts)
@@ -854,6 +860,20 @@ class Trainer:
         logits = self.policy.model(**kwargs).logits
         return logits[:, -(c_len + 1):-1]
 
+    def _shared(self, ro: Rollout) -> bool:
+        """Whether the update encodes each prompt once for its completions (k3 or no KL needs no full logits)."""
+        c = self.config
+        return c.share_prompt and ro.k > 1 and not (c.kl_coef > 0 and c.kl_estimator == "full") \
+            and all(ro.completion_ids)
+
+    def _shared_logprobs(self, ro: Rollout, p0: int, p1: int, temp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs (n, C) and mask of prompts p0..p1's completions, each prompt encoded once."""
+        from .scoring import continuation_token_logprobs
+
+        k = ro.k
+        groups = [(ro.prompt_ids[p], ro.completion_ids[p * k:(p + 1) * k]) for p in range(p0, p1)]
+        return continuation_token_logprobs(self.policy.model, groups, self.pad_id, temperature=temp)
+
     def _rows(self, ro: Rollout, p0: int, p1: int) -> tuple[list[list[int]], list[list[int]]]:
         k = ro.k
         prompts = [ro.prompt_ids[p] for p in range(p0, p1) for _ in range(k)]
@@ -867,6 +887,10 @@ class Trainer:
         with torch.no_grad(), ctx, self._autocast():
             for p0 in range(0, len(ro.items), self.micro_prompts):
                 p1 = min(len(ro.items), p0 + self.micro_prompts)
+                if self._shared(ro):
+                    lp, _ = self._shared_logprobs(ro, p0, p1, temp)
+                    out.append(lp.sum(dim=1).cpu())
+                    continue
                 batch = make_batch(*self._rows(ro, p0, p1), self.pad_id, self.device)
                 lp = token_logprobs(self._logits(batch), batch.targets, batch.mask, temp)
                 out.append(lp.sum(dim=1).cpu())
@@ -892,8 +916,23 @@ class Trainer:
         totals = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "logp": 0.0}
         for p0 in range(0, len(ro.items), self.micro_prompts):
             p1 = min(len(ro.items), p0 + self.micro_prompts)
-            batch = make_batch(*self._rows(ro, p0, p1), self.pad_id, self.device)
             a = adv[p0 * k:p1 * k].to(self.device)
+            if self._shared(ro):
+                with self._autocast():
+                    base_lp = None
+                    if want_kl:
+                        with torch.no_grad(), self.policy.base():
+                            base_lp, _ = self._shared_logprobs(ro, p0, p1, temp)
+                    with self.policy.training():
+                        logp, mask = self._shared_logprobs(ro, p0, p1, temp)
+                    kl = kl_k3(logp, base_lp, mask) if base_lp is not None else None
+                    loss, stats = policy_loss(logp, mask, a, n_global, kl, c.kl_coef)
+                loss.backward()
+                del logp, kl, loss
+                for key in totals:
+                    totals[key] += stats.get(key, 0.0)
+                continue
+            batch = make_batch(*self._rows(ro, p0, p1), self.pad_id, self.device)
             with self._autocast():
                 base_lp = base_logits = None
                 if want_kl:

@@ -113,15 +113,8 @@ def score_groups(model, groups: Sequence[Group], pad_id: int, *, share_prefix: b
     """
     if not groups:
         return []
-    device = next(model.parameters()).device
-    rows_group = [g for g, (_, conts) in enumerate(groups) for _ in conts]
-    rows_cont = [c for _, conts in groups for c in conts]
-    if any(not c for c in rows_cont):
-        raise T2Error("every continuation needs at least one token")
-    if share_prefix:
-        flat = _score_shared(model, groups, rows_group, rows_cont, pad_id, device)
-    else:
-        flat = _score_rows(model, groups, rows_group, rows_cont, pad_id, device)
+    lp, mask = continuation_token_logprobs(model, groups, pad_id, share_prefix=share_prefix)
+    flat = (lp * mask).sum(dim=1)
     out, start = [], 0
     for _, conts in groups:
         out.append(flat[start:start + len(conts)])
@@ -129,7 +122,37 @@ def score_groups(model, groups: Sequence[Group], pad_id: int, *, share_prefix: b
     return out
 
 
-def _score_shared(model, groups, rows_group, rows_cont, pad_id, device) -> torch.Tensor:
+def continuation_token_logprobs(model, groups: Sequence[Group], pad_id: int, *, share_prefix: bool = True,
+                                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of each continuation token, (R, L) float32 with a (R, L) mask, rows in group order.
+
+    R is the number of continuations over all groups and L the longest one; ``temperature`` > 0
+    scores the tempered distribution (what sampling at that temperature drew from). This is what
+    the RL update needs: the K completions of a prompt form one group, so the prompt is encoded
+    once (``share_prefix``) instead of K times.
+    """
+    device = next(model.parameters()).device
+    rows_group = [g for g, (_, conts) in enumerate(groups) for _ in conts]
+    rows_cont = [list(c) for _, conts in groups for c in conts]
+    if not rows_cont:
+        raise T2Error("nothing to score: no continuations")
+    if any(not c for c in rows_cont):
+        raise T2Error("every continuation needs at least one token")
+    scale = 1.0 / temperature if temperature > 0 and temperature != 1.0 else None
+    targets, tmask = _right_pad(rows_cont, pad_id, device)
+    if share_prefix:
+        lp = _shared_logprobs(model, groups, rows_group, rows_cont, targets, pad_id, device, scale)
+    else:
+        lp = _row_logprobs(model, groups, rows_group, rows_cont, targets, pad_id, device, scale)
+    mask = tmask.to(torch.float32)
+    return lp * mask, mask
+
+
+def _scaled(logits: torch.Tensor, scale: float | None) -> torch.Tensor:
+    return logits if scale is None else logits.float() * scale
+
+
+def _shared_logprobs(model, groups, rows_group, rows_cont, targets, pad_id, device, scale) -> torch.Tensor:
     ids, mask = _left_pad([ctx for ctx, _ in groups], pad_id, device)
     pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
     longest = max(len(c) for c in rows_cont)
@@ -138,36 +161,34 @@ def _score_shared(model, groups, rows_group, rows_cont, pad_id, device) -> torch
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
     index = torch.tensor(rows_group, dtype=torch.long, device=device)
-    first = torch.tensor([c[0] for c in rows_cont], dtype=torch.long, device=device)
-    total = _gather_logp(out.logits[:, -1][index], first)
+    first = _gather_logp(_scaled(out.logits[:, -1][index], scale), targets[:, 0])
     if longest == 1:
-        return total
+        return first[:, None]
     cache = getattr(out, "cache", None) or out.past_key_values
     cache.reorder_cache(index)  # one copy of each context's keys/values per continuation
     # feed c[0..L-2] to predict c[1..L-1]
     inp, cmask = _right_pad([c[:-1] for c in rows_cont], pad_id, device)
-    targets, tmask = _right_pad([c[1:] for c in rows_cont], pad_id, device)
     attn = torch.cat([mask[index], cmask], dim=1)
     start = pos[:, -1][index] + 1
     pos2 = start[:, None] + torch.arange(inp.shape[1], device=device)[None, :]
     cache_kw = "cache" if _accepts(model, "cache") else "past_key_values"  # renamed in transformers 5.x
     out2 = model(input_ids=inp, attention_mask=attn, position_ids=pos2, use_cache=True, **{cache_kw: cache})
-    rest = _gather_logp(out2.logits, targets) * tmask
-    return total + rest.sum(dim=1)
+    rest = _gather_logp(_scaled(out2.logits, scale), targets[:, 1:])
+    return torch.cat([first[:, None], rest], dim=1)
 
 
-def _score_rows(model, groups, rows_group, rows_cont, pad_id, device) -> torch.Tensor:
+def _row_logprobs(model, groups, rows_group, rows_cont, targets, pad_id, device, scale) -> torch.Tensor:
     ctx_ids, ctx_mask = _left_pad([groups[g][0] for g in rows_group], pad_id, device)
-    cont_ids, cont_mask = _right_pad(rows_cont, pad_id, device)
-    ids = torch.cat([ctx_ids, cont_ids], dim=1)
+    _, cont_mask = _right_pad(rows_cont, pad_id, device)
+    ids = torch.cat([ctx_ids, targets], dim=1)
     mask = torch.cat([ctx_mask, cont_mask], dim=1)
     pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    width = cont_ids.shape[1]
+    width = targets.shape[1]
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = width + 1
     logits = model(**kwargs).logits[:, -(width + 1):-1]
-    return (_gather_logp(logits, cont_ids) * cont_mask).sum(dim=1)
+    return _gather_logp(_scaled(logits, scale), targets)
 
 
 def score_options(model, tokenizer, requests: Sequence[Sequence[tuple[str, str]]], *, batch_size: int = 16,
@@ -205,4 +226,5 @@ def score_options(model, tokenizer, requests: Sequence[Sequence[tuple[str, str]]
     return results
 
 
-__all__ = ["NORMS", "OptionScores", "encode_continuations", "score_groups", "score_options"]
+__all__ = ["NORMS", "OptionScores", "continuation_token_logprobs", "encode_continuations", "score_groups",
+           "score_options"]

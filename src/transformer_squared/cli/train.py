@@ -79,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own")
     o.add_argument("--autocast", default=d.autocast, choices=["none", "bf16"],
                    help="bf16 autocast for the teacher-forced forwards (see docs/training.md)")
+    o.add_argument("--no-share-prompt", action="store_true",
+                   help="re-encode the prompt for each of its K samples (the slower layout; same gradients)")
     o.add_argument("--reward-correct", type=float, default=d.reward_correct)
     o.add_argument("--reward-wrong", type=float, default=d.reward_wrong)
     o.add_argument("--seed", type=int, default=d.seed)
@@ -184,6 +186,7 @@ def config_from_args(args: argparse.Namespace):
         eval_at_start=not args.no_eval_at_start, val_limit=args.val_limit or None,
         eval_batch_size=args.eval_batch_size, checkpoint_every=args.checkpoint_every, resume=args.resume,
         overwrite=args.overwrite, name=args.name, seed=args.seed, autocast=args.autocast,
+        share_prompt=not args.no_share_prompt,
         reward_correct=args.reward_correct, reward_wrong=args.reward_wrong, progress=not args.no_progress,
         tensorboard=args.tensorboard,
     )
