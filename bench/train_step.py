@@ -18,6 +18,8 @@ The SVF variants sample with the same (merged, cached) weights, so generation is
 ``svf-merged`` and its completions are replayed in the other SVF children; the update is timed
 ``--repeats`` times on the same completions (median). At init LoRA computes the same function, so
 its samples are the same too (its generation is timed separately: the adapters are not merged).
+* ``svf-throughput``: whole RL steps, before vs after prompt sharing and bf16 autocast, alternated in
+  one process (see ``THROUGHPUT_VARIANTS``), as completions per second;
 * ``trl-grpo-lora``: TRL's ``GRPOTrainer`` with the same PEFT LoRA (r=16 on q_proj/v_proj), the
   same prompts, K, completion length and KL coefficient (beta = 0.1), rewards from the same task
   checker; runs only when ``trl`` is importable (``pip install trl``, or ``PYTHONPATH`` to a folder
@@ -54,7 +56,15 @@ CONFIGS = {
     "svf-merged-bf16": dict(method="svf", train_path="merged", autocast="bf16"),
     "svf-ab": dict(method="svf", train_path="merged"),
     "trl-grpo-lora": dict(method="trl"),
+    "svf-throughput": dict(method="svf", train_path="factored"),
 }
+# svf-throughput: whole steps (sampling + rewards + update), alternating in one process between
+# the layout before prompt sharing (one generate call for all B×K rows, each row re-encoding its
+# prompt in the update, float32) and after (each prompt prefilled once for its K samples and
+# encoded once in the update, bf16 autocast); z is restored after every step so both see the
+# same weights. Reported as completions per second.
+THROUGHPUT_VARIANTS = {"before": dict(share_prompt=False, autocast="none", gen_prompts=None),
+                       "after": dict(share_prompt=True, autocast="bf16", gen_prompts=1)}
 # svf-ab: one process, the same completions, updates alternating between these variants
 # (round-robin, first round discarded), so machine load affects them alike.
 AB_VARIANTS = [("merged", "none"), ("factored", "none"), ("merged", "bf16"), ("factored", "bf16")]
@@ -100,6 +110,11 @@ def child(spec: dict) -> dict:
     res["reward_mean"] = float(ro.rewards.mean())
     if opts.get("autocast") == "bf16":
         res["bf16_vs_fp32"] = compare_bf16(trainer, ro)
+    if spec["config"] == "svf-throughput":
+        res["throughput"] = throughput(trainer, spec["repeats"])
+        res.update(_peak_memory(spec))
+        res["update_seconds_median"] = res["throughput"]["after"]["update_median"]
+        return res
     if spec["config"] == "svf-ab":
         res["ab"] = alternate(trainer, ro, spec["repeats"])
         res.update(_peak_memory(spec))
@@ -218,6 +233,37 @@ def alternate(trainer, ro, repeats: int) -> dict:
     return {k: {"seconds": v, "median": round(statistics.median(v), 2), "min": min(v)} for k, v in times.items()}
 
 
+def throughput(trainer, repeats: int) -> dict:
+    """Completions per second of whole steps, before vs after prompt sharing (round-robin, first round dropped)."""
+    c = trainer.config
+    start = trainer.policy.state()
+    batch_gen = c.batch_size
+    rows = c.batch_size * c.samples_per_prompt
+    out: dict[str, dict] = {name: {"step": [], "gen": [], "update": []} for name in THROUGHPUT_VARIANTS}
+    for round_ in range(repeats + 1):
+        for name, opts in THROUGHPUT_VARIANTS.items():
+            c.share_prompt, c.autocast = opts["share_prompt"], opts["autocast"]
+            c.gen_prompts = opts["gen_prompts"] or batch_gen
+            trainer.policy.load_state(start)
+            t = time.perf_counter()
+            ro = trainer.rollout(1)
+            t_gen = time.perf_counter() - t
+            trainer.update(ro)
+            if round_:
+                out[name]["step"].append(time.perf_counter() - t)
+                out[name]["gen"].append(t_gen)
+                out[name]["update"].append(time.perf_counter() - t - t_gen)
+    trainer.policy.load_state(start)
+    res = {}
+    for name, v in out.items():
+        med = statistics.median(v["step"])
+        res[name] = {"step_median": round(med, 2), "gen_median": round(statistics.median(v["gen"]), 2),
+                     "update_median": round(statistics.median(v["update"]), 2),
+                     "completions_per_s": round(rows / med, 3), **THROUGHPUT_VARIANTS[name]}
+    res["speedup"] = round(res["after"]["completions_per_s"] / res["before"]["completions_per_s"], 2)
+    return res
+
+
 def compare_bf16(trainer, ro) -> dict:
     """Per-sequence log-probs and the gradient under bf16 autocast vs float32, same completions."""
     import torch
@@ -281,7 +327,7 @@ def main() -> None:
     for name in names:
         spec = {"config": name, "model": args.model, "task": args.task, "batch_size": args.batch_size,
                 "k": args.samples_per_prompt, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-                "threads": args.threads, "device": device, "replay": str(replay) if name.startswith("svf") else None}
+                "threads": args.threads, "device": device, "replay": str(replay) if name.startswith("svf") and name != "svf-throughput" else None}
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -311,6 +357,12 @@ def main() -> None:
     for r in results:
         if "bf16_vs_fp32" in r:
             print(f"bf16 autocast vs fp32: {r['bf16_vs_fp32']}")
+        if "throughput" in r:
+            tp = r["throughput"]
+            print(f"completions/s, whole steps alternated in one process: before {tp['before']['completions_per_s']} "
+                  f"(gen {tp['before']['gen_median']} s + update {tp['before']['update_median']} s), after "
+                  f"{tp['after']['completions_per_s']} (gen {tp['after']['gen_median']} s + update "
+                  f"{tp['after']['update_median']} s): {tp['speedup']}x")
         if "ab" in r:
             print("update seconds, variants alternated in one process (median / min): " + ", ".join(
                 f"{k} {v['median']} / {v['min']}" for k, v in r["ab"].items()))
