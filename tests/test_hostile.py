@@ -150,7 +150,7 @@ def test_arc_lowercase_and_option_text_after_statement():
 import os  # noqa: E402
 import textwrap  # noqa: E402
 
-from transformer_squared.sandbox import SandboxLimits, check_many, check_program  # noqa: E402
+from transformer_squared.sandbox import SandboxLimits, check_program  # noqa: E402
 
 SB = SandboxLimits(timeout=5.0, cpu_seconds=4, memory_mb=512)
 IS_ROOT = os.geteuid() == 0

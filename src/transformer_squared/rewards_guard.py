@@ -67,7 +67,7 @@ def bounded_correct_many(
     if hasattr(task, "job") or _IN_WORKER or not hasattr(os, "fork"):
         if hasattr(task, "job"):
             return [bool(x) for x in task.correct_many(items, completions)]
-        return [_check_one(task, item, text, i, on_problem) for i, (item, text) in enumerate(zip(items, completions))]
+        return [_check_one(task, item, text, i, on_problem) for i, (item, text) in enumerate(zip(items, completions, strict=True))]
 
     def problem(index: int, reason: str) -> None:
         log.warning("reward check of sample %d (%s) gave the wrong-answer reward: %s", index,

@@ -745,9 +745,9 @@ def create_app(model, tokenizer, svf=None, experts: Sequence[Expert] = (), strat
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse, Response, StreamingResponse
-        from starlette.requests import ClientDisconnect
         from pydantic import ValidationError
         from starlette.exceptions import HTTPException as StarletteHTTPException
+        from starlette.requests import ClientDisconnect
     except ImportError as exc:  # pragma: no cover - an install problem
         raise T2Error(f"t2 serve needs fastapi and uvicorn ({exc}); run: pip install fastapi uvicorn") from None
     from . import serve_schema as s

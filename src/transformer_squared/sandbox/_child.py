@@ -634,7 +634,7 @@ def worker():  # pragma: no cover - runs only inside the sandboxed interpreter
     # ---- Untrusted code from here on ----
     try:
         _exec(code, namespace)
-    except _SystemExit as err:
+    except _SystemExit:
         reply({"exit": "the program called exit() before the tests ran"})
         _exit(0)
     except _BaseException as err:
@@ -822,7 +822,7 @@ def judge():  # pragma: no cover - runs only inside the judge interpreter
             kind = exceptions.get(name, RuntimeError)
             raise kind(f"{message}" if kind is not RuntimeError else f"{name}: {message}")
         value = decode(answer.get("ok"), Remote)
-        for arg, data in zip(args, answer.get("after") or []):
+        for arg, data in zip(args, answer.get("after") or [], strict=False):
             if data is None:
                 continue
             new = decode(data, Remote)
