@@ -486,8 +486,11 @@ def _run_child(
                 timed_out = True
                 break
             pump(deadline - now if pidfd is not None else min(deadline - now, 0.02))
-        # The judge hung up: a well-behaved worker now exits by itself (flushing its output).
-        settle = min(deadline, time.monotonic() + 0.3)
+        # The judge hung up: the worker now exits by itself (on EOF, flushing its output) or is
+        # already dying (its pid-namespace relay re-raises the signal that killed the program,
+        # which can take a moment on a loaded machine); give it that moment, so that its own exit
+        # status and CPU time, not our SIGKILL, say why it ended.
+        settle = min(deadline, time.monotonic() + 2.0)
         while not timed_out and not _has_exited(worker.pid) and time.monotonic() < settle:
             pump(0.01)
     finally:
@@ -586,7 +589,7 @@ def _signal_detail(signum: int, cpu: float | None, limits: SandboxLimits) -> str
     except ValueError:
         name = f"signal {signum}"
     if signum == signal.SIGXCPU or (
-        signum == signal.SIGKILL and cpu is not None and cpu >= limits.cpu_seconds - 0.05
+        signum == signal.SIGKILL and cpu is not None and cpu >= 0.9 * limits.cpu_seconds - 0.05  # tick granularity
     ):
         return f"killed by {name}: CPU time limit ({limits.cpu_seconds} s) exceeded"
     if signum == signal.SIGXFSZ:
