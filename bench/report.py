@@ -110,6 +110,38 @@ def quality_table(missing: list[str]) -> list[str]:
             + ["", "![SVF vs LoRA on the training tasks](results/quality_table.png)"])
 
 
+def expert_table(missing: list[str]) -> list[str]:
+    """Each shipped expert against base, paired on the same test items, per answer mode (bench/expert_table.py)."""
+    path = RESULTS / "expert_table.json"
+    if not path.is_file():
+        missing.append("expert_table.json (python bench/expert_table.py --expert ... --task ...)")
+        return []
+    rows = _load(path)["rows"]
+    body = [[r["expert"], r["task"] + ("" if r["trained_on"] else " (unseen)"), r["mode"], r["n"], _pct(r["base"]),
+             _pct(r["with_expert"]), f"{100 * r['difference']:+.1f} [{100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}]",
+             f"{r['won']} / {r['lost']}", f"{r['p_value']:.2g}", f"±{_pct(r['detectable'])}"] for r in rows]
+    return (["Each row: `t2 eval` of the base model and of the expert on the same test items, then `t2 compare` "
+             "(commands in `docs/results/expert_table.json`; reports and per-item files in "
+             "`docs/results/experts/`). Modes: `cloze` = `--mode loglik --channel cloze` (option texts scored after "
+             "`Question: ...\\nAnswer:`, per-token normalisation), `letter` = `--mode loglik --channel letter` (the "
+             "option letter as the first answer token after the chat prompt, what generation samples), `generate` = "
+             "greedy generation read by the checker. \"detectable\": the smallest difference this test sees with "
+             "80% power at α = 0.05.", ""]
+            + _table(["expert", "task", "mode", "items", "base", "with expert", "difference, points [95% CI]",
+                      "won / lost", "McNemar p", "detectable"], body))
+
+
+def mc_base_table(missing: list[str]) -> list[str]:
+    """The default model on every bundled multiple-choice task, per answer mode (bench/mc_base_table.py)."""
+    data = _load(RESULTS / "mc_base_table.json")
+    if data is None:
+        missing.append("mc_base_table.json (python bench/mc_base_table.py)")
+        return []
+    md = (RESULTS / "mc_base_table.md").read_text().splitlines() if (RESULTS / "mc_base_table.md").is_file() else []
+    return [f"Base model per multiple-choice task and answer mode, on val (command: `{data['command']}`): the "
+            "table the training tasks were chosen from.", ""] + md
+
+
 def adaptation_table(missing: list[str]) -> list[str]:
     data = _load(RESULTS / "adaptation_table.json")
     if data is None:
@@ -391,32 +423,59 @@ def headlines() -> list[str]:
     return lines
 
 
-def _overlap(a: dict, b: dict) -> bool:
-    return a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1]
+ALPHA = 0.05  # a difference counts when the paired exact McNemar test gives p < ALPHA
 
 
-def _compare(a: dict, b: dict, a_name: str, b_name: str) -> str:
-    """``a`` against ``b``: which is higher, and whether their 95% intervals separate them."""
-    if a["accuracy"] == b["accuracy"]:
-        return f"{a_name} {_pct(a['accuracy'])} = {b_name}"
-    word = "above" if a["accuracy"] > b["accuracy"] else "below"
-    sep = "intervals overlap" if _overlap(a, b) else "intervals separate"
-    return f"{a_name} {_pct(a['accuracy'])} {word} {b_name} {_pct(b['accuracy'])} ({sep})"
+def _paired(report_a: Path, report_b: Path):
+    """t2 compare's paired comparison of two eval reports (B against A), or None without per-item files."""
+    from transformer_squared.errors import T2Error
+    from transformer_squared.stats import compare_reports
+
+    try:
+        return compare_reports(report_a, report_b)[0]
+    except T2Error:
+        return None
+
+
+def _verdict(cmp, a_name: str, b_name: str) -> tuple[str, bool]:
+    """``b`` against ``a`` in words, and whether b is above a with p < ALPHA (paired)."""
+    if cmp.difference == 0:
+        return f"{b_name} = {a_name} {_pct(cmp.accuracy_a)} (won {cmp.won}, lost {cmp.lost})", False
+    word = "above" if cmp.difference > 0 else "below"
+    sig = cmp.p_value < ALPHA
+    return (f"{b_name} {_pct(cmp.accuracy_b)} {word} {a_name} {_pct(cmp.accuracy_a)} (won {cmp.won}, lost "
+            f"{cmp.lost}, McNemar p = {cmp.p_value:.2g}{'' if sig else '; the test sees ±' + _pct(cmp.detectable)})",
+            sig and cmp.difference > 0)
 
 
 def claims() -> list[tuple[str, str, str]]:
     """The paper's central claims next to what the results here show, as (claim, verdict, detail);
-    a difference counts only when the two 95% Wilson intervals do not overlap."""
+    a difference counts only when the paired exact McNemar test on the same items gives p < 0.05."""
     out = []
+    e = _load(RESULTS / "expert_table.json")
+    if e:
+        own = [r for r in e["rows"] if r["trained_on"]]
+        parts = [f"{r['expert']} on {r['task']} ({r['mode']}, {r['n']} items): {_pct(r['base'])} → "
+                 f"{_pct(r['with_expert'])}, p = {r['p_value']:.2g}" for r in own]
+        wins = sum(1 for r in own if r["difference"] > 0 and r["p_value"] < ALPHA)
+        out.append(("An RL-trained SVF expert improves its own task (held-out test, paired)",
+                    f"yes in {wins} of {len(own)} (expert, task, answer mode) rows" if own else "not measured yet",
+                    "; ".join(parts) + "." if parts else ""))
     q = _load(RESULTS / "quality_table.json")
     if q:
         params = {r["cell"].split("-")[0]: r["trainable_params"] for r in q["rows"] if r["cell"] != "base"}
-        parts = []
+        parts, wins = [], 0
         for task in dict.fromkeys(r["task"] for r in q["rows"]):
             rs = {r["cell"]: r for r in q["rows"] if r["task"] == task}
             if "svf-rl" in rs and "lora-rl" in rs:
-                parts.append(f"{task}: {_compare(rs['svf-rl'], rs['lora-rl'], 'SVF-RL', 'LoRA-RL')}")
-        wins = sum(1 for p in parts if "above" in p and "separate" in p)
+                folder = RESULTS / "quality"
+                cmp = _paired(folder / f"{task}-lora-rl.json", folder / f"{task}-svf-rl.json")
+                if cmp is None:
+                    parts.append(f"{task}: no per-item results, no verdict")
+                    continue
+                text, won = _verdict(cmp, "LoRA-RL", "SVF-RL")
+                parts.append(f"{task}: {text}")
+                wins += won
         verdict = ("not measured yet" if not parts else "reproduced" if wins == len(parts)
                    else "not reproduced at this scale")
         ratio = f"{params['svf'] / params['lora']:.1%}" if params.get("svf") and params.get("lora") else "?"
@@ -431,7 +490,8 @@ def claims() -> list[tuple[str, str, str]]:
             adaptive = {c: r for c, r in rs.items() if c in ("prompt", "classifier", "fewshot")}
             if base and adaptive:
                 best_c = max(adaptive, key=lambda c: adaptive[c]["accuracy"])
-                helped.append(f"{task}: {_compare(adaptive[best_c], base, best_c, 'base')}")
+                helped.append(f"{task}: best {best_c} {_pct(adaptive[best_c]['accuracy'])}, base "
+                              f"{_pct(base['accuracy'])} ({base['n']} items)")
                 top = max(r["accuracy"] for r in adaptive.values())
                 if "fewshot" not in adaptive:
                     fewshot_top.append(f"{task}: not run")
@@ -445,10 +505,9 @@ def claims() -> list[tuple[str, str, str]]:
             if ratios:
                 fractions.append(f"{task} {min(ratios):.0%}–{max(ratios):.0%}")
                 cheap.append((task, max(ratios) < 1))
-        n_sep = sum(1 for h in helped if "above" in h and "separate" in h)
-        verdict = "reproduced" if helped and n_sep == len(helped) else "partly" if n_sep else "not shown at this scale"
-        out.append(("Self-adaptation helps on unseen tasks", verdict,
-                    f"{n_sep} of {len(helped)} tasks with separated intervals. " + "; ".join(helped) + "."))
+        out.append(("Self-adaptation helps on unseen tasks", "no paired verdict yet",
+                    "The adaptation run kept no per-item results, so no paired test can be made; its accuracies "
+                    "(no strategy separates from base even by unpaired intervals) are: " + "; ".join(helped) + "."))
         scored = [f for f in fewshot_top if ": yes" in f or ": no" in f]
         n_top = sum(1 for f in scored if ": yes" in f)
         out.append(("Few-shot CEM adaptation is the strongest strategy",
@@ -486,6 +545,8 @@ def main() -> None:
     args = ap.parse_args()
     missing: list[str] = []
     quality = quality_table(missing)
+    experts = expert_table(missing)
+    base_mc = mc_base_table(missing)
     trained, bars = trained_table(missing)
     adapt = adaptation_table(missing)
     speed = speed_tables(missing)
@@ -493,7 +554,7 @@ def main() -> None:
     heads = headlines()
     said = claims()
     if said:
-        heads = heads + ["- The paper's claims at this scale (a difference counts when 95% intervals separate): "
+        heads = heads + ["- The paper's claims at this scale (a difference counts when a paired McNemar test gives p < 0.05): "
                          + "; ".join(f"{claim}: {verdict}" for claim, verdict, _ in said) + "."]
     text = ["# Results", "",
             "Generated by `python bench/report.py` from `docs/results/*.json`; each table names the command that",
@@ -503,9 +564,12 @@ def main() -> None:
         text += ["## Headline figures", ""] + heads + [""]
     if said:
         text += ["## The paper's claims at this scale", "",
-                 "A difference counts only where the two 95% Wilson intervals do not overlap; the verdicts below are",
-                 "computed from the tables by `bench/report.py`, not written by hand.", ""]
+                 "A difference counts only where the paired exact McNemar test on the same items (`t2 compare`) gives",
+                 "p < 0.05; the verdicts below are computed from the per-item results by `bench/report.py`, not",
+                 "written by hand.", ""]
         text += [f"- **{claim}**: {verdict}. {detail}" for claim, verdict, detail in said] + [""]
+    text += ["## Shipped experts against the base model (paired, whole test splits)", ""] + (experts or ["(not run yet)"])
+    text += [""] + (base_mc or []) + [""]
     text += ["## SVF vs LoRA, SFT vs RL, on the training tasks (held-out parts)", ""] + (quality or ["(not run yet)"]) + [""]
     text += ["## The shipped experts on their own tasks (longer runs, held-out test parts)", ""]
     text += trained + ["", "![held-out accuracy, base vs expert](results/quality.png)", ""] if trained else []

@@ -132,24 +132,30 @@ def test_report_train_step_table_shows_trl_and_the_ceiling_fraction(tmp_path, mo
     assert "| trl-grpo-lora | 20 | 3.0 | (in step) |" in text
 
 
-@pytest.mark.parametrize("svf_correct, verdict", [(9, "reproduced"), (5, "not reproduced at this scale")])
-def test_report_claims_count_a_difference_only_when_intervals_separate(tmp_path, monkeypatch, svf_correct, verdict):
+@pytest.mark.parametrize("svf_correct, verdict", [(9, "reproduced"), (4, "not reproduced at this scale")])
+def test_report_claims_are_paired_mcnemar_verdicts(tmp_path, monkeypatch, svf_correct, verdict):
     import report
 
     from transformer_squared.evaluation import wilson_interval
 
     def row(cell, correct, params):
-        return {"task": "t", "cell": cell, "n": 10, "correct": correct, "accuracy": correct / 10,
-                "ci95": list(wilson_interval(correct, 10)), "trainable_params": params, "train_seconds": 1.0}
+        return {"task": "t", "cell": cell, "n": 20, "correct": correct, "accuracy": correct / 20,
+                "ci95": list(wilson_interval(correct, 20)), "trainable_params": params, "train_seconds": 1.0}
 
     results = tmp_path / "results"
-    results.mkdir()
-    data = {"rows": [row("base", 1, 0), row("svf-rl", svf_correct, 10), row("lora-rl", 1, 100)]}
+    (results / "quality").mkdir(parents=True)
+    data = {"rows": [row("base", 2, 0), row("svf-rl", svf_correct, 10), row("lora-rl", 2, 100)]}
     (results / "quality_table.json").write_text(json.dumps(data))
+    for cell, k in (("lora-rl", 2), ("svf-rl", svf_correct)):  # the first k items right; svf's ⊇ lora's
+        (results / "quality" / f"t-{cell}.json").write_text(json.dumps({"task": "t", "split": "test"}))
+        (results / "quality" / f"t-{cell}.json.items.jsonl").write_text(
+            "".join(json.dumps({"id": str(i), "correct": i < k}) + "\n" for i in range(20)))
     monkeypatch.setattr(report, "RESULTS", results)
     claim, said, detail = report.claims()[0]
-    # 9/10 vs 1/10: Wilson intervals [59.6, 98.2] and [1.8, 40.4] separate; 5/10 vs 1/10 overlap
+    # 9/20 vs 2/20: the Wilson intervals [25.8, 65.8] and [2.8, 30.1] overlap, but 7 won and 0 lost on the
+    # same items gives McNemar p = 2/2^7 = 0.016; 4/20: 2 won, 0 lost, p = 0.5
     assert claim.startswith("SVF-RL beats LoRA") and said == verdict and "SVF 10.0% of LoRA's" in detail
+    assert ("won 7, lost 0" if svf_correct == 9 else "won 2, lost 0") in detail
 
 
 def test_quality_table_reads_what_each_run_learned_from(tmp_path):
