@@ -500,3 +500,17 @@ def test_sample_group_draws_what_generate_draws():
     b = generate(model, tok, [prompt] * 4, max_new_tokens=5, temperature=1.0, batch_size=4, seed=7)
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert len({tuple(g.token_ids) for g in a}) > 1
+
+
+def test_sft_in_an_answer_channel_raises_the_gold_options_likelihood(tmp_path):
+    from transformer_squared.tasks import get_task
+
+    task = get_task("arc_easy", source=str(_mc_file(tmp_path)))
+    trainer = tiny_trainer(tmp_path, task=task, objective="sft", channel="cloze", batch_size=8, clip=0.0, lr=5e-2,
+                           steps=4, eval_every=4, val_limit=None)
+    result = trainer.run()
+    rows = [r for r in result.history if r["step"] > 0]
+    assert rows[-1]["gold_logprob"] > rows[0]["gold_logprob"] and rows[-1]["pg_loss"] < rows[0]["pg_loss"]
+    assert rows[0]["kl"] is None
+    with pytest.raises(T2Error, match="--channel applies"):
+        TrainConfig(task="arc_easy", objective="rl", channel="cloze").validate()

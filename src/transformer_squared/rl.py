@@ -115,7 +115,7 @@ class TrainConfig:
     device: str = "cpu"
     method: str = "svf"                  # svf | lora
     objective: str = "rl"                # rl | sft | exact
-    channel: str = "cloze"               # exact: cloze | letter (what the policy's softmax is over)
+    channel: str | None = None           # multiple choice: cloze | letter (exact: default cloze; sft: the gold option)
     norm: str = "token"                  # exact: option score = mean log-prob per token | per char | sum
     # SVF
     targets: str | list[str] = "mlp"
@@ -169,7 +169,8 @@ class TrainConfig:
 
         choice("method", METHODS)
         choice("objective", OBJECTIVES)
-        choice("channel", CHANNELS)
+        if self.channel is not None:
+            choice("channel", CHANNELS)
         choice("norm", NORMS)
         choice("baseline", BASELINES)
         choice("schedule", SCHEDULES)
@@ -194,6 +195,9 @@ class TrainConfig:
             raise T2Error(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.val_limit is not None and self.val_limit < 1:
             raise T2Error(f"--val-limit must be at least 1 (or omitted for all), got {self.val_limit}")
+        if self.channel is not None and self.objective == "rl":
+            raise T2Error("--channel applies to --objective exact (the policy over the options) and --objective sft "
+                          "(imitate the gold option in that channel); sampled RL answers in free text")
         if self.objective == "exact" and self.temperature <= 0:
             raise T2Error("--objective exact needs --temperature > 0 (the softmax temperature over the options)")
         if self.objective == "rl":
@@ -204,6 +208,13 @@ class TrainConfig:
             if self.temperature == 0 and k > 1:
                 raise T2Error("with --temperature 0 (greedy) the K samples of a prompt are identical; "
                               "use --samples-per-prompt 1 or a temperature > 0")
+
+    @property
+    def mc_channel(self) -> str | None:
+        """The answer channel of a multiple-choice objective (exact, or sft on the gold option), else None."""
+        if self.objective == "exact":
+            return self.channel or "cloze"
+        return self.channel if self.objective == "sft" else None
 
     @property
     def rows_per_prompt(self) -> int:
@@ -579,7 +590,7 @@ class Trainer:
                 raise T2Error(f"--grad-accum {c.grad_accum} must divide the {self.local_prompts} prompts each "
                               "process handles per step (batch size / processes)")
             self.micro_prompts = self.local_prompts // c.grad_accum
-        elif c.objective == "exact":
+        elif c.mc_channel:
             self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ITEMS)
         else:
             self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ROWS // rows)
@@ -599,13 +610,13 @@ class Trainer:
                           "evaluation only. Train on gsm8k, mbpp or arc_easy, or give --source a JSONL file "
                           "with train records")
         self.train_items = list(task.load("train"))
-        if c.objective == "exact":
+        if c.mc_channel:
             from .tasks.multiple_choice import is_multiple_choice
 
             if not is_multiple_choice(task):
-                raise T2Error(f"--objective exact needs a multiple-choice task (a finite answer set); {task.name!r} "
-                              "has open answers: use --objective rl")
-        if c.objective == "sft":
+                raise T2Error(f"--objective {c.objective} with an answer channel needs a multiple-choice task (a finite "
+                              f"answer set); {task.name!r} has open answers: use --objective rl or sft without --channel")
+        if c.objective == "sft" and not c.mc_channel:
             self.train_items = [it for it in self.train_items if getattr(it, "reference", None)]
             if not self.train_items:
                 raise T2Error(f"task {task.name!r} has no reference solutions in its train split, so "
@@ -810,7 +821,7 @@ class Trainer:
         base = (step - 1) * c.batch_size
         indices = list(self._local_indices())
         items = [self.item_at(base + g) for g in indices]
-        if c.objective == "exact":  # nothing to sample: the loss sums over every option
+        if c.mc_channel:  # nothing to sample: the loss sums over every option
             return Rollout(step, items, [], [], [], None, 1, [True] * len(items))
         prompts = [self.task.prompt(it, tok) for it in items]
         prompt_ids = [list(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -902,7 +913,7 @@ class Trainer:
         Returns this process's sums of loss, pg_loss, kl and completion log-prob.
         """
         c = self.config
-        if c.objective == "exact":
+        if c.mc_channel:
             return self._exact_gradients(ro)
         rl = c.objective == "rl"
         k = ro.k
@@ -964,12 +975,14 @@ class Trainer:
         from .scoring import score_options
 
         c = self.config
-        want_kl = c.kl_coef > 0
+        channel = c.mc_channel
+        sft = c.objective == "sft"  # maximise the gold option's (normalised) log-likelihood instead of E[r]
+        want_kl = c.kl_coef > 0 and not sft
         totals = dict.fromkeys(("loss", "pg_loss", "kl", "logp", "reward", "reward_sq", "argmax_correct",
                                 "entropy"), 0.0)
         for p0 in range(0, len(ro.items), self.micro_prompts):
             items = ro.items[p0:p0 + self.micro_prompts]
-            requests = [self.task.requests(it, c.channel, self.tokenizer) for it in items]
+            requests = [self.task.requests(it, channel, self.tokenizer) for it in items]
             with self._autocast():
                 base = None
                 if want_kl:
@@ -985,14 +998,14 @@ class Trainer:
                 r = torch.full_like(pi, self.task.reward_wrong)
                 r[gold] = self.task.reward_correct
                 expected = (pi * r).sum()
-                item_loss = -expected
+                item_loss = -sc.normalised(c.norm)[gold].float() if sft else -expected
                 if base is not None:
                     logb = F.log_softmax(base[i].normalised(c.norm).float() / c.temperature, dim=0)
                     kl = (pi * (logpi - logb.to(logpi.device))).sum()
                     item_loss = item_loss + c.kl_coef * kl
                     totals["kl"] += kl.item() / c.batch_size
                 loss = loss + item_loss / c.batch_size
-                totals["pg_loss"] += -expected.item() / c.batch_size
+                totals["pg_loss"] += item_loss.item() / c.batch_size
                 totals["reward"] += expected.item()
                 totals["reward_sq"] += (pi * r * r).sum().item()
                 totals["argmax_correct"] += float(int(torch.argmax(logpi).item()) == gold)
@@ -1028,8 +1041,8 @@ class Trainer:
         """Loss, backward over micro-batches, all-reduce, clip and optimiser step (or skip if non-finite)."""
         c, d = self.config, self.dist
         rl = c.objective == "rl"
-        exact = c.objective == "exact"
-        want_kl = (rl or exact) and (c.kl_coef > 0)
+        exact = c.mc_channel is not None
+        want_kl = (rl or c.objective == "exact") and (c.kl_coef > 0)
         k = ro.k
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
@@ -1112,10 +1125,10 @@ class Trainer:
 
         t0 = time.perf_counter()
         c = self.config
-        if c.objective == "exact":  # choose in the channel that is trained: options scored, no generation
+        if c.mc_channel:  # choose in the channel that is trained: options scored, no generation
             with torch.no_grad(), self.policy.sampling():
                 summary, rows = evaluate_loglik(self.policy.model, self.tokenizer, self.task, self.val_items,
-                                                split="val", channel=c.channel, norm=c.norm,
+                                                split="val", channel=c.mc_channel, norm=c.norm,
                                                 batch_size=c.eval_batch_size, progress=False)
             return summary.accuracy, summary.n, time.perf_counter() - t0, _mean_gold_logprob(rows, c.norm)
         with torch.no_grad(), self.policy.sampling():

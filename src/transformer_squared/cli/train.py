@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rl: REINFORCE on the task's reward (default); sft: imitate the reference solutions; "
                         "exact: exact policy gradient over a multiple-choice task's options (no sampling)")
     m.add_argument("--channel", default=d.channel, choices=["cloze", "letter"],
-                   help="exact: score options as text after 'Question: ...\\nAnswer:' (cloze) or as the first "
-                        "letter after the chat prompt (letter, what generation samples)")
+                   help="multiple choice: score options as text after 'Question: ...\\nAnswer:' (cloze; the default "
+                        "of exact) or as the first letter after the chat prompt (letter, what generation samples); "
+                        "with sft: imitate the gold option in that channel")
     m.add_argument("--norm", default=d.norm, choices=["token", "char", "sum"],
                    help="exact: option score = log-likelihood per token (default), per character, or summed")
     m.add_argument("--train-path", default=d.train_path, choices=["merged", "factored"],
