@@ -71,7 +71,11 @@ def _export_info(svf, expert: Expert, kind: str) -> dict:
 
     info = {"kind": kind, "expert": expert.name, "base_model": expert.meta.get("base_model"),
             "base_model_name_or_path": base_model_id(svf, expert), "mixture": expert.meta.get("mixture")}
-    if expert.meta.get("base_model") == DEFAULT_MODEL_NAME or getattr(svf.model, "t2_model_name", None) == DEFAULT_MODEL_NAME:
+    bundled = DEFAULT_MODEL_NAME in (expert.meta.get("base_model"), getattr(svf.model, "t2_model_name", None))
+    if bundled and kind == "merged":
+        info["base_weights"] = ("the bundled Q4_1 GGUF of SmolLM2-135M-Instruct, dequantised, with the expert merged "
+                                "in: exact for the expert, and not the Hub model's weights")
+    elif bundled:
         info["base_weights"] = ("the expert was made on the bundled Q4_1 GGUF of SmolLM2-135M-Instruct, dequantised; "
                                 "applied to the Hub weights it is an approximation (their weights differ by the "
                                 "quantisation error)")
