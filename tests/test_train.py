@@ -514,3 +514,28 @@ def test_sft_in_an_answer_channel_raises_the_gold_options_likelihood(tmp_path):
     assert rows[0]["kl"] is None
     with pytest.raises(T2Error, match="--channel applies"):
         TrainConfig(task="arc_easy", objective="rl", channel="cloze").validate()
+
+
+class SlowChecker(ParityTask):
+    """Standard rewards, but the check of one item never finishes in time."""
+
+    rewards = Task.rewards  # the standard ±1 of the checker (ParityTask overrides it for its NaN case)
+
+    def is_correct(self, item, completion):
+        if item.id == "train1":
+            import time
+
+            time.sleep(30)
+        return super().is_correct(item, completion)
+
+
+def test_a_checker_that_overruns_scores_wrong_and_is_reported(tmp_path):
+    import time
+
+    task = SlowChecker()
+    items = task.load("train")[:3]
+    t = time.perf_counter()
+    rewards, errors = safe_rewards(task, items, ["w10 x", "w10 x", "w10 x"], seconds=0.5)
+    assert time.perf_counter() - t < 10
+    assert rewards == [1.0, -1.0, 1.0]
+    assert [e["id"] for e in errors] == ["train1"] and "timeout" in errors[0]["error"]

@@ -517,12 +517,29 @@ def sample_seed(seed: int, step: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def safe_rewards(task, items: Sequence, completions: Sequence[str]) -> tuple[list[float], list[dict[str, Any]]]:
+def safe_rewards(task, items: Sequence, completions: Sequence[str],
+                 seconds: float | None = None) -> tuple[list[float], list[dict[str, Any]]]:
     """``task.rewards`` for a batch; an item whose check raises gets ``task.reward_wrong`` and an error record.
 
     Any exception from the task's checker is caught on purpose: a broken checker must not kill
-    hours of training, but every failure is reported (metrics and reward_errors.jsonl).
+    hours of training, but every failure is reported (metrics and reward_errors.jsonl). A task that
+    keeps the standard ±reward of its checker is checked under a per-sample time budget
+    (:func:`~transformer_squared.rewards_guard.bounded_correct_many`): a check that overruns gets
+    ``reward_wrong`` and is reported the same way.
     """
+    from .tasks.base import Task
+
+    if isinstance(task, Task) and type(task).rewards is Task.rewards:
+        from .rewards_guard import DEFAULT_SECONDS, bounded_correct_many
+
+        problems: list[dict[str, Any]] = []
+
+        def record(index: int, reason: str) -> None:
+            problems.append({"index": index, "id": str(getattr(items[index], "id", index)), "error": reason[:500]})
+
+        oks = bounded_correct_many(task, list(items), list(completions), seconds or DEFAULT_SECONDS,
+                                   on_problem=record)
+        return [task.reward_correct if ok else task.reward_wrong for ok in oks], problems
     try:
         out = [float(r) for r in task.rewards(list(items), list(completions))]
         if len(out) == len(items):
