@@ -646,6 +646,10 @@ class Trainer:
                 raise T2Error(f"task {task.name!r} has no val split to choose the best weights on; "
                               "pass --eval-every 0 to keep the last weights instead")
             self.val_items = list(task.load("val"))[: c.val_limit]
+            if 0 < len(self.val_items) < 500 and c.val_limit is not None:
+                se = 100 * math.sqrt(0.25 / len(self.val_items))
+                log.warning("choosing the best weights on %d val items (standard error up to %.1f points); "
+                            "--val-limit 0 uses all of them", len(self.val_items), se)
         self.max_new_tokens = c.max_new_tokens or int(getattr(task, "max_new_tokens", 256))
 
         # the model and what is trained
