@@ -107,18 +107,19 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
     return results
 
 
-# `make demo` (2 questions per task) measured on 2 CPU cores (2026-11-30): ~4 minutes with an empty cache
-# (converting the bundled model, SVD, the data), most of it generating MBPP code; a busy machine is slower.
-DEMO_COLD_S_PER_QUESTION = 40
+# `make demo` (2 questions per task, 6 in all) on 2 CPU cores: about 4 minutes cold on idle cores (issue 16);
+# `time t2 demo --per-task 2` with warm caches but other jobs on the cores (load 6): 5 min 25 s (2026-11-30).
+# Most of it is generating GSM8K and MBPP answers of up to 256 tokens.
+DEMO_S_PER_QUESTION = 40
 
 
 def estimate(per_task: int, tasks: int) -> str:
     """The line the demo starts with: what it does and roughly how long it takes here."""
     n = per_task * tasks
-    minutes = max(1, round(DEMO_COLD_S_PER_QUESTION * n / 60))
+    minutes = max(1, round(DEMO_S_PER_QUESTION * n / 60))
     return (f"t2 demo: {n} held-out questions ({per_task} each from {tasks} tasks) answered by the base model, "
-            f"--adapt prompt and --adapt classifier; about {minutes} min on 2 CPU cores, less once the model and "
-            "SVD are cached. Each pass prints its time as it finishes.")
+            f"--adapt prompt and --adapt classifier; about {minutes} min on 2 idle CPU cores, more when other jobs "
+            "share them. Each pass prints its time as it finishes.")
 
 
 def _say(print_fn, text: str) -> None:
