@@ -275,6 +275,23 @@ def _scaling(d: dict) -> list[str]:
 
 
 # (results file, the command that writes it, how to show it)
+def _throughput(d: dict) -> list[str]:
+    """Whole RL steps before vs after prompt sharing and bf16 (bench/train_step.py --configs svf-throughput)."""
+    r = next((x for x in d["results"] if "throughput" in x), None)
+    if r is None:
+        return []
+    tp = r["throughput"]
+    rows = [[name, f"{'shared' if v['share_prompt'] else 'per row'}, {v['autocast']}", v["gen_median"],
+             v["update_median"], v["step_median"], v["completions_per_s"]] for name, v in tp.items() if name != "speedup"]
+    return ([f"### One RL step, before and after prompt sharing (`{d['command']}`)", "",
+             f"{d['batch_size']} prompts × {d['samples_per_prompt']} samples of up to {d['max_new_tokens']} tokens "
+             f"(ARC-Easy, short answers) on {d.get('device_name', d['device'])}; the two layouts alternate in one "
+             f"process, same weights, median of {d['repeats']} rounds after a warm-up round: "
+             f"**{tp['speedup']}×** the completions per second.", ""]
+            + _table(["layout", "prompt encoding, update dtype", "sampling s", "update s", "step s", "completions/s"],
+                     rows))
+
+
 SPEED = [("matmul_ceiling.json", "python bench/matmul_ceiling.py", _matmul),
          ("svf_core.json", "python bench/svf_core.py", _svf_core),
          ("mixed_batch.json", "python bench/mixed_batch.py", _mixed_batch),
@@ -283,7 +300,9 @@ SPEED = [("matmul_ceiling.json", "python bench/matmul_ceiling.py", _matmul),
          ("train_step.json", "python bench/train_step.py", _train_step),
          ("train_step_bf16.json", "python bench/train_step.py --configs svf-merged,svf-merged-bf16,svf-ab ...",
           _train_step),
-         ("scaling.json", "python bench/scaling.py", _scaling)]
+         ("scaling.json", "python bench/scaling.py", _scaling),
+         ("train_step_throughput.json", "python bench/train_step.py --configs svf-throughput --batch-size 4 "
+          "--samples-per-prompt 8 --max-new-tokens 8 --threads 1", _throughput)]
 # the same benchmarks on a GPU (sh bench/speed_suite.sh MODEL docs/results/gpu cuda), when one was lent
 GPU = [("gpu/matmul_ceiling.json", _matmul), ("gpu/train_step.json", _train_step),
        ("gpu/inference_speed.json", _inference_speed), ("gpu/inference_speed_bf16.json", _inference_speed),
