@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import T2Error
-from .common import add_model_args
+from .common import add_data_args, add_model_args, data_task
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Greedy, batched evaluation (or, for multiple-choice tasks, the option with the "
                                    "highest log-likelihood) with a per-item JSONL next to the report. Re-running "
                                    "with the same --out resumes from the items already written.")
-    p.add_argument("--task", required=True, help="a task id (t2 data list): gsm8k, mbpp, humaneval, arc_easy, "
+    p.add_argument("--task", default=None, help="(or --data) a task id (t2 data list): gsm8k, mbpp, humaneval, arc_easy, "
                    "arc_challenge, math, classify, csqa, openbookqa, piqa, socialiqa, sciq, hellaswag, winogrande")
     p.add_argument("--mode", default="generate", choices=["generate", "loglik"],
                    help="generate: greedy answer + checker (default); loglik: multiple choice by the options' "
@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="report JSON path (items go to <out>.items.jsonl)")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
+    add_data_args(p)
     p.set_defaults(func=run)
 
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise T2Error(f"--limit must be at least 1, got {args.limit}")
     if args.lora and (args.expert or args.adapt):
         raise T2Error("--lora scores one LoRA adapter on its own; it cannot be combined with --expert or --adapt")
-    task = get_task(args.task, source=args.source)
+    task = data_task(args) or get_task(args.task, source=args.source)
     items = task.load(args.split)
     if args.limit:
         items = items[: args.limit]
@@ -185,7 +186,7 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
                 mixture.save(args.mixture_out)
         print(f"fewshot mixture: {mixture.meta.get('mixture')}")
     adaptive = AdaptiveModel(svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture)
-    domain = TASK_DOMAINS.get(task.name)
+    domain = TASK_DOMAINS.get(task.name) or getattr(task, "expert_domain", None)
 
     def choose(batch):
         texts = [task.user_content(it) for it in batch]

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import add_model_args, parse_targets
+from .common import add_data_args, add_model_args, data_task, parse_targets
 
 EPILOG = """\
 examples:
@@ -34,11 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="REINFORCE on the task's checker (the paper), or supervised fine-tuning on "
                                    "reference solutions; the best weights on the val split are kept.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, help="gsm8k, mbpp, arc_easy, classify (tasks with a train split)")
+    p.add_argument("--task", default=None, help="gsm8k, mbpp, arc_easy, classify (tasks with a train split); or --data")
     p.add_argument("--out", required=True, help="output folder (the expert, metrics, plot, checkpoint)")
     p.add_argument("--source", default=d.source, help="offline (bundled data), hub, or a JSONL file")
     p.add_argument("--name", default=None, help="expert name (default: the task name)")
     add_model_args(p)
+    add_data_args(p)
     m = p.add_argument_group("what is trained")
     m.add_argument("--method", default=d.method, choices=["svf", "lora"], help="svf (default) or the LoRA baseline")
     m.add_argument("--objective", default=d.objective, choices=["rl", "sft", "exact"],
@@ -197,12 +198,17 @@ def run(args: argparse.Namespace) -> int:
     from ..rl import train
 
     given = _fill_defaults(args)
+    task = data_task(args, args.reward_correct, args.reward_wrong)  # --data: the user's task (None with --task)
     config = config_from_args(args)
     if config.resume not in (None, False):
         config = reuse_saved_options(config, given)
-    result = train(config)
+    result = train(config) if task is None else train(config, task=task)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
+    if task is not None:
+        from ..tasks.generic import stamp_domain
+
+        stamp_domain(result.out, task)
     if result.best_val_accuracy is not None:
         print(f"{result.out}: best val accuracy {result.best_val_accuracy:.1%} at step {result.best_step} "
               f"({result.steps} steps, {result.seconds:.0f}s, {result.trainable_params:,} trainable parameters)")

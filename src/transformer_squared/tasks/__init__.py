@@ -21,6 +21,7 @@ from .base import Item, SplitData, Task
 from .classify import Classify
 from .code import MBPP, HumanEval
 from .competition_math import CompetitionMath
+from .generic import GenericTask, TaskProtocol, generic_task
 from .gsm8k import GSM8K
 from .multiple_choice import MultipleChoice, is_multiple_choice
 from .olmes import OLMES_TASKS
@@ -54,6 +55,8 @@ def get_task(name: str, source: str | os.PathLike | Source = "offline", reward_c
     sources or options raise :class:`~transformer_squared.errors.T2Error`.
     """
     key = str(name).strip().lower().replace("-", "_")
+    if key == "generic":  # the user's own data: source is a file, Hub id, datasets.Dataset or list of dicts
+        return generic_task(source, reward_correct=reward_correct, reward_wrong=reward_wrong, **options)
     if key not in TASKS:
         raise T2Error(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
     cls = TASKS[key]
@@ -66,5 +69,5 @@ def get_task(name: str, source: str | os.PathLike | Source = "offline", reward_c
     return cls(source=source, reward_correct=reward_correct, reward_wrong=reward_wrong, **options)
 
 
-__all__ = ["DOMAINS", "Item", "MultipleChoice", "SplitData", "TASKS", "TASK_NAMES", "Task", "get_task",
+__all__ = ["DOMAINS", "GenericTask", "Item", "MultipleChoice", "SplitData", "TASKS", "TASK_NAMES", "Task", "TaskProtocol", "get_task",
            "is_multiple_choice"]
