@@ -26,6 +26,7 @@ import torch
 
 from .errors import T2Error
 from .experts import Expert
+from .scoring import continuation_logprobs, last_logits, mean_reference_loglik
 
 STRATEGIES = ("none", "oracle", "prompt", "classifier", "fewshot")
 PAPER_DOMAINS = ("math", "code", "reasoning")
@@ -156,7 +157,7 @@ class AdaptiveModel:
                 chunk = prompts[s:s + batch_size]
                 if distinct:
                     enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                    logp = torch.log_softmax(_last_logits(model, enc).float(), dim=-1)
+                    logp = torch.log_softmax(last_logits(model, enc).float(), dim=-1)
                     for row in logp:
                         probs = {lab: math.exp(row[f].item()) for lab, f in zip(self.labels, firsts, strict=True)}
                         results.append(_with_mass(probs))
@@ -244,32 +245,6 @@ class AdaptiveModel:
         return list(zip(routes, gens, strict=True))
 
 
-@torch.no_grad()
-def continuation_logprobs(model, pad_id: int, pairs: Sequence[tuple[list[int], list[int]]], device):
-    """Summed log-probability of each continuation after its prompt, and its token count.
-
-    One teacher-forced forward over the batch laid out by :func:`~transformer_squared.rl.make_batch`
-    (the trainer's own layout, with position ids that skip the left padding).
-    """
-    from .rl import make_batch, token_logprobs
-
-    batch = make_batch([p for p, _ in pairs], [c for _, c in pairs], pad_id, device)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids).logits
-    prompt_len = batch.input_ids.shape[1] - batch.completion_len
-    lp = token_logprobs(logits[:, prompt_len - 1:-1], batch.targets, batch.mask)
-    return lp.sum(dim=1), batch.mask.sum(dim=1)
-
-
-def _last_logits(model, enc) -> torch.Tensor:
-    """Next-token logits at the last position only (the LM head over every position is ~20% of a
-    prefill on the default model); models whose forward lacks ``logits_to_keep`` compute them all."""
-    try:
-        return model(**enc, logits_to_keep=1).logits[:, -1]
-    except TypeError:
-        return model(**enc).logits[:, -1]
-
-
 def _with_mass(probs: dict[str, float]) -> dict[str, float]:
     out = dict(probs)
     out["_mass"] = sum(probs.values())
@@ -293,26 +268,6 @@ class CEMConfig:
     seed: int = 0
     max_new_tokens: int | None = None
     batch_size: int = 16
-
-
-@torch.no_grad()
-def mean_reference_loglik(model, tokenizer, task, items, batch_size: int = 16) -> float | None:
-    """Mean per-token log-likelihood of the items' reference answers under ``model`` (a module or
-    an SVFModel); the tie-breaker of the CEM search and of the trainer's model selection. None
-    when no item has a reference."""
-    model = getattr(model, "model", model) if not isinstance(model, torch.nn.Module) else model
-    device = next(model.parameters()).device
-    total, count = 0.0, 0.0
-    for s in range(0, len(items), batch_size):
-        chunk = [it for it in items[s:s + batch_size] if it.reference]
-        if not chunk:
-            continue
-        pairs = [(tokenizer(task.prompt(it, tokenizer), add_special_tokens=False)["input_ids"],
-                  tokenizer(it.reference, add_special_tokens=False)["input_ids"]) for it in chunk]
-        sums, lengths = continuation_logprobs(model, tokenizer.pad_token_id, pairs, device)
-        total += sums.sum().item()
-        count += lengths.sum().item()
-    return total / count if count else None
 
 
 def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence, config: CEMConfig | None = None,

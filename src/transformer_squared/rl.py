@@ -68,6 +68,7 @@ from torch import nn
 from .checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from .errors import T2Error
 from .fileio import append_jsonl, atomic_path, write_json, write_text
+from .scoring import Batch, make_batch, token_logprobs  # noqa: F401 - re-exported (rl.make_batch, ...)
 
 log = logging.getLogger(__name__)
 
@@ -265,20 +266,6 @@ def compute_advantages(rewards: torch.Tensor, baseline: str = "none") -> torch.T
     raise T2Error(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """log π(target) at each position (N, T) in float32; masked positions are exactly 0.
-
-    ``temperature`` > 0 scores the tempered distribution the samples were drawn from.
-    """
-    logits = logits.float()
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    safe = torch.where(mask.bool(), targets, torch.full_like(targets, -100))
-    lp = -F.cross_entropy(logits.transpose(1, 2), safe, reduction="none", ignore_index=-100)
-    return lp * mask
-
-
 def kl_k3(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π‖π_base) at sampled tokens: exp(b − p) − (b − p) − 1 ≥ 0."""
     d = (base_logp - logp) * mask
@@ -313,48 +300,6 @@ def policy_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
         stats["kl"] = kl_sum.item()
     stats["loss"] = loss.item()
     return loss, stats
-
-
-# =========================================================================================
-# Teacher-forced batches
-# =========================================================================================
-@dataclass
-class Batch:
-    """Prompts left-padded and completions right-padded, so every completion starts at one column."""
-
-    input_ids: torch.Tensor       # (n, P + C)
-    attention_mask: torch.Tensor  # (n, P + C)
-    position_ids: torch.Tensor    # (n, P + C), as generation computed them
-    targets: torch.Tensor         # (n, C) completion tokens
-    mask: torch.Tensor            # (n, C) 1.0 on real completion tokens
-
-    @property
-    def completion_len(self) -> int:
-        return self.targets.shape[1]
-
-
-def make_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_id: int,
-               device: torch.device | str = "cpu") -> Batch:
-    """Lay out prompt + completion rows for one teacher-forced forward (see :class:`Batch`)."""
-    if len(prompt_ids) != len(completion_ids) or not prompt_ids:
-        raise ValueError("need one completion per prompt, and at least one row")
-    p_len = max(len(p) for p in prompt_ids)
-    c_len = max(1, max(len(c) for c in completion_ids))
-    n = len(prompt_ids)
-    ids = torch.full((n, p_len + c_len), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, p_len + c_len), dtype=torch.long)
-    targets = torch.full((n, c_len), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, c_len), dtype=torch.float32)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-        start = p_len - len(p)
-        ids[i, start:p_len] = torch.tensor(list(p), dtype=torch.long)
-        attn[i, start:p_len + len(c)] = 1
-        if c:
-            ids[i, p_len:p_len + len(c)] = torch.tensor(list(c), dtype=torch.long)
-            targets[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-            mask[i, :len(c)] = 1.0
-    pos = (attn.cumsum(dim=1) - 1).clamp(min=0)
-    return Batch(ids.to(device), attn.to(device), pos.to(device), targets.to(device), mask.to(device))
 
 
 # =========================================================================================
@@ -1141,8 +1086,8 @@ class Trainer:
         """Greedy accuracy on the val items (rank 0 only), and the mean per-token log-likelihood
         of their reference answers (one teacher-forced pass; the tie-breaker between equal
         accuracies, as in the CEM search): (accuracy, n, seconds, loglik or None)."""
-        from .adapt import mean_reference_loglik
         from .evaluation import evaluate, evaluate_loglik
+        from .scoring import mean_reference_loglik
 
         t0 = time.perf_counter()
         c = self.config

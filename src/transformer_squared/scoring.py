@@ -226,5 +226,106 @@ def score_options(model, tokenizer, requests: Sequence[Sequence[tuple[str, str]]
     return results
 
 
-__all__ = ["NORMS", "OptionScores", "continuation_token_logprobs", "encode_continuations", "score_groups",
-           "score_options"]
+# ---------------------------------------------------------------------------------------
+# The trainer's teacher-forced layout (prompt left-padded, completion right-padded)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """Prompts left-padded and completions right-padded, so every completion starts at one column."""
+
+    input_ids: torch.Tensor       # (n, P + C)
+    attention_mask: torch.Tensor  # (n, P + C)
+    position_ids: torch.Tensor    # (n, P + C), as generation computed them
+    targets: torch.Tensor         # (n, C) completion tokens
+    mask: torch.Tensor            # (n, C) 1.0 on real completion tokens
+
+    @property
+    def completion_len(self) -> int:
+        return self.targets.shape[1]
+
+
+def make_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_id: int,
+               device: torch.device | str = "cpu") -> Batch:
+    """Lay out prompt + completion rows for one teacher-forced forward (see :class:`Batch`)."""
+    if len(prompt_ids) != len(completion_ids) or not prompt_ids:
+        raise ValueError("need one completion per prompt, and at least one row")
+    p_len = max(len(p) for p in prompt_ids)
+    c_len = max(1, max(len(c) for c in completion_ids))
+    n = len(prompt_ids)
+    ids = torch.full((n, p_len + c_len), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, p_len + c_len), dtype=torch.long)
+    targets = torch.full((n, c_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, c_len), dtype=torch.float32)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        start = p_len - len(p)
+        ids[i, start:p_len] = torch.tensor(list(p), dtype=torch.long)
+        attn[i, start:p_len + len(c)] = 1
+        if c:
+            ids[i, p_len:p_len + len(c)] = torch.tensor(list(c), dtype=torch.long)
+            targets[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+            mask[i, :len(c)] = 1.0
+    pos = (attn.cumsum(dim=1) - 1).clamp(min=0)
+    return Batch(ids.to(device), attn.to(device), pos.to(device), targets.to(device), mask.to(device))
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log π(target) at each position (N, T) in float32; masked positions are exactly 0.
+
+    ``temperature`` > 0 scores the tempered distribution the samples were drawn from.
+    """
+    logits = logits.float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    safe = torch.where(mask.bool(), targets, torch.full_like(targets, -100))
+    lp = -F.cross_entropy(logits.transpose(1, 2), safe, reduction="none", ignore_index=-100)
+    return lp * mask
+
+
+@torch.no_grad()
+def continuation_logprobs(model, pad_id: int, pairs: Sequence[tuple[list[int], list[int]]], device):
+    """Summed log-probability of each continuation after its prompt, and its token count.
+
+    One teacher-forced forward over the batch laid out by :func:`make_batch` (the trainer's own
+    layout, with position ids that skip the left padding).
+    """
+    batch = make_batch([p for p, _ in pairs], [c for _, c in pairs], pad_id, device)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits
+    prompt_len = batch.input_ids.shape[1] - batch.completion_len
+    lp = token_logprobs(logits[:, prompt_len - 1:-1], batch.targets, batch.mask)
+    return lp.sum(dim=1), batch.mask.sum(dim=1)
+
+
+def last_logits(model, enc) -> torch.Tensor:
+    """Next-token logits at the last position only (the LM head over every position is ~20% of a
+    prefill on the default model); models whose forward lacks ``logits_to_keep`` compute them all."""
+    try:
+        return model(**enc, logits_to_keep=1).logits[:, -1]
+    except TypeError:
+        return model(**enc).logits[:, -1]
+
+
+@torch.no_grad()
+def mean_reference_loglik(model, tokenizer, task, items, batch_size: int = 16) -> float | None:
+    """Mean per-token log-likelihood of the items' reference answers under ``model`` (a module or
+    an SVFModel); the tie-breaker of the CEM search and of the trainer's model selection. None
+    when no item has a reference."""
+    model = getattr(model, "model", model) if not isinstance(model, torch.nn.Module) else model
+    device = next(model.parameters()).device
+    total, count = 0.0, 0.0
+    for s in range(0, len(items), batch_size):
+        chunk = [it for it in items[s:s + batch_size] if it.reference]
+        if not chunk:
+            continue
+        pairs = [(tokenizer(task.prompt(it, tokenizer), add_special_tokens=False)["input_ids"],
+                  tokenizer(it.reference, add_special_tokens=False)["input_ids"]) for it in chunk]
+        sums, lengths = continuation_logprobs(model, tokenizer.pad_token_id, pairs, device)
+        total += sums.sum().item()
+        count += lengths.sum().item()
+    return total / count if count else None
+
+
+__all__ = ["NORMS", "Batch", "OptionScores", "continuation_logprobs", "continuation_token_logprobs",
+           "encode_continuations", "last_logits", "make_batch", "mean_reference_loglik", "score_groups",
+           "score_options", "token_logprobs"]
