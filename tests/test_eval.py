@@ -152,12 +152,18 @@ def test_eval_loglik_writes_every_normalisation_and_compares(tiny_model_dir, tmp
     assert summary.extra["mode"] == "loglik"
     for r, r2 in zip(rows, again, strict=True):
         assert r["id"] == r2["id"] and r["logp"] == pytest.approx(r2["logp"], abs=1e-4)
-    # a resumed run with another channel into the same --out is refused
+    # a resumed run with another channel, or in generation mode, into the same --out is refused
     assert main([*argv, "--channel", "letter"]) == 2
+    assert "another run" in capsys.readouterr().err
+    assert main([a for a in argv if a not in ("--mode", "loglik")]) == 2
     assert "another run" in capsys.readouterr().err
     letter = tmp_path / "letter.json"
     assert main([*argv[:-5], "--channel", "letter", "--out", str(letter), "--limit", "5", "--no-progress"]) == 0
     assert all(json.loads(x)["n_tokens"] == [1] * len(json.loads(x)["logp"])
                for x in letter.with_name("letter.json.items.jsonl").read_text().splitlines())
-    assert main(["compare", str(out), str(letter)]) == 0
-    assert "exact McNemar p" in capsys.readouterr().out
+    assert main(["compare", str(out), str(letter)]) == 2  # another channel: not like with like
+    assert "answer modes" in capsys.readouterr().err
+    again = tmp_path / "again.json"
+    assert main([*argv[:-5], "--out", str(again), "--limit", "5", "--no-progress"]) == 0
+    assert main(["compare", str(out), str(again)]) == 0
+    assert "B won 0, lost 0" in capsys.readouterr().out  # the same model scores the same items the same way

@@ -75,3 +75,12 @@ def test_cli_compare(tmp_path, capsys):
     assert main(["compare", str(a), str(ll)]) == 2
     assert "answer modes" in capsys.readouterr().err
     assert main(["compare", str(a), str(tmp_path / "missing.json")]) == 2
+    # the same mode but another channel is not like with like either
+    ll2 = _report(tmp_path, "ll2", [{"id": str(i), "correct": True} for i in range(12)],
+                  extra={"mode": "loglik", "channel": "letter"})
+    assert main(["compare", str(ll), str(ll2)]) == 2
+    assert "answer modes" in capsys.readouterr().err
+    # a per-item file that holds more items than its report counts (an --out reused with another --limit)
+    short = _report(tmp_path, "short", [{"id": str(i), "correct": True} for i in range(12)], n=6)
+    assert main(["compare", str(a), str(short)]) == 2
+    assert "per-item file holds 12" in capsys.readouterr().err

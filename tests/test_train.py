@@ -539,3 +539,19 @@ def test_a_checker_that_overruns_scores_wrong_and_is_reported(tmp_path):
     assert time.perf_counter() - t < 10
     assert rewards == [1.0, -1.0, 1.0]
     assert [e["id"] for e in errors] == ["train1"] and "timeout" in errors[0]["error"]
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_path):
+    """Options added later (e.g. channel, norm) read as their defaults in an older checkpoint."""
+    from transformer_squared.checkpoint import load_checkpoint, save_checkpoint
+
+    trainer = tiny_trainer(tmp_path, steps=1, checkpoint_every=1)
+    trainer.run()
+    folder = tmp_path / "run" / "checkpoint"
+    ckpt = load_checkpoint(folder)
+    old = dict(ckpt.state)
+    old["config"] = {k: v for k, v in old["config"].items() if k not in ("channel", "norm")}
+    save_checkpoint(folder, state=old, trainable=ckpt.trainable, best=ckpt.best, optimizer=ckpt.optimizer,
+                    scheduler=ckpt.scheduler)
+    resumed = tiny_trainer(tmp_path, steps=2, checkpoint_every=1, resume=True)
+    assert resumed.step == 1

@@ -717,7 +717,9 @@ class Trainer:
             raise T2Error(f"checkpoint {where!r} trains task {s.get('task')!r} (source {s.get('source')!r}), not "
                           f"{mine['task']!r} (source {mine['source']!r}); use the same --task or another --out")
         saved, now = s.get("config", {}), self.config.to_dict()
-        diffs = [k for k in TRAJECTORY_FIELDS if saved.get(k) != now.get(k)]
+        # an option added after the checkpoint was written had its default value then
+        defaults = TrainConfig().to_dict()
+        diffs = [k for k in TRAJECTORY_FIELDS if saved.get(k, defaults.get(k)) != now.get(k)]
         if diffs:
             shown = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {now.get(k)!r})" for k in diffs[:3])
             raise T2Error(f"checkpoint {where!r} was made with other options: {shown}; resume with the same options")
@@ -965,13 +967,13 @@ class Trainer:
                 r[gold] = self.task.reward_correct
                 expected = (pi * r).sum()
                 item_loss = -sc.normalised(c.norm)[gold].float() if sft else -expected
+                totals["pg_loss"] += item_loss.item() / c.batch_size  # the objective's own term, without the KL
                 if base is not None:
                     logb = F.log_softmax(base[i].normalised(c.norm).float() / c.temperature, dim=0)
                     kl = (pi * (logpi - logb.to(logpi.device))).sum()
                     item_loss = item_loss + c.kl_coef * kl
                     totals["kl"] += kl.item() / c.batch_size
                 loss = loss + item_loss / c.batch_size
-                totals["pg_loss"] += item_loss.item() / c.batch_size
                 totals["reward"] += expected.item()
                 totals["reward_sq"] += (pi * r * r).sum().item()
                 totals["argmax_correct"] += float(int(torch.argmax(logpi).item()) == gold)

@@ -147,11 +147,23 @@ def compare_reports(path_a: str | Path, path_b: str | Path) -> tuple[Comparison,
     for key in ("task", "split"):
         if rep_a.get(key) != rep_b.get(key):
             raise T2Error(f"the reports are for different {key}s ({rep_a.get(key)!r} vs {rep_b.get(key)!r})")
-    modes = [(r.get("extra") or {}).get("mode", "generate") for r in (rep_a, rep_b)]
+    modes = [_mode(r) for r in (rep_a, rep_b)]
     if modes[0] != modes[1]:
         raise T2Error(f"the reports use different answer modes ({modes[0]} vs {modes[1]}); compare like with like")
+    for rep, outcomes, path in ((rep_a, out_a, path_a), (rep_b, out_b, path_b)):
+        if "n" in rep and rep["n"] != len(outcomes):
+            raise T2Error(f"{path}: the report counts {rep['n']} items but its per-item file holds {len(outcomes)} "
+                          "(it was reused with another --limit); evaluate into a fresh --out")
     cmp = compare_outcomes(out_a, out_b, label_a=_label(rep_a, path_a), label_b=_label(rep_b, path_b))
     return cmp, rep_a, rep_b
+
+
+def _mode(report: Mapping[str, Any]) -> str:
+    """generate, or loglik with its channel and normalisation: what must match for a fair comparison."""
+    extra = report.get("extra") or {}
+    if extra.get("mode", "generate") == "generate":
+        return "generate"
+    return f"loglik/{extra.get('channel', 'cloze')}/{extra.get('norm', 'token')}"
 
 
 def _label(report: Mapping[str, Any], path: str | Path) -> str:

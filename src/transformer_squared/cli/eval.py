@@ -82,13 +82,15 @@ def run(args: argparse.Namespace) -> int:
     items_path = out.with_name(out.name + ".items.jsonl") if out else None
     # what a resumed run must share with the one that wrote the items (reports from before --lora
     # existed have no "lora" key, which reads as None: no adapter)
-    run_meta = {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model, "lora": args.lora}
-    if args.mode == "loglik":  # older .run.json files have no mode: they were generation runs
-        run_meta.update(mode="loglik", channel=args.channel, norm=args.norm)
+    run_meta = {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model, "lora": args.lora,
+                "mode": args.mode}
+    if args.mode == "loglik":
+        run_meta.update(channel=args.channel, norm=args.norm)
     if items_path and items_path.exists():
         meta_path = out.with_name(out.name + ".run.json")
         if meta_path.exists():
-            prev = json.loads(meta_path.read_text())
+            # older .run.json files have no mode (they were generation runs) and no lora (no adapter)
+            prev = {"mode": "generate", **json.loads(meta_path.read_text())}
             if {k: prev.get(k) for k in run_meta} != run_meta:
                 raise T2Error(f"{items_path} holds items of another run ({prev}); use another --out or delete it")
     t0 = time.perf_counter()
