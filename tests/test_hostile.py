@@ -57,6 +57,24 @@ def test_math_constant_overflow_completion_scores_nothing_on_the_whole_test_spli
         assert sum(oks) <= len(items) // 100, (constant, sum(oks))
 
 
+# Powers of symbols inside exponents: exact substitution of a rational point built values such as
+# 2^{(97/7)^{100}} (minutes, holding the GIL). A constant difference of huge values is not hidden
+# by the relative tolerance either.
+TOWERS = ["e^{x^{100}}", "2^{x^{100}}", "e^{x^{100}y^{100}}", "3^{x^{50}+y^{50}}", "e^{(x+1)^{100}}", "x^{x^{100}}",
+          "e^{x^{10000}}", "2^{x^{9999}}", "10^{x^{100}}", "e^{\\frac{x^{100}}{y}}", "\\sqrt{e^{x^{100}}}",
+          "e^{a b c d e f g h i j k l m n}", "\\sin(x^{100})", "e^{x^{100}}+1"]
+
+
+@pytest.mark.parametrize("pred", TOWERS)
+def test_powers_in_exponents_are_decided_fast(pred):
+    answers_equal("1", "1")  # sympy imported outside the timed part
+    for gold in ("3", "x", "e^{x^{100}}", "\\frac{1}{2}"):
+        start = time.monotonic()
+        assert not answers_equal(pred, gold) or pred == gold, (pred, gold)
+        assert time.monotonic() - start < 1.0, (pred, gold)
+    assert answers_equal(pred, pred)
+
+
 # ------------------------------------------------------------------ 2. whitespace and repetition bombs
 
 BOMB_SIZES = [10_000, 50_000]
@@ -120,6 +138,19 @@ def test_gsm8k_never_rewards_a_fragment(completion, fragment):
     assert task.reward(Item(id="x", question="q", answer=fragment), completion) == task.reward_wrong
 
 
+@pytest.mark.parametrize("completion,gold", [("The answer is 100.00000000000000000000000000001", "100"),
+                                             ("The answer is 99.99999999999999999999999999999", "100"),
+                                             ("#### 0.1000000000000000000000000000001", "0.1"),
+                                             ("The answer is 1.0000000000000000000000000000000000001e2", "100"),
+                                             ("\\boxed{-7.00000000000000000000000000000000005}", "-7")])
+def test_gsm8k_compares_all_digits(completion, gold):
+    # the canonical form used to round to Decimal's 28 digits, so these matched their gold
+    assert not numbers_equal(extract_number(completion), gold)
+    task = get_task("gsm8k")
+    assert not task.is_correct(Item(id="x", question="q", answer=gold), completion)
+    assert numbers_equal(extract_number(f"The answer is {gold}."), gold)
+
+
 def test_gsm8k_whole_expressions():
     cases = {"The answer is 1/2.": "1/2", "The answer is \\frac{3}{4}": "0.75", "The answer is 6 2/3": "20/3",
              "The answer is 3.0e2": "300", "The answer is 1.5 million.": "1500000", "#### 6\\frac{1}{2}": "6.5"}
@@ -135,6 +166,21 @@ def test_gsm8k_whole_expressions():
                                         "The correct option is C or D"])
 def test_arc_hedge_is_no_answer(completion):
     assert extract_choice(completion, CHOICES) is None
+
+
+@pytest.mark.parametrize("completion,choices,expected", [
+    ("The answer is B, a cat.", ["a dog", "a cat", "a whale", "a fish"], "B"),
+    ("Answer: D, a fish.", ["a dog", "a cat", "a whale", "a fish"], "D"),
+    ("The answer is (B), a cat", ["a dog", "a cat", "a whale", "a fish"], "B"),
+    ("The answer is C, a large mammal.", ["a dog", "a cat", "a whale", "a fish"], "C"),
+    ("The answer is **A**, a dog, because dogs bark.", ["a dog", "a cat", "a whale", "a fish"], "A"),
+    ("Answer: C - a whale.", ["a dog", "a cat", "a whale", "a fish"], "C"),
+    ("The answer is D and a fish is right.", ["a dog", "a cat", "a whale", "a fish"], "D"),
+    ("The correct option is B / a cat", ["a dog", "a cat", "a whale", "a fish"], "B"),
+])
+def test_arc_article_after_the_letter_is_not_a_hedge(completion, choices, expected):
+    # a lowercase "a" after the label is an article, not a second label
+    assert extract_choice(completion, choices) == expected
 
 
 def test_arc_lowercase_and_option_text_after_statement():

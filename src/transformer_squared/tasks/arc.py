@@ -64,10 +64,13 @@ def _letter_patterns(labels: str) -> list[re.Pattern[str]]:
     upper = f"[{labels}]"
     lower = f"[{labels.lower()}]" if labels.isalpha() else upper
     end = r"(?![A-Za-z0-9])"
-    label = rf"(?:(?P<up>{upper}){end}|(?P<low>{lower})(?=[\)\]\*]*+\.?+ ?(?:\n|$)))"
+    alone = r"(?=[\)\]\*]*+\.?+ ?(?:\n|$))"  # a lowercase letter must stand alone: "answer: c."
+    label = rf"(?:(?P<up>{upper}){end}|(?P<low>{lower}){alone})"
+    # The second label of a hedge obeys the same rule: in "B, a cat" the "a" is an article.
+    second = rf"(?:{upper}{end}|{lower}{alone})"
     return [
         # "The answer is (C)", "Answer: C", "correct option is **B**", "answer: option D", "answer: c"
-        re.compile(_STATEMENT + label + rf"(?P<hedge>{_HEDGE}(?:{upper}|{lower}){end})?"),
+        re.compile(_STATEMENT + label + rf"(?P<hedge>{_HEDGE}{second})?"),
         # "(C) is correct", "Option C is the correct answer"
         re.compile(rf"(?:(?i:option|choice) |\()({upper})\)?+ (?i:is (?:the )?(?:correct|right|best))"),
     ]

@@ -164,8 +164,8 @@ def parse_number(text: str) -> Decimal | None:
     value = parse_answer(text)
     if value is None:
         return None
-    d = Decimal(value.numerator) / Decimal(value.denominator)
-    return d if Fraction(d) == value else None
+    text = _format(value)  # exact digits; a Decimal division would round to the context's 28
+    return None if "/" in text else Decimal(text)
 
 
 def _format(value: Fraction | Decimal) -> str:
@@ -179,8 +179,13 @@ def _format(value: Fraction | Decimal) -> str:
             d //= p
     if d != 1:  # not a terminating decimal
         return f"{value.numerator}/{value.denominator}"
-    text = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    # exact digits (no Decimal context rounding): n / 2^a 5^b == (n * 10^k / den) / 10^k, k = max(a, b)
+    k = 0
+    while 10**k % value.denominator:
+        k += 1
+    digits = str(abs(value.numerator) * (10**k // value.denominator)).rjust(k + 1, "0")
+    text = digits[:-k] + "." + digits[-k:]
+    return ("-" if value < 0 else "") + text.rstrip("0").rstrip(".")
 
 
 def _after_marker(text: str, pos: int) -> Fraction | None:

@@ -485,6 +485,13 @@ def _value_close(sp, a, b) -> bool:
     return bool(diff <= sp.Float(REL_TOL, 40) * scale)
 
 
+def _rational_function(sp, expr) -> bool:
+    """Whether ``expr`` is built from rationals and symbols by + - * / and integer powers only."""
+    if expr.atoms(sp.Function) or expr.has(sp.pi, sp.E, sp.I):
+        return False
+    return all(power.exp.is_Integer for power in expr.atoms(sp.Pow))
+
+
 def _numeric_equal(a, b) -> bool:
     import sympy as sp
 
@@ -494,12 +501,18 @@ def _numeric_equal(a, b) -> bool:
     if not syms:
         return _value_close(sp, a, b)
     rng = random.Random(1234)
+    exact = _rational_function(sp, a) and _rational_function(sp, b)
     ok = 0
     for _ in range(3):
         subs = {s: sp.Rational(rng.randint(11, 97), rng.randint(7, 13)) for s in syms}
         try:
-            va, vb = a.subs(subs), b.subs(subs)
-        except (TypeError, ValueError, ZeroDivisionError):
+            if exact:  # a rational function at a rational point is an exact rational
+                va, vb = a.subs(subs), b.subs(subs)
+            else:
+                # Exact substitution would let sympy build values such as 2^{(97/7)^{100}} exactly
+                # (minutes, holding the GIL); arbitrary-range 40-digit floats stay fast.
+                va, vb = a.evalf(40, subs=subs), b.evalf(40, subs=subs)
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
             continue
         if _non_finite(sp, va) or _non_finite(sp, vb) or va.free_symbols or vb.free_symbols:
             continue
@@ -534,6 +547,9 @@ def _expr_equal(pred: str, gold: str) -> bool:
             return False  # non-finite values are never equal (identical strings matched above)
         if a == b:
             return True
+        diff = a - b  # sympy collects like terms: e^{x^{100}}+1 minus e^{x^{100}} is exactly 1
+        if diff.is_Number:
+            return bool(diff == 0)  # no tolerance can hide a constant difference of huge values
         return _numeric_equal(a, b)
     except Exception:  # sympy failure: not shown equal
         return False
