@@ -103,3 +103,22 @@ def test_refuses_a_second_model(tmp_path):
     svf = _svf()
     with pytest.raises(T2Error, match="no model="):
         SVFGRPOTrainer(svf, model=svf.model, reward_funcs=[], args=_args(tmp_path))
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "gpt2"])
+def test_merged_named_weights_make_a_plain_model_generate_like_the_policy(arch_name):
+    """What the trainer sends to vLLM (use_vllm=True): W' under the checkpoint's names, no z."""
+    from transformer_squared.trl_grpo import merged_named_weights
+
+    svf = SVFModel(tiny_model(arch_name), targets="mlp", progress=False)
+    with torch.no_grad():
+        for layer in svf.layers.values():
+            layer.z.add_(0.2 * torch.randn_like(layer.z))
+    weights = dict(merged_named_weights(svf))
+    assert not any(n.endswith(".z") for n in weights)
+    plain = tiny_model(arch_name)
+    assert set(weights) == {n for n, _ in plain.named_parameters()}
+    plain.load_state_dict(weights, strict=False)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, svf.model(input_ids=ids).logits, rtol=1e-4, atol=1e-5)

@@ -28,6 +28,7 @@ _LAZY = {
     "TrainConfig": ("rl", "TrainConfig"),
     "TrainResult": ("rl", "TrainResult"),
     "AdaptiveModel": ("adapt", "AdaptiveModel"),
+    "evaluate": ("evaluation", "evaluate"),
     "get_task": ("tasks", "get_task"),
     "Task": ("tasks", "Task"),
     "TaskProtocol": ("tasks", "TaskProtocol"),
@@ -47,4 +48,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["AdaptiveModel", "Expert", "Item", "Parameterization", "SVFLinear", "SVFModel", "T2Error", "Task",
-           "TaskProtocol", "TrainConfig", "TrainResult", "__version__", "get_task", "load_model", "train"]
+           "TaskProtocol", "TrainConfig", "TrainResult", "__version__", "evaluate", "get_task", "load_model",
+           "train"]

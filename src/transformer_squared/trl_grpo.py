@@ -18,6 +18,7 @@ Needs ``pip install trl`` (the version pinned in requirements.txt is tested).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise T2Error("the TRL path needs the trl package: run `pip install trl==1.16.0` (see docs/trl.md)") from exc
 
-__all__ = ["GRPOConfig", "SVFGRPOTrainer", "SVFReference"]
+__all__ = ["GRPOConfig", "SVFGRPOTrainer", "SVFReference", "merged_named_weights"]
 
 
 class SVFReference(nn.Module):
@@ -54,6 +55,26 @@ class SVFReference(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad(), self._svf.disabled():
             return self._svf.model(*args, **kwargs)
+
+
+def merged_named_weights(svf: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """The wrapped model's parameters as a plain checkpoint would name them, with each SVF target's
+    adapted W' (in its module's own layout and dtype) in place of its frozen base weight, and no z.
+
+    What a serving engine that knows nothing of SVF must load to generate like the policy (TRL
+    sends these to vLLM when ``use_vllm=True``).
+    """
+    owners = {f"{name}.weight": layer for name, layer in svf.layers.items()}
+    with torch.no_grad():
+        for name, param in svf.model.named_parameters():
+            if name.endswith(".z") and name[: -len(".z")] in svf.layers:
+                continue
+            layer = owners.get(name)
+            if layer is None or not layer.enabled:
+                yield name, param.data
+                continue
+            w = layer.merged_weight()
+            yield name, (w.t() if layer.transposed else w).to(param.dtype).contiguous()
 
 
 class _FreshMergedWeights(TrainerCallback):
@@ -105,6 +126,15 @@ class SVFGRPOTrainer(GRPOTrainer):
         self.svf = svf
         self.beta = beta
         self.add_callback(_FreshMergedWeights(svf))
+        generation = getattr(self, "vllm_generation", None)
+        if generation is not None:  # use_vllm=True: send W' (not the frozen W, and no z) to vLLM
+            fix = generation._fix_param_name_to_vllm
+
+            def svf_weights() -> Iterator[tuple[str, torch.Tensor]]:
+                for name, tensor in merged_named_weights(svf):
+                    yield fix(name), tensor
+
+            generation._iter_named_params = svf_weights
         if beta != 0.0:
             self.ref_model = SVFReference(svf)
 
