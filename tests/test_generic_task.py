@@ -319,6 +319,11 @@ def test_cli_train_then_eval_with_own_data_and_reward(tiny_model_dir, tmp_path, 
     capsys.readouterr()
     expert = Expert.load(out)
     assert expert.meta["domain"] == "geo" and expert.meta["task"] == "geo"
+    # resuming needs the same --data flags (they are not TrainConfig options); the checkpoint checks the task
+    assert main(["train", *common, "--out", str(out), "--steps", "2", "--resume"]) == 0
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert Expert.load(out).meta["domain"] == "geo"
+    capsys.readouterr()
     report = tmp_path / "report.json"
     assert main(["eval", *common, "--expert", str(out), "--out", str(report)]) == 0
     text = capsys.readouterr().out
