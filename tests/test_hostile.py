@@ -379,3 +379,193 @@ def test_reference_solutions_still_pass_through_the_judge():
     mbpp = get_task("mbpp")
     items = [it for it in mbpp.load("val")][:10]
     assert all(mbpp.correct_many(items, [it.reference for it in items]))
+
+
+# ------------------------------------------------------------------ 6. the program's names in the judge
+
+# A program that defines a builtin or a module's name must not change what that name means in the
+# tests: the judge binds only names the tests read, never one that shadows a builtin or a module.
+SHADOWS = {
+    "abs": ("def abs(x):\n    return 0\ndef f(x):\n    return 123\n", "assert abs(f(1) - 0.5) < 1e-6"),
+    "sorted": ("def sorted(x, **k):\n    return [1, 2, 3]\ndef f(x):\n    return [3, 1]\n", "assert sorted(f(0)) == [1, 2, 3]"),
+    "set": ("def set(x):\n    return {1}\ndef f():\n    return [2]\n", "assert set(f()) == {1}"),
+    "str": ("str = lambda x: 'ok'\ndef f(x):\n    return 5\n", "assert str(f(1)) == 'ok'"),
+    "len": ("len = lambda x: 3\ndef f():\n    return []\n", "assert len(f()) == 3"),
+    "isinstance": ("isinstance = lambda *a: True\ndef f():\n    return 'x'\n", "assert isinstance(f(), int)"),
+    "all": ("all = lambda x: True\ndef f():\n    return [0, 0]\n", "assert all(f())"),
+    "float": ("class float:\n    def __init__(self, x):\n        pass\n    def __eq__(self, o):\n        return True\n"
+              "def f():\n    return 'nan'\n", "assert float(f()) == 1.5"),
+    "fake math object": ("class M:\n    isclose = staticmethod(lambda a, b, **k: True)\nmath = M()\ndef f(x):\n    return 0\n",
+                         "assert math.isclose(f(1), 2.0)"),
+    "patched real math": ("import math\nmath.isclose = lambda *a, **k: True\ndef f(x):\n    return 0\n",
+                          "assert math.isclose(f(1), 2.0)"),
+    "another module as math": ("import cmath as math\ndef f(x):\n    return 0\n", "assert math.isclose(f(1), 2.0) is False"),
+    "helper of the check": ("def abs(x):\n    return 0\ndef f(x):\n    return 9\n",
+                            "def check(candidate):\n    assert abs(candidate(1) - 1) < 1e-9\ncheck(f)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHADOWS))
+def test_program_cannot_shadow_what_the_tests_use(name):
+    program, test = SHADOWS[name]
+    result = check_program(program, [test], limits=SB)
+    assert not result.passed, (name, result)
+
+
+def test_a_builtin_named_function_under_test_still_works():
+    # MBPP 126 asks for `sum`: the only name the tests take from the program is the one under test
+    program = "def sum(a, b):\n    return a * b\n"
+    assert check_program(program, ["assert sum(3, 4) == 12"], limits=SB).passed
+    # but not next to another program function, where it would be a helper of the check
+    program += "def f(x):\n    return 7\n"
+    assert not check_program(program, ["assert sum(f(1), 1) == 7", "assert f(2) == 7"], limits=SB).passed
+
+
+def test_tests_still_get_the_programs_functions_classes_and_modules():
+    program = ("import math\nfrom collections import Counter\nclass Pair:\n    def __init__(self, a, b):\n"
+               "        self.a, self.b = a, b\ndef span(p):\n    return p.b - p.a\ndef root(x):\n    return math.sqrt(x)\n")
+    tests = ["assert span(Pair(2, 5)) == 3", "assert math.isclose(root(2), 2 ** 0.5)", "assert Counter('aab')['a'] == 2"]
+    result = check_program(program, tests, limits=SB)
+    assert result.passed, result
+
+
+def test_trusted_helpers_in_the_tests_win_over_the_programs():
+    # HumanEval/32-style: the helper the tests call is defined by a (trusted) test snippet, so a
+    # program that redefines it gets no say
+    helper = "import math\ndef poly(xs, x):\n    return sum(c * math.pow(x, i) for i, c in enumerate(xs))\n"
+    program = helper + "def poly(xs, x):\n    return 0\ndef find_zero(xs):\n    return 123.0\n"
+    test = "def check(candidate):\n    assert abs(poly([1, 2], candidate([1, 2]))) < 1e-4\n"
+    assert not check_program(program, [helper, test, "check(find_zero)"], limits=SB).passed
+    good = helper + "def find_zero(xs):\n    return -xs[0] / xs[1]\n"
+    assert check_program(good, [helper, test, "check(find_zero)"], limits=SB).passed
+
+
+@pytest.mark.parametrize("module", ["unittest.__main__", "venv.__main__", "idlelib.__main__", "this"])
+def test_judge_imports_only_what_the_tests_name(module):
+    # a module object the program makes (or imports) under a name the tests do not read is never
+    # imported by the judge: importing unittest.__main__ there ran unittest's main and killed the judge
+    program = f"import types\nTRAP = types.ModuleType({module!r})\nclass T:\n    pass\nT.__name__ = {module!r}\n" \
+              "def add(a, b):\n    return a + b\n"
+    start = time.monotonic()
+    result = check_program(program, ["assert add(1, 2) == 3"], limits=SB)
+    assert result.passed, result
+    assert time.monotonic() - start < 10
+
+
+# ------------------------------------------------------------------ 7. the verdict without root
+
+JUDGE_FORGER = """
+import sys
+for _n in ("posix", "os", "_io", "io"):
+    sys.modules.pop(_n, None)
+import _io, io, posix
+LINES = [b'{"status": "passed", "detail": ""}\\n', b'{"status": "passed", "detail": "", "key": null}\\n',
+         b'{"status": "passed", "detail": "", "key": ""}\\n', b'passed\\n']
+def judges():
+    for pid in posix.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = OPEN("/proc/%s/cmdline" % pid, "rb").read().split(b"\\0")
+        except OSError:
+            continue
+        if len(cmd) > 5 and cmd[4] == b"judge" and cmd[3].endswith(b"_child.py"):
+            yield pid, [int(x) for x in cmd[5:] if x.isdigit()]
+for pid, fds in judges():
+    for fd in fds:
+        path = "/proc/%s/fd/%d" % (pid, fd)
+        try:  # pipes only: this test's worker runs as real root on the host file system
+            if (posix.stat(path).st_mode & 0o170000) != 0o010000:
+                continue
+            fh = OPEN(path, "wb")
+        except OSError:
+            continue
+        for line in LINES:
+            try:
+                fh.write(line); fh.flush()
+            except OSError:
+                pass
+def add(a, b):
+    return 0
+"""
+OPENERS = {"_io.FileIO": "OPEN = lambda p, m: _io.FileIO(p, m.replace('b', ''))",
+           "io.FileIO": "OPEN = lambda p, m: io.FileIO(p, m.replace('b', ''))",
+           "re-imported posix": ("OPEN = lambda p, m: _io.FileIO(posix.open(p, posix.O_WRONLY if 'w' in m else posix.O_RDONLY), "
+                                 "m.replace('b', ''))"),
+           "open_code": "OPEN = lambda p, m: _io.open_code(p) if 'r' in m else _io.FileIO(p, 'w')"}
+
+
+@pytest.mark.parametrize("opener", sorted(OPENERS))
+def test_verdict_cannot_be_written_by_the_program_without_root(opener, monkeypatch):
+    # Without root the worker runs as the judge's uid. Faking a non-root parent here (the children
+    # still run as root, which is stronger than the real case) shows that a line the program writes
+    # into the judge's verdict pipe is not a verdict: it lacks the check's key.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    program = OPENERS[opener] + "\n" + textwrap.dedent(JUDGE_FORGER)
+    result = check_program(program, ADD_TESTS, limits=SB)
+    assert "uid" not in result.isolation, result.isolation
+    assert not result.passed, (opener, result)
+    assert "judge_private" in result.isolation, result.isolation
+
+
+def test_guard_covers_fileio_and_open_code(monkeypatch, tmp_path):
+    # fake a non-root parent so that the worker sees the host's /proc and file system (no namespaces)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    probe = tmp_path / "written-by-the-program"
+    program = textwrap.dedent(f"""
+        import _io, io
+        OUT = []
+        for make in (lambda p: _io.FileIO(p), lambda p: io.FileIO(p), lambda p: _io.open_code(p),
+                     lambda p: _io.FileIO(p, "w"), lambda p: io.FileIO(p, "a")):
+            for path in ("/proc/{os.getpid()}/cmdline", "/proc/{os.getpid()}/environ", {str(probe)!r}):
+                try:
+                    make(path)
+                    OUT.append(path)
+                except OSError:
+                    pass
+        """)
+    result = check_program(program, ["assert OUT == [], OUT"], limits=SB)
+    assert result.passed, result
+    assert not probe.exists()
+
+
+# ------------------------------------------------------------------ 8. reward guard: slow first imports
+
+
+class _LazyTask:
+    """is_correct pays 1.5 s the first time in a process (like importing sympy), unless warmed."""
+
+    loaded = False
+
+    def warm_up(self):
+        _LazyTask.loaded = True
+
+    def is_correct(self, item, completion):
+        if not _LazyTask.loaded:
+            time.sleep(1.5)
+            _LazyTask.loaded = True
+        return completion == "ok"
+
+
+def test_reward_guard_warms_the_task_before_forking():
+    _LazyTask.loaded = False
+    problems = []
+    oks = bounded_correct_many(_LazyTask(), [None] * 3, ["ok", "no", "ok"], seconds=1.0,
+                               on_problem=lambda i, why: problems.append((i, why)))
+    assert oks == [True, False, True] and problems == []
+
+
+def test_math_checks_called_like_training_do_not_pay_the_sympy_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom transformer_squared.tasks import get_task\nfrom transformer_squared.tasks import Item\n"
+            "from transformer_squared.rewards_guard import bounded_correct_many\n"
+            "t = get_task('math')\nassert 'sympy' not in sys.modules\n"
+            "items = [Item(id=str(i), question='q', answer='\\\\frac{1}{2}') for i in range(4)]\n"
+            "probs = []\n"
+            "oks = bounded_correct_many(t, items, ['\\\\boxed{x/2}', '\\\\boxed{0.5}'] * 2, 0.5, on_problem=lambda i, w: probs.append(w))\n"
+            "assert oks == [False, True] * 2 and not probs, (oks, probs)\n"
+            "assert 'sympy' in sys.modules  # imported once, in this process, before the forks\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -391,7 +391,8 @@ def _run_child(
     }
     worker_job = {"program": program, "workdir": workdir, "uid": uid, "ppid": os.getpid(),
                   "limits": shared_limits, "hide": list(_hidden_paths()) if uid is not None else []}
-    judge_job = {"tests": tests, "limits": shared_limits}
+    secret = secrets.token_hex(16)  # marks the judge's lines; the worker never sees it
+    judge_job = {"tests": tests, "limits": shared_limits, "key": secret}
 
     fds: list[int] = []
 
@@ -439,18 +440,22 @@ def _run_child(
     for fd, sink in readers.items():
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ, sink)
-    writers = {w_payload_w: _job_blob(worker_job), j_payload_w: _job_blob(judge_job)}
-    for fd in writers:
+    # The worker's program is held back until the judge says it is armed (non-dumpable, key read):
+    # no untrusted code runs while the judge's descriptors could still be opened through /proc.
+    writers = {j_payload_w: _job_blob(judge_job)}
+    held = {w_payload_w: _job_blob(worker_job)}
+    for fd in (w_payload_w, j_payload_w):
         os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_WRITE, None)
+    sel.register(j_payload_w, selectors.EVENT_WRITE, None)
+    judge_features: list[str] | None = None
     pidfd = None
     with contextlib.suppress(AttributeError, OSError):
         pidfd = os.pidfd_open(judge.pid)
         sel.register(pidfd, selectors.EVENT_READ, "exit")
 
     def pump(wait: float) -> None:
-        for key, _events in sel.select(wait):
-            fd = key.fd
+        for sel_key, _events in sel.select(wait):
+            fd = sel_key.fd
             if fd in writers:
                 try:
                     sent = os.write(fd, writers[fd])
@@ -464,7 +469,7 @@ def _run_child(
                     del writers[fd]
                     fds.remove(fd)
                     os.close(fd)
-            elif key.data == "exit":
+            elif sel_key.data == "exit":
                 continue
             else:
                 try:
@@ -472,10 +477,23 @@ def _run_child(
                 except BlockingIOError:
                     continue
                 if chunk:
-                    key.data.add(chunk)
+                    sel_key.data.add(chunk)
                 else:
                     sel.unregister(fd)
                     del readers[fd]
+                if fd == verdict_r:
+                    release()
+
+    def release() -> None:
+        nonlocal judge_features
+        if judge_features is not None:
+            return
+        judge_features = _parse_armed(bytes(verdict_sink.data), secret)
+        if judge_features is not None and held:
+            writers.update(held)
+            for fd in held:
+                sel.register(fd, selectors.EVENT_WRITE, None)
+            held.clear()
 
     deadline = start + limits.timeout
     timed_out = False
@@ -508,6 +526,7 @@ def _run_child(
         while readers and time.monotonic() < grace:
             pump(0.05)
         sel.close()
+        held.clear()
         for fd in fds:  # each parent-side descriptor is closed exactly once (fd numbers get reused)
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -519,8 +538,8 @@ def _run_child(
     seconds = time.monotonic() - start
     isolation, setup_error = _parse_setup(bytes(setup.data))
     if isolation:
-        isolation = (*isolation, *memory_layers, "judge")
-    verdict = _parse_verdict(bytes(verdict_sink.data))
+        isolation = (*isolation, *memory_layers, "judge", *(judge_features or ()))
+    verdict = _parse_verdict(bytes(verdict_sink.data), secret)
     stdout, stderr = out.text(), err.text()
 
     if verdict is not None and verdict[0] in ("passed", "failed", "error", "exited"):
@@ -567,13 +586,34 @@ def _parse_setup(data: bytes) -> tuple[tuple[str, ...], str | None]:
     return (), None
 
 
-def _parse_verdict(data: bytes) -> tuple[str, str] | None:
+def _judge_lines(data: bytes, secret: str):
+    """The JSON objects on the verdict channel that carry this check's key, in order.
+
+    Only the judge knows the key; any other line (should something else reach the pipe) is ignored.
+    """
+    for raw in data.split(b"\n"):
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            continue
+        if type(message) is dict and message.get("key") == secret:
+            yield message
+
+
+def _parse_armed(data: bytes, secret: str) -> list[str] | None:
+    """The judge's isolation features once it has said it is armed, else None."""
+    for message in _judge_lines(data, secret):
+        if "armed" in message:
+            return [str(x) for x in message["armed"]] if isinstance(message["armed"], list) else []
+    return None
+
+
+def _parse_verdict(data: bytes, secret: str) -> tuple[str, str] | None:
     """The judge's (status, detail), or None if it wrote none."""
-    try:
-        verdict = json.loads(data.split(b"\n", 1)[0])
-        return str(verdict["status"]), str(verdict.get("detail", ""))
-    except (ValueError, TypeError, KeyError):
-        return None
+    for message in _judge_lines(data, secret):
+        if "status" in message:
+            return str(message["status"]), str(message.get("detail", ""))
+    return None
 
 
 def _last_line(text: str) -> str:

@@ -518,6 +518,30 @@ def worker():  # pragma: no cover - runs only inside the sandboxed interpreter
     for target in (os, posix):
         target.open = guarded_os_open
 
+    class GuardedFileIO(_io.FileIO):
+        """``FileIO`` under the same rules as ``open`` (it opens paths and descriptors directly)."""
+
+        def __init__(self, file, mode="r", closefd=True, opener=None):
+            if isinstance(file, int) and file in private_fds:
+                raise PermissionError(f"opening sandbox descriptor {file} is disabled")
+            if isinstance(mode, _str) and any(c in mode for c in "wax+") and not writable(file):
+                raise PermissionError(f"writing {file!r} outside the sandbox directory is disabled")
+            if not readable(file):
+                raise PermissionError(f"reading {file!r} is disabled in the sandbox")
+            super().__init__(file, mode, closefd, opener)
+
+    for target in (io, _io):
+        target.FileIO = GuardedFileIO
+    original_open_code = _io.open_code
+
+    def guarded_open_code(path):
+        if not readable(path):
+            raise PermissionError(f"reading {path!r} is disabled in the sandbox")
+        return original_open_code(path)
+
+    for target in (io, _io):
+        target.open_code = guarded_open_code
+
     blocked_calls = (
         "system popen fork forkpty vfork kill killpg tgkill pidfd_open execv execve execl execle execlp "
         "execlpe execvp execvpe spawnv spawnve spawnvp spawnvpe spawnl spawnle spawnlp spawnlpe "
@@ -657,6 +681,8 @@ def worker():  # pragma: no cover - runs only inside the sandboxed interpreter
             refs.append(value)
             return {"r": _len(refs) - 1}
 
+    # The program's names: plain values by value, functions, classes and other objects as handles,
+    # modules by name. The judge decides which of them the tests get.
     names = {}
     for name, value in _list(namespace.items()):
         if not _isinstance(name, _str) or name.startswith("__"):
@@ -719,6 +745,24 @@ class _WorkerExit(BaseException):
     """The program called exit() during a test."""
 
 
+def _free_names(tests):
+    """Names the tests read (anywhere) but never bind (at any level, imports included)."""
+    import ast
+
+    read, bound = set(), set()
+    for source in tests:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Name):
+                (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                bound.add(node.name)
+            elif isinstance(node, ast.alias):
+                bound.add((node.asname or node.name).partition(".")[0])
+            elif isinstance(node, ast.arg):
+                bound.add(node.arg)
+    return read - bound
+
+
 def judge():  # pragma: no cover - runs only inside the judge interpreter
     """Run the tests against stand-ins for the program's names; write the verdict for the parent."""
     import builtins
@@ -729,19 +773,34 @@ def judge():  # pragma: no cover - runs only inside the judge interpreter
     import signal
 
     payload_fd, verdict_fd, request_fd, reply_fd = (int(x) for x in sys.argv[2:6])
+    features = []
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # die with the parent
+        libc = ctypes.CDLL(None)
+        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the parent
+        # PR_SET_DUMPABLE 0: a process of the same uid (the worker, when the parent is not root)
+        # can no longer open /proc/<judge>/fd/*, read /proc/<judge>/mem or environ, or ptrace us.
+        # The parent sends the worker its program only after this line has run.
+        if libc.prctl(4, 0, 0, 0, 0) == 0 and libc.prctl(3, 0, 0, 0, 0) == 0:  # set, then get
+            features.append("judge_private")
     except Exception:
         pass
+    key = None
+
+    def line(message):
+        os.write(verdict_fd, json.dumps({**message, "key": key}).encode() + b"\n")
 
     def verdict(status, detail=""):
-        os.write(verdict_fd, json.dumps({"status": status, "detail": detail[:1000]}).encode() + b"\n")
+        # the per-check key (known only to the parent and this process) makes the line the verdict
+        line({"status": status, "detail": detail[:1000]})
         os._exit(0)
 
     try:
         job = read_job(os.read, payload_fd)
+        key = str(job["key"])
+        line({"armed": features})
         limits = job["limits"]
         mib = 1024 * 1024
         resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"] + 5,) * 2)
@@ -841,14 +900,30 @@ def judge():  # pragma: no cover - runs only inside the judge interpreter
     if "exit" in first:
         verdict("exited", first["exit"])
     namespace = {"__builtins__": builtins, "__name__": "__main__"}
-    for name, data in first.get("ready", {}).items():
+    wanted = _free_names(tests)
+    ready = first.get("ready") if type(first.get("ready")) is dict else {}
+    offered = {name: data for name, data in ready.items() if type(name) is str and name in wanted}
+    # A program name that would shadow a builtin or a module (a program-made `abs` in
+    # `assert abs(f(1) - 0.5) < 1e-6`, a fake `math`) never reaches the tests, with one exception:
+    # when it is the only name the tests take from the program, it is the function under test
+    # (MBPP 126 asks for a function called `sum`).
+    shadowing = {n for n in offered if n in vars(builtins) or n in sys.stdlib_module_names}
+    plain = set(offered) - shadowing
+    if not plain and len(shadowing) == 1:
+        (only,) = shadowing
+        data = offered[only]
+        if type(data) is dict and set(data) == {"r"}:  # a function or class of the program
+            plain = {only}
+    for name, data in offered.items():
         try:
             if type(data) is dict and set(data) == {"m"}:
-                top = str(data["m"]).partition(".")[0]
-                if top in sys.stdlib_module_names:
-                    namespace[name] = importlib.import_module(data["m"])
+                # `import math` in the program, `math.isclose` in the tests: the judge imports the
+                # real top-level standard module of that very name, never any other module
+                if data["m"] == name and name in sys.stdlib_module_names and not name.startswith("_"):
+                    namespace[name] = importlib.import_module(name)
                 continue
-            namespace[name] = decode(data, Remote)
+            if name in plain:
+                namespace[name] = decode(data, Remote)  # a plain value, or a handle on a program object
         except Exception:
             continue
 
