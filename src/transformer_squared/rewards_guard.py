@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["DEFAULT_SECONDS", "bounded_correct_many", "checked_in_process"]
+__all__ = ["DEFAULT_SECONDS", "STARTUP_SECONDS", "bounded_correct_many", "checked_in_process"]
 
 DEFAULT_SECONDS = 2.0
 """Default budget of one sample's check, in seconds (measured checks take well under 10 ms)."""
@@ -35,6 +35,10 @@ DEFAULT_SECONDS = 2.0
 log = logging.getLogger("transformer_squared.rewards")
 
 _OK, _WRONG, _RAISED = 1, 0, 2
+_READY = b"R"
+STARTUP_SECONDS = 30.0
+"""How long a forked checker may take to start (a big trainer's fork copies page tables) before
+its first sample counts as a problem; not part of any sample's budget."""
 _IN_WORKER = False
 
 
@@ -68,6 +72,13 @@ def bounded_correct_many(
         if hasattr(task, "job"):
             return [bool(x) for x in task.correct_many(items, completions)]
         return [_check_one(task, item, text, i, on_problem) for i, (item, text) in enumerate(zip(items, completions, strict=True))]
+
+    warm_up = getattr(task, "warm_up", None)
+    if callable(warm_up):  # slow first imports happen here, once, and every fork inherits them
+        try:
+            warm_up()
+        except Exception as exc:  # noqa: BLE001 - each check then meets the same failure, reported
+            log.warning("reward task warm-up failed: %s: %s", type(exc).__name__, exc)
 
     def problem(index: int, reason: str) -> None:
         log.warning("reward check of sample %d (%s) gave the wrong-answer reward: %s", index,
@@ -112,6 +123,7 @@ def _spawn(task: Any, items: list[Any], completions: list[str], start: int) -> t
         try:
             os.close(reader)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            os.write(writer, _READY)  # the first sample's budget starts only now
             for i in range(start, len(items)):
                 try:
                     verdict, message = (_OK if task.is_correct(items[i], completions[i]) else _WRONG), b""
@@ -145,6 +157,9 @@ def _read_exact(fd: int, count: int, deadline: float) -> bytes | None:
 def _collect(reader: int, start: int, end: int, seconds: float, problem: Callable[[int, str], None]) -> list[bool]:
     """Read the worker's records; stop at the first sample that overruns (it counts as wrong)."""
     out: list[bool] = []
+    if _read_exact(reader, 1, time.monotonic() + max(seconds, STARTUP_SECONDS)) != _READY:
+        problem(start, "the checker did not start")
+        return [False]
     for index in range(start, end):
         deadline = time.monotonic() + seconds
         head = _read_exact(reader, 3, deadline)

@@ -301,6 +301,10 @@ class Task:
         """Whether the completion's answer matches the item's gold answer."""
         raise NotImplementedError
 
+    def warm_up(self) -> None:
+        """Import what :meth:`is_correct` needs (no-op here). The reward guard calls it before it
+        forks its checker, so a slow first import is paid once, not inside each sample's budget."""
+
     def correct_many(self, items: Sequence[Item], completions: Sequence[str]) -> list[bool]:
         """:meth:`is_correct` over a batch (code tasks run their checks in parallel)."""
         _same_length(items, completions)

@@ -117,10 +117,13 @@ class CompetitionMath(Task):
         """Equivalence of the boxed answer with the gold (normalised strings, then sympy)."""
         return answers_equal(self.extract(completion), str(item.answer))
 
+    def warm_up(self) -> None:
+        """Import sympy and run one comparison through it (about 0.8 s the first time), so the
+        forked checkers of :mod:`..rewards_guard` inherit it instead of paying it per sample."""
+        answers_equal("\\frac{x}{2}", "0.5x")
+
     def correct_many(self, items: Sequence[Item], completions: Sequence[str]) -> list[bool]:
         """:meth:`is_correct` over a batch, each check under a time budget (see :mod:`..rewards_guard`)."""
-        import sympy  # noqa: F401 - imported once here, not in every forked checker
-
         from ..rewards_guard import bounded_correct_many
 
         return bounded_correct_many(self, items, completions)
