@@ -569,3 +569,11 @@ def test_math_checks_called_like_training_do_not_pay_the_sympy_import():
             "assert 'sympy' in sys.modules  # imported once, in this process, before the forks\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_humaneval_prompt_helpers_come_from_the_task_not_the_completion():
+    """HumanEval/32 tests find_zero through the prompt's poly(); a completion redefining poly gains nothing."""
+    task = get_task("humaneval")
+    item = next(it for it in task.load("test") if it.data["entry_point"] == "find_zero")
+    cheat = "```python\ndef poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 0.0\n```"
+    assert task.correct_many([item, item], [cheat, item.reference]) == [False, True]

@@ -255,8 +255,17 @@ class HumanEval(CodeTask):
                     reference=f"```python\n{full.rstrip()}\n```" if full else None)
 
     def tests(self, item: Item) -> list[str]:
-        """The task's ``check`` definition, then ``check(entry_point)``."""
-        return [item.data["test"], f"check({item.data['entry_point']})"]
+        """The prompt's own helpers (trusted, from the task), the ``check`` definition, then ``check(entry_point)``.
+
+        Some problems test through helpers defined in the prompt (HumanEval/32 ``poly``, /38
+        ``encode_cyclic``, /50 ``encode_shift``); running them as test code means a completion that
+        redefines them cannot change what the tests compute.
+        """
+        entry = item.data["entry_point"]
+        prompt = item.data.get("prompt") or ""
+        m = re.search(rf"^(?:async\s+)?def\s+{re.escape(entry)}\s*\(", prompt, re.M)
+        prelude = prompt[: m.start()] if m else ""
+        return ([prelude] if prelude.strip() else []) + [item.data["test"], f"check({entry})"]
 
     def program(self, item: Item, code: str) -> str:
         """See :func:`humaneval_program`."""
