@@ -17,10 +17,10 @@ RESULTS = ROOT / "docs" / "results"
 
 # The shipped experts' held-out evals: task, run folder, expert folder, and per model
 # (label, report file, the `t2 eval` options that wrote it).
+# (experts/reasoning, now trained by the exact objective, is in the paired expert table instead.)
 TRAINED = [
     ("gsm8k", "math_run", "experts/math", "--limit 100"),
     ("mbpp", "code_run", "experts/code", "--limit 60"),
-    ("arc_easy", "reasoning_run", "experts/reasoning", "--limit 300"),
     ("classify", "classify_run", "experts/classify", "--limit 150 --max-new-tokens 16"),
 ]
 
@@ -394,6 +394,13 @@ def speed_notes(folder: str) -> list[str]:
 def headlines() -> list[str]:
     """A few figures read from the results, for the top of RESULTS.md and the README."""
     lines = []
+    e = _load(RESULTS / "expert_table.json")
+    if e:
+        for r in e["rows"]:
+            where = r["task"] if r["trained_on"] else f"{r['task']} (never trained on)"
+            lines.append(f"- `experts/{r['expert']}` on the {where} test split ({r['n']} items, {r['mode']} answers): "
+                         f"base {_pct(r['base'])} → {_pct(r['with_expert'])} ({100 * r['difference']:+.1f} points, "
+                         f"won {r['won']} / lost {r['lost']}, McNemar p = {r['p_value']:.2g}).")
     q = _load(RESULTS / "quality_table.json")
     if q:
         params = {r["cell"].split("-")[0]: r["trainable_params"] for r in q["rows"] if r["cell"] != "base"}
