@@ -360,7 +360,8 @@ class SVFPolicy:
         """Write ``state`` as an expert folder whose metadata carries the training summary."""
         from .experts import Expert
 
-        template = self.svf.to_expert(name, task=meta.get("task"), training=meta)
+        extra = {"domain": meta["domain"]} if meta.get("domain") else {}
+        template = self.svf.to_expert(name, task=meta.get("task"), training=meta, **extra)
         if set(state) == set(template.z):  # layer order (a checkpoint reads back in sorted order)
             state = {n: state[n] for n in template.z}
         return Expert(state, template.meta).save(out)
@@ -1116,7 +1117,8 @@ class Trainer:
         with contextlib.suppress(Exception):
             info = self.task.split_info("train")
         return {
-            "task": self.task.name, "method": c.method, "objective": c.objective, "model": self.model_name,
+            "task": self.task.name, "domain": getattr(self.task, "expert_domain", None) or getattr(self.task, "domain", None),
+            "method": c.method, "objective": c.objective, "model": self.model_name,
             "best_step": self.best_step, "best_val_accuracy": self.best_val, "val_n": len(self.val_items),
             "steps": c.steps, "batch_size": c.batch_size, "samples_per_prompt": c.samples_per_prompt,
             "lr": c.lr, "kl_coef": c.kl_coef, "baseline": c.baseline, "temperature": c.temperature,
