@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--task", required=True, help="the task it was trained on (its held-out test split)")
     ap.add_argument("--unseen", nargs="*", default=[], help="tasks it was never trained on, scored the same way")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--unseen-modes", nargs="+", default=["cloze"], choices=list(MODES),
+                    help="answer modes for the --unseen tasks (default: cloze)")
     ap.add_argument("--limit", type=int, default=None, help="first N test items (default: all)")
     ap.add_argument("--generate-limit", type=int, default=None, help="first N test items in generate mode")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -57,9 +59,8 @@ def main() -> None:
     folder = RESULTS / "experts" / name
     folder.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
-    table = json.loads(out.read_text()) if out.is_file() else {"rows": []}
     for task in [args.task, *args.unseen]:
-        for mode in args.modes:
+        for mode in args.modes if task == args.task else args.unseen_modes:
             limit = args.generate_limit if mode == "generate" and args.generate_limit else args.limit
             common = ["eval", "--task", task, "--split", "test", *MODES[mode], "--batch-size", str(args.batch_size),
                       "--no-progress"] + (["--limit", str(limit)] if limit else [])
@@ -82,6 +83,7 @@ def main() -> None:
                    "commands": [f"t2 {' '.join(common)} --out {rel(reports['base'])}",
                                 f"t2 {' '.join(common)} --expert {rel(expert)} --out {rel(reports['expert'])}",
                                 f"t2 compare {rel(reports['base'])} {rel(reports['expert'])}"]}
+            table = json.loads(out.read_text()) if out.is_file() else {"rows": []}  # another run may have added rows
             table["rows"] = [r for r in table["rows"]
                              if (r["expert"], r["task"], r["mode"]) != (name, task, mode)] + [row]
             write(out, table)
