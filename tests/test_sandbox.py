@@ -247,7 +247,9 @@ def test_fork_bomb_past_the_guard_is_contained() -> None:
     )
     start = time.monotonic()
     result = run(program, timeout=2.0, max_processes=8)
-    assert not result.passed and result.status == "timeout"
+    # contained either way: by the deadline, or earlier by the per-check memory cgroup (8 forked
+    # interpreters come close to its limit, and on a loaded machine the kernel may kill one first)
+    assert not result.passed and result.status in ("timeout", "killed"), result
     assert "forking" in result.stdout
     assert "fork refused" in result.stdout  # the kernel limit, not the guard, stopped it
     assert time.monotonic() - start < 5.0
@@ -280,7 +282,7 @@ def test_huge_output_is_capped_and_parent_memory_bounded() -> None:
     """
     result = run(program, timeout=2.0, output_bytes=1000)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    assert not result.passed and result.status == "timeout"
+    assert not result.passed and result.status in ("timeout", "killed"), result  # see the fork-bomb test
     assert result.stdout.startswith("x" * 1000)
     assert len(result.stdout) < 1100 and len(result.stderr) < 1100
     assert "truncated" in result.stdout

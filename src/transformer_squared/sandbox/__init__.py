@@ -546,13 +546,13 @@ def _run_child(
         status_name, detail = verdict
     elif setup_error is not None:
         status_name, detail = "sandbox_error", setup_error
+    elif timed_out:  # the parent's own kill at the deadline: whatever the judge saw of it afterwards
+        status_name, detail = "timeout", f"wall-clock timeout after {limits.timeout:g} s"
     elif verdict is not None and verdict[0] == "gone" and returncode is not None and returncode < 0:
         status_name, detail = "killed", _signal_detail(-returncode, cpu, limits)
     elif verdict is not None and verdict[0] == "gone" and isolation:
         status_name = "exited"
         detail = f"the process exited with code {returncode} before the tests finished ({verdict[1]})"
-    elif timed_out:
-        status_name, detail = "timeout", f"wall-clock timeout after {limits.timeout:g} s"
     elif not isolation:
         status_name = "sandbox_error"
         detail = "the sandbox did not start: " + (_last_line(stderr) or f"exit code {returncode}")
