@@ -138,8 +138,9 @@ def mc_base_table(missing: list[str]) -> list[str]:
         missing.append("mc_base_table.json (python bench/mc_base_table.py)")
         return []
     md = (RESULTS / "mc_base_table.md").read_text().splitlines() if (RESULTS / "mc_base_table.md").is_file() else []
+    status = f" Status: {data['status']}." if data.get("status") else ""
     return [f"Base model per multiple-choice task and answer mode, on val (command: `{data['command']}`): the "
-            "table the training tasks were chosen from.", ""] + md
+            f"table the training tasks were chosen from.{status}", ""] + md
 
 
 def adaptation_table(missing: list[str]) -> list[str]:
