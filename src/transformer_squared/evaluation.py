@@ -161,23 +161,28 @@ def evaluate(
             bar.set_postfix(acc=f"{correct_so_far / max(1, len(rows)):.1%}")
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
+    summary = _summarise(task, split, items, rows, len(todo), time.perf_counter() - t0, new_tokens,
+                         {"first_pass_seconds": round(first_pass, 3), "second_pass_seconds": round(second_pass, 3)})
+    return summary, rows
+
+
+def _summarise(task, split: str, items: Sequence, rows: list[dict], n_new: int, seconds: float,
+               new_tokens: int, extra: dict[str, Any]) -> EvalSummary:
+    """The summary of an evaluation's rows (sorted in place into the items' order)."""
     n = len(rows)
     k = sum(bool(r["correct"]) for r in rows)
     try:
         info = task.split_info(split)
     except (T2Error, AttributeError):
         info = {}
-    summary = EvalSummary(
-        task=task.name, split=split, n=n, correct=k, accuracy=k / n, ci95=wilson_interval(k, n),
-        seconds=round(seconds, 3), items_per_s=(len(todo) / seconds) if seconds > 0 and todo else 0.0,
-        tokens_per_s=(new_tokens / seconds) if seconds > 0 else 0.0, generated_tokens=new_tokens,
-        provenance=str(info.get("provenance", "")),
-        extra={"first_pass_seconds": round(first_pass, 3), "second_pass_seconds": round(second_pass, 3)},
-    )
     order = {str(it.id): i for i, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(str(r["id"]), 0))
-    return summary, rows
+    return EvalSummary(
+        task=task.name, split=split, n=n, correct=k, accuracy=k / n, ci95=wilson_interval(k, n),
+        seconds=round(seconds, 3), items_per_s=(n_new / seconds) if seconds > 0 and n_new else 0.0,
+        tokens_per_s=(new_tokens / seconds) if seconds > 0 else 0.0, generated_tokens=new_tokens,
+        provenance=str(info.get("provenance", "")), extra=extra,
+    )
 
 
 def _resume(items: Sequence, items_jsonl: str | Path | None) -> tuple[Path | None, list, list[dict]]:
@@ -256,20 +261,7 @@ def evaluate_loglik(
                 bar.set_postfix(acc=f"{sum(bool(r['correct']) for r in rows) / max(1, len(rows)):.1%}")
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
-    n = len(rows)
-    k = sum(bool(r["correct"]) for r in rows)
-    try:
-        info = task.split_info(split)
-    except (T2Error, AttributeError):
-        info = {}
-    by_norm = {nm: sum(bool(r["correct_by_norm"][nm]) for r in rows) / n for nm in NORMS}
-    summary = EvalSummary(
-        task=task.name, split=split, n=n, correct=k, accuracy=k / n, ci95=wilson_interval(k, n),
-        seconds=round(seconds, 3), items_per_s=(len(todo) / seconds) if seconds > 0 and todo else 0.0,
-        tokens_per_s=0.0, generated_tokens=0, provenance=str(info.get("provenance", "")),
-        extra={"mode": "loglik", "channel": channel, "norm": norm, "accuracy_by_norm": by_norm},
-    )
-    order = {str(it.id): i for i, it in enumerate(items)}
-    rows.sort(key=lambda r: order.get(str(r["id"]), 0))
+    by_norm = {nm: sum(bool(r["correct_by_norm"][nm]) for r in rows) / len(rows) for nm in NORMS}
+    summary = _summarise(task, split, items, rows, len(todo), time.perf_counter() - t0, 0,
+                         {"mode": "loglik", "channel": channel, "norm": norm, "accuracy_by_norm": by_norm})
     return summary, rows

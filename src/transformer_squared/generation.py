@@ -54,12 +54,7 @@ def generate(
     if experts is not None and (svf is None or len(experts) != len(prompts)):
         raise T2Error("per-prompt experts need the SVFModel and one entry per prompt")
     device = next(model.parameters()).device
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
-    if temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    gen_kwargs = _generate_kwargs(tokenizer, max_new_tokens, temperature, top_p)
     out: list[Generation] = []
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -100,12 +95,7 @@ def sample_group(model, tokenizer, prompt: str, k: int, *, max_new_tokens: int =
     if ids.shape[1] < 2:  # nothing to cache
         return generate(model, tokenizer, [prompt] * k, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, batch_size=k, seed=seed)
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
-    if temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    gen_kwargs = _generate_kwargs(tokenizer, max_new_tokens, temperature, top_p)
     rng = contextlib.ExitStack()
     if seed is not None:
         rng.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
@@ -121,6 +111,17 @@ def sample_group(model, tokenizer, prompt: str, k: int, *, max_new_tokens: int =
     finally:
         rng.close()
     return _decode_rows(seqs[:, ids.shape[1]:], tokenizer, None)
+
+
+def _generate_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    """``model.generate`` options: sampling at ``temperature`` (top-k off) or greedy at 0."""
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
 
 
 def _decode_rows(new: torch.Tensor, tokenizer, stop: Sequence[str] | None) -> list[Generation]:
