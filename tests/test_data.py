@@ -333,3 +333,13 @@ def test_cli_errors(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("t2 data: error:")
+
+
+def test_multiple_choice_gold_letters_are_spread():
+    """No bundled multiple-choice task may put its answer in one fixed position (SciQ's records do)."""
+    from collections import Counter
+
+    for name in ("sciq", "csqa", "openbookqa", "arc_easy"):
+        items = get_task(name).load("test")
+        top = Counter(it.answer for it in items).most_common(1)[0][1]
+        assert top / len(items) < 0.5, name

@@ -23,7 +23,7 @@ from ..paths import cache_dir
 from .sources import Source, Where, fraction_sizes, parse_source, partition, read_user_jsonl
 
 # Bump when the normalised item format or a partition changes: old caches are rebuilt.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: SciQ options in a seeded order
 
 # Canonical split order for listings.
 SPLIT_ORDER = ("train", "val", "test", "fewshot")

@@ -190,9 +190,17 @@ class SciQ(OlmesMC):
     fewshot_size = 32
 
     def doc_to_item(self, doc: dict[str, Any], split: str, index: int) -> Item:
+        """The bundled records list the three distractors first and the answer last, so the options are
+        put in a seeded order per item: with letters, "always D" would otherwise score 100%."""
+        import random
+
         stem = str(doc["question"]).strip()
-        return self._item(f"sciq-{doc.get('index', index)}", stem, [str(c).strip() for c in doc["choices"]],
-                          int(doc["gold"]), cloze=f"Question: {stem}\nAnswer:")
+        item_id = f"sciq-{doc.get('index', index)}"
+        choices = [str(c).strip() for c in doc["choices"]]
+        order = list(range(len(choices)))
+        random.Random(f"t2-sciq-options/{item_id}").shuffle(order)
+        gold = order.index(int(doc["gold"]))
+        return self._item(item_id, stem, [choices[i] for i in order], gold, cloze=f"Question: {stem}\nAnswer:")
 
 
 class HellaSwag(OlmesMC):
