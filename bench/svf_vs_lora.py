@@ -2,6 +2,10 @@
 
     python bench/svf_vs_lora.py --task arc_easy                 # every cell, in order, resumable
     python bench/svf_vs_lora.py --task arc_easy --only svf-exact   # one method/objective
+    python bench/svf_vs_lora.py --smoke                        # the whole pipeline on tiny settings
+
+Each cell writes its own file, so two processes may run different ``--only`` cells at once (one
+per core); the table is assembled from whatever cells exist.
 
 The protocol is fixed here, before any run (``PROTOCOL``), and is the same for every method:
 
@@ -9,6 +13,8 @@ The protocol is fixed here, before any run (``PROTOCOL``), and is the same for e
   paper's baseline, 921,600); LoRA r=1 on q_proj/v_proj (57,600: about SVF's size);
 * objectives, both in the cloze answer channel: ``exact`` (the exact policy gradient of the expected
   reward over the options) and ``sft`` (the gold option's log-likelihood);
+* the budget: 40 steps x 16 questions (640 questions, 28% of an epoch of ARC-Easy train), val at
+  steps 20 and 40 (the base model's val accuracy is the same for every run, so no step-0 eval);
 * each method's learning rate is chosen on the val split from three values (seed 0; the best
   val accuracy, ties to the smaller rate); seed 1 then reruns the chosen rate;
 * every run keeps its best checkpoint by val accuracy (all val items, log-likelihood, cloze);
@@ -18,7 +24,8 @@ The protocol is fixed here, before any run (``PROTOCOL``), and is the same for e
 
 Every cell is the project's own ``t2 train`` / ``t2 eval`` / ``t2 compare`` in a child process;
 finished runs and reports are reused, so the table can be built over several sessions. Writes
-docs/results/svf_vs_lora.json and .md (bench/report.py shows them).
+docs/results/svf_vs_lora.json and .md (bench/report.py shows them), per-cell records in
+docs/results/svf_vs_lora/<task>/cells/ and per-item test files beside them.
 """
 
 from __future__ import annotations
@@ -34,9 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 
 PROTOCOL = {
-    "steps": 80, "batch_size": 16, "eval_every": 20, "channel": "cloze", "norm": "token",
-    "common": "--clip 0 --kl-coef 0 --autocast bf16 --val-limit 0 --checkpoint-every 10",
+    "steps": 40, "batch_size": 16, "eval_every": 20, "channel": "cloze", "norm": "token",
+    "common": "--clip 0 --kl-coef 0 --autocast bf16 --val-limit 0 --checkpoint-every 10 --no-eval-at-start",
+    "test_limit": None,
 }
+# --smoke: every stage on tiny settings, into a scratch folder (checks the pipeline, measures nothing)
+SMOKE = {"steps": 2, "batch_size": 2, "eval_every": 2, "channel": "cloze", "norm": "token",
+         "common": "--clip 0 --kl-coef 0 --val-limit 8 --checkpoint-every 1 --no-eval-at-start",
+         "test_limit": 8}
 METHODS = {
     "svf": {"args": ["--method", "svf"], "lrs": ["1e-3", "3e-3", "1e-2"]},
     "lora16": {"args": ["--method", "lora", "--lora-rank", "16", "--lora-alpha", "32",
@@ -56,13 +68,13 @@ def t2(*args: str, log: Path) -> None:
                        stdout=fh, stderr=subprocess.STDOUT)
 
 
-def best_val(run: Path) -> tuple[float, int] | None:
+def best_val(run: Path, steps: int) -> tuple[float, int] | None:
     """(best val accuracy, its step) of a finished run, from its metrics."""
     metrics = run / "metrics.jsonl"
     if not (run / "train_config.json").is_file() or not metrics.is_file():
         return None
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    if not rows or max(r["step"] for r in rows) < PROTOCOL["steps"]:
+    if not rows or max(r["step"] for r in rows) < steps:
         return None
     val = [(r["val_accuracy"], -r["step"]) for r in rows if "val_accuracy" in r]
     acc, neg_step = max(val)
@@ -74,31 +86,42 @@ def main() -> None:
     ap.add_argument("--task", default="arc_easy")
     ap.add_argument("--runs", default="runs/svf_vs_lora", help="training runs (not committed)")
     ap.add_argument("--only", nargs="*", default=None, help="cells METHOD-OBJECTIVE to run (default: all)")
-    ap.add_argument("--out", default=str(RESULTS / "svf_vs_lora.json"))
+    ap.add_argument("--results", default=str(RESULTS), help="where the table and its reports go")
+    ap.add_argument("--smoke", action="store_true", help="tiny settings into a scratch folder (a pipeline check)")
     args = ap.parse_args()
+    p = SMOKE if args.smoke else PROTOCOL
+    if args.smoke:
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="svf_vs_lora_smoke_"))
+        args.runs, args.results = str(scratch / "runs"), str(scratch / "results")
+        print(f"smoke run in {scratch}")
     runs = Path(args.runs) if Path(args.runs).is_absolute() else ROOT / args.runs
     runs.mkdir(parents=True, exist_ok=True)
-    reports = RESULTS / "svf_vs_lora" / args.task
-    reports.mkdir(parents=True, exist_ok=True)
-    log = runs / "log.txt"
-    out = Path(args.out)
-    table = json.loads(out.read_text()) if out.is_file() else {"protocol": PROTOCOL, "methods": METHODS, "cells": {}}
-    p = PROTOCOL
+    results = Path(args.results)
+    reports = results / "svf_vs_lora" / args.task
+    (reports / "cells").mkdir(parents=True, exist_ok=True)
+    log = runs / f"log-{'-'.join(args.only) if args.only else 'all'}.txt"
+    limit = ["--limit", str(p["test_limit"])] if p["test_limit"] else []
+
+    def evaluate(out: Path, *weights: str) -> None:
+        if not out.is_file():
+            t2("eval", "--task", args.task, "--mode", "loglik", "--channel", p["channel"], "--norm", p["norm"],
+               *weights, *limit, "--no-progress", "--out", str(out), log=log)
 
     base = reports / "base.json"
-    if not base.is_file():
-        t2("eval", "--task", args.task, "--mode", "loglik", "--channel", p["channel"], "--norm", p["norm"],
-           "--no-progress", "--out", str(base), log=log)
+    evaluate(base)
     for objective in OBJECTIVES:
         for method, spec in METHODS.items():
             cell = f"{method}-{objective}"
             if args.only and cell not in args.only:
                 continue
-            entry = table["cells"].setdefault(cell, {"lr_search": {}, "seeds": {}})
+            cell_file = reports / "cells" / f"{cell}.json"
+            entry = json.loads(cell_file.read_text()) if cell_file.is_file() else {"lr_search": {}, "seeds": {}}
 
             def train(lr: str, seed: int, cell: str = cell, objective: str = objective, spec: dict = spec) -> Path:
                 run = runs / f"{args.task}-{cell}-lr{lr}-s{seed}"
-                if best_val(run) is None:
+                if best_val(run, p["steps"]) is None:
                     resume = ["--resume"] if (run / "checkpoint").exists() else ["--overwrite"]
                     t = time.perf_counter()
                     t2("train", "--task", args.task, "--out", str(run), "--objective", objective, "--channel",
@@ -109,60 +132,87 @@ def main() -> None:
                 return run
 
             for lr in spec["lrs"]:
-                acc, step = best_val(train(lr, 0))
+                acc, step = best_val(train(lr, 0), p["steps"])
                 entry["lr_search"][lr] = {"val_accuracy": acc, "best_step": step}
-                write(out, table)
+                write_cell(cell_file, entry, results, p)
             chosen = max(spec["lrs"], key=lambda lr: (entry["lr_search"][lr]["val_accuracy"], -float(lr)))
             entry["lr"] = chosen
             for seed in SEEDS:
                 run = train(chosen, seed)
                 report = reports / f"{cell}-s{seed}.json"
-                if not report.is_file():
-                    weights = ["--expert", str(run)] if method == "svf" else ["--lora", str(run)]
-                    t2("eval", "--task", args.task, "--mode", "loglik", "--channel", p["channel"], "--norm", p["norm"],
-                       *weights, "--no-progress", "--out", str(report), log=log)
+                evaluate(report, "--expert" if method == "svf" else "--lora", str(run))
                 cmp = reports / f"{cell}-s{seed}-vs-base.json"
                 t2("compare", str(base), str(report), "--json", str(cmp), log=log)
                 c = json.loads(cmp.read_text())
                 params = json.loads((run / "train_config.json").read_text())["trainable_params"]
-                entry["seeds"][str(seed)] = {"val": best_val(run)[0], "test": c["accuracy_b"], "base": c["accuracy_a"],
-                                             "difference": c["difference"], "p_value": c["p_value"],
-                                             "won": c["won"], "lost": c["lost"], "n": c["n"],
-                                             "trainable_params": params, "report": str(report.relative_to(ROOT))}
-                write(out, table)
-    # SVF against each LoRA, same objective and seed, paired
-    table["svf_vs_lora"] = {}
+                entry["seeds"][str(seed)] = {"val": best_val(run, p["steps"])[0], "test": c["accuracy_b"],
+                                             "base": c["accuracy_a"], "difference": c["difference"],
+                                             "ci95": c.get("ci95"), "detectable": c.get("detectable"), "p_value": c["p_value"], "won": c["won"],
+                                             "lost": c["lost"], "n": c["n"], "trainable_params": params,
+                                             "report": str(report.relative_to(results.parent) if not args.smoke
+                                                           else report)}
+                write_cell(cell_file, entry, results, p)
+    # SVF against each LoRA, same objective and seed, paired (whatever pairs exist so far)
     for objective in OBJECTIVES:
         for lora in ("lora16", "lora1"):
             for seed in SEEDS:
                 a = reports / f"{lora}-{objective}-s{seed}.json"
                 b = reports / f"svf-{objective}-s{seed}.json"
-                if a.is_file() and b.is_file():
-                    cmp = reports / f"svf-vs-{lora}-{objective}-s{seed}.json"
+                cmp = reports / f"svf-vs-{lora}-{objective}-s{seed}.json"
+                if a.is_file() and b.is_file() and not cmp.is_file():
                     t2("compare", str(a), str(b), "--json", str(cmp), log=log)
-                    table["svf_vs_lora"][f"{objective}/{lora}/s{seed}"] = json.loads(cmp.read_text())
-    write(out, table)
+    assemble(args.task, results, p)
+
+
+def write_cell(cell_file: Path, entry: dict, results: Path, protocol: dict) -> None:
+    from transformer_squared.fileio import write_json
+
+    write_json(cell_file, entry)
+    assemble(cell_file.parents[1].name, results, protocol)
+
+
+def assemble(task: str, results: Path, protocol: dict) -> None:
+    """The table from every cell file and every SVF-vs-LoRA comparison written so far."""
+    from transformer_squared.fileio import write_json, write_text
+
+    reports = results / "svf_vs_lora" / task
+    cells = {}
+    for objective in OBJECTIVES:
+        for method in METHODS:
+            f = reports / "cells" / f"{method}-{objective}.json"
+            if f.is_file():
+                cells[f"{method}-{objective}"] = json.loads(f.read_text())
+    pairs = {}
+    for objective in OBJECTIVES:
+        for lora in ("lora16", "lora1"):
+            for seed in SEEDS:
+                f = reports / f"svf-vs-{lora}-{objective}-s{seed}.json"
+                if f.is_file():
+                    pairs[f"{objective}/{lora}/s{seed}"] = json.loads(f.read_text())
+    table = {"task": task, "protocol": protocol, "methods": METHODS, "cells": cells, "svf_vs_lora": pairs}
+    out = results / "svf_vs_lora.json"
+    write_json(out, table)
+    write_text(out.with_suffix(".md"), render(table))
+
+
+def ci(interval: list[float] | None) -> str:
+    return f"[{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]" if interval else ""
 
 
 def render(table: dict) -> str:
-    lines = ["| method | objective | trainable | lr (chosen on val) | seed | val | test | vs base (points) | p |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | objective | trainable | lr (chosen on val) | seed | val | test | vs base (points) [95% CI] "
+             "| won / lost | p |", "|---|---|---|---|---|---|---|---|---|---|"]
     for cell, e in table["cells"].items():
         method, objective = cell.rsplit("-", 1)
         for seed, r in sorted(e.get("seeds", {}).items()):
             lines.append(f"| {method} | {objective} | {r['trainable_params']:,} | {e.get('lr', '?')} | {seed} | "
-                         f"{r['val']:.1%} | {r['test']:.1%} | {100 * r['difference']:+.1f} | {r['p_value']:.2g} |")
+                         f"{r['val']:.1%} | {r['test']:.1%} | {100 * r['difference']:+.1f} {ci(r.get('ci95'))} | "
+                         f"{r['won']} / {r['lost']} | {r['p_value']:.2g} |")
     for key, c in table.get("svf_vs_lora", {}).items():
-        lines.append(f"\nSVF vs {key}: {100 * c['difference']:+.1f} points (won {c['won']}, lost {c['lost']}, "
-                     f"p = {c['p_value']:.2g})")
+        lines.append(f"\nSVF vs {key}: {100 * c['difference']:+.1f} points {ci(c.get('ci95'))} (SVF won {c['won']}, "
+                     f"lost {c['lost']}, exact McNemar p = {c['p_value']:.2g}; the test sees about "
+                     f"±{100 * c['detectable']:.1f} points)")
     return "\n".join(lines) + "\n"
-
-
-def write(out: Path, table: dict) -> None:
-    from transformer_squared.fileio import write_json, write_text
-
-    write_json(out, table)
-    write_text(out.with_suffix(".md"), render(table))
 
 
 if __name__ == "__main__":
