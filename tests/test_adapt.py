@@ -140,6 +140,67 @@ def test_cem_never_returns_worse_than_the_uniform_mixture(setup):
     assert len(per_matrix.meta["mixture"]["weights"]) == 3
 
 
+def test_loglik_two_pass_scores_each_item_as_its_expert_alone(setup):
+    """Routing in loglik mode = scoring each item with its chosen expert (or the base) on its own."""
+    from transformer_squared.evaluation import evaluate_loglik
+    from transformer_squared.tasks import get_task
+
+    svf, tok, experts = setup
+    task = get_task("arc_easy")
+    items = task.load("test")[:6]
+    plan = [experts[0], None, experts[1], experts[0], experts[2], None]
+    by_id = {it.id: e for it, e in zip(items, plan, strict=True)}
+    summary, rows = evaluate_loglik(svf.model, tok, task, items, batch_size=6, progress=False, svf=svf,
+                                    choose_experts=lambda batch: [by_id[it.id] for it in batch])
+    assert z_is_identity(svf)
+    assert summary.extra["first_pass_seconds"] >= 0 and summary.extra["second_pass_seconds"] > 0
+    alone = {}
+    for e in (None, *experts):
+        if e is not None:
+            svf.apply(e)
+        _, r = evaluate_loglik(svf.model, tok, task, items, batch_size=6, progress=False)
+        svf.reset()
+        alone[None if e is None else e.name] = {x["id"]: x for x in r}
+    for row, e in zip(rows, plan, strict=True):
+        name = None if e is None else e.name
+        assert row["expert"] == name
+        assert row["logp"] == pytest.approx(alone[name][row["id"]]["logp"], abs=1e-4)
+    # the experts really differ, so the check above can fail
+    assert alone[None][items[0].id]["logp"] != pytest.approx(alone[experts[0].name][items[0].id]["logp"], abs=1e-4)
+
+
+def test_cem_loglik_fitness_is_the_expected_accuracy(setup):
+    from transformer_squared.adapt import _expected_accuracy
+    from transformer_squared.tasks import get_task
+
+    svf, tok, _ = setup
+    from transformer_squared.tasks import Item
+
+    experts = experts_for(svf, scale=3.0)
+    task = get_task("arc_easy")
+    # options the tiny word-level tokenizer tells apart (ARC's real words are all unknown to it)
+    shots = [Item(id=f"s{i}", question="q", answer="ABCD"[i], reference="",
+                  data={"stem": f"w{3 + i} w4", "choices": ["w5 w6", "w7", "w8 w9 w10", "w11"]}) for i in range(4)]
+    cfg = CEMConfig(population=4, iterations=2, batch_size=4, seed=0, mode="loglik")
+    mixture, history = cem_search(svf, tok, task, experts, shots, cfg, progress=False)
+    assert z_is_identity(svf) and len(history) == 2
+    fit = mixture.meta["fewshot"]
+    assert 0 < fit["expected_accuracy"] < 1 and 0 <= fit["correct"] <= 4
+    svf.apply(Expert.mix(experts, [1 / 3] * 3))
+    uniform = _expected_accuracy(svf.model, tok, task, shots, cfg)
+    svf.apply(mixture)
+    best = _expected_accuracy(svf.model, tok, task, shots, cfg)
+    svf.reset()
+    assert best[0] == pytest.approx(fit["expected_accuracy"], abs=1e-6)
+    assert best[0] >= uniform[0] - 1e-6  # the uniform mixture is always a candidate
+    # a continuous fitness: two different mixtures score differently
+    svf.apply(experts[0])
+    assert _expected_accuracy(svf.model, tok, task, shots, cfg)[0] != pytest.approx(uniform[0], abs=1e-5)
+    svf.reset()
+    with pytest.raises(T2Error, match="multiple-choice"):
+        cem_search(svf, tok, get_task("gsm8k"), experts, get_task("gsm8k").load("val")[:2], cfg, progress=False)
+
+
 def _save(experts, tmp_path):
     return [str(e.save(tmp_path / e.name)) for e in experts]
 
@@ -156,6 +217,13 @@ def test_eval_adapt_cli(tiny_model_dir, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["adapt"] == "prompt" and sum(report["routed"].values()) == 4
     assert report["extra"]["first_pass_seconds"] > 0 and report["extra"]["second_pass_seconds"] > 0
+    out_ll = tmp_path / "ll.json"
+    assert main(["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--adapt", "prompt", "--mode", "loglik",
+                 "--experts", *dirs, "--limit", "4", "--out", str(out_ll), "--no-progress"]) == 0
+    report = json.loads(out_ll.read_text())
+    assert report["extra"]["mode"] == "loglik" and sum(report["routed"].values()) == 4
+    rows = [json.loads(x) for x in (tmp_path / "ll.json.items.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all("expert" in r and "logp" in r for r in rows)
     out2 = tmp_path / "f.json"
     assert main(["eval", "--task", "arc_challenge", "--model", str(tiny_model_dir), "--adapt", "fewshot",
                  "--experts", *dirs, "--limit", "5", "--shots", "2", "--cem-population", "3", "--cem-iterations", "1",

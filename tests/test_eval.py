@@ -112,7 +112,6 @@ def test_eval_with_lora_adapter(tiny_model_dir, tmp_path):
     (["--task", "arc_easy", "--lora", "/no/such/adapter"], "not a PEFT adapter folder"),
     (["--task", "arc_easy", "--lora", "x", "--expert", "y"], "cannot be combined"),
     (["--task", "gsm8k", "--mode", "loglik", "--limit", "2"], "multiple-choice"),
-    (["--task", "arc_easy", "--mode", "loglik", "--adapt", "prompt"], "--mode generate"),
 ])
 def test_eval_bad_input(extra, message, tiny_model_dir, capsys):
     assert main(["eval", "--model", str(tiny_model_dir), "--no-progress", *extra]) == 2

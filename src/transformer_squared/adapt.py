@@ -32,9 +32,19 @@ STRATEGIES = ("none", "oracle", "prompt", "classifier", "fewshot")
 PAPER_DOMAINS = ("math", "code", "reasoning")
 OTHERS = "others"
 
-# The domain of each task: which expert serves it (for `oracle`) and its classify label.
-TASK_DOMAINS = {"gsm8k": "math", "math": "math", "mbpp": "code", "humaneval": "code",
-                "arc_easy": "reasoning", "arc_challenge": "reasoning"}
+def _task_domains() -> dict[str, str]:
+    from .tasks import DOMAINS
+
+    return {name: d for name, d in DOMAINS.items() if d and d not in ("classify", "generic")}
+
+
+# The domain of each bundled task (its class's ``domain``): which expert serves it for ``oracle``.
+TASK_DOMAINS = _task_domains()
+
+
+def task_domain(task) -> str | None:
+    """The domain of a task object: a user task's ``expert_domain``, else its class's ``domain``."""
+    return getattr(task, "expert_domain", None) or TASK_DOMAINS.get(task.name) or None
 
 
 def expert_domain(expert: Expert) -> str:
@@ -184,12 +194,10 @@ class AdaptiveModel:
         (on the default model, 2 CPU cores: merging all 90 matrices 0.86 s, the factored path
         ~0.6 ms more per prompt token than merged; even at ~1,400 tokens).
         """
-        from .generation import expert_weights
-
         n_tokens = sum(len(ids) for ids in self.tokenizer(self._classify_prompts(texts),
                                                           add_special_tokens=False)["input_ids"])
         if n_tokens >= self.merge_min_tokens:
-            return expert_weights(self.svf, [self.classifier])  # all rows alike: merged, z restored after
+            return self.svf.applied(self.classifier)  # merged, the caller's z restored after
         return self.svf.rows([self.classifier])
 
     #: prompt tokens in one first pass from which the classifier is merged instead of factored
@@ -268,14 +276,23 @@ class CEMConfig:
     seed: int = 0
     max_new_tokens: int | None = None
     batch_size: int = 16
+    #: how a candidate is scored on the shots: ``generate`` (greedy answers, the task's checker) or
+    #: ``loglik`` (multiple choice: options scored in ``channel`` with ``norm``)
+    mode: str = "generate"
+    channel: str = "cloze"
+    norm: str = "token"
 
 
 def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence, config: CEMConfig | None = None,
                progress: bool = True, log: Callable[[dict], None] | None = None) -> tuple[Expert, list[dict]]:
     """Find mixing weights α for ``experts`` that do best on ``shots`` (labelled items).
 
-    Each candidate α is scored by the number of shots answered correctly (greedy), ties broken
-    by the mean log-likelihood of the reference answers. Returns the best mixture (an
+    In ``generate`` mode each candidate α is scored by the number of shots answered correctly
+    (greedy), ties broken by the mean log-likelihood of the reference answers. In ``loglik`` mode
+    (multiple-choice tasks) the fitness is the expected accuracy: the mean probability of the gold
+    option under a softmax over the options' normalised log-likelihoods (the quantity
+    ``t2 train --objective exact`` maximises), which separates candidates that answer the same
+    shots right; ties are broken by the number answered correctly. Returns the best mixture (an
     :class:`Expert` with the search in its metadata) and the per-iteration history.
     """
     from tqdm.auto import tqdm
@@ -290,6 +307,13 @@ def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence,
         raise T2Error("few-shot adaptation needs labelled examples")
     if cfg.population < 2 or not 0 < cfg.elite_ratio <= 1 or cfg.iterations < 1:
         raise T2Error("CEM needs population >= 2, 0 < elite_ratio <= 1 and iterations >= 1")
+    if cfg.mode not in ("generate", "loglik"):
+        raise T2Error(f"CEM mode must be 'generate' or 'loglik', got {cfg.mode!r}")
+    if cfg.mode == "loglik":
+        from .tasks.multiple_choice import is_multiple_choice
+
+        if not is_multiple_choice(task):
+            raise T2Error(f"CEM in loglik mode scores options; {task.name!r} is not a multiple-choice task")
     k = len(experts)
     n_mat = len(experts[0].z)
     shape = (k, n_mat) if cfg.per_matrix else (k,)
@@ -306,6 +330,9 @@ def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence,
         if key in cache:
             return cache[key]
         svf.apply(Expert.mix(experts, alpha, name="candidate"))
+        if cfg.mode == "loglik":
+            cache[key] = _expected_accuracy(svf.model, tokenizer, task, list(shots), cfg)
+            return cache[key]
         summary, _ = evaluate(svf.model, tokenizer, task, list(shots), split="fewshot", batch_size=cfg.batch_size,
                               max_new_tokens=cfg.max_new_tokens, progress=False)
         ll = mean_reference_loglik(svf, tokenizer, task, list(shots), cfg.batch_size) or 0.0
@@ -327,12 +354,20 @@ def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence,
             top = scores[order[0]]
             if best is None or top > best[0]:
                 best = (top, samples[order[0]].clone())
-            row = {"iteration": it, "best_correct": best[0][0], "best_loglik": round(best[0][1], 4),
-                   "iter_best_correct": top[0], "mean_alpha": mean.mean(-1).tolist() if cfg.per_matrix else mean.tolist()}
+            if cfg.mode == "loglik":
+                row = {"iteration": it, "best_expected": round(best[0][0], 4), "best_correct": best[0][1],
+                       "iter_best_expected": round(top[0], 4)}
+            else:
+                row = {"iteration": it, "best_correct": best[0][0], "best_loglik": round(best[0][1], 4),
+                       "iter_best_correct": top[0]}
+            row["mean_alpha"] = mean.mean(-1).tolist() if cfg.per_matrix else mean.tolist()
             history.append(row)
             if log:
                 log(row)
-            bar.set_postfix(correct=f"{best[0][0]:.0f}/{len(shots)}")
+            if cfg.mode == "loglik":
+                bar.set_postfix(expected=f"{best[0][0]:.3f}", correct=f"{best[0][1]:.0f}/{len(shots)}")
+            else:
+                bar.set_postfix(correct=f"{best[0][0]:.0f}/{len(shots)}")
     finally:
         bar.close()
         svf.reset()
@@ -340,11 +375,29 @@ def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence,
     mixture = Expert.mix(experts, best[1], name=f"fewshot-{task.name}")
     mixture.meta["task"] = task.name
     mixture.meta["domain"] = f"fewshot-{task.name}"
-    mixture.meta["fewshot"] = {"shots": [str(s.id) for s in shots], "correct": best[0][0], "loglik": best[0][1],
+    fitness = ({"expected_accuracy": best[0][0], "correct": best[0][1]} if cfg.mode == "loglik"
+               else {"correct": best[0][0], "loglik": best[0][1]})
+    mixture.meta["fewshot"] = {"shots": [str(s.id) for s in shots], **fitness,
                                "config": {k_: (list(v) if isinstance(v, tuple) else v)
                                           for k_, v in cfg.__dict__.items()},
                                "history": history}
     return mixture, history
+
+
+def _expected_accuracy(model, tokenizer, task, shots: list, cfg: CEMConfig) -> tuple[float, float]:
+    """(mean probability of the gold option, number of shots whose top option is gold)."""
+    from .scoring import score_options
+
+    requests = [task.requests(it, cfg.channel, tokenizer) for it in shots]
+    with torch.no_grad():
+        scores = score_options(model, tokenizer, requests, batch_size=cfg.batch_size)
+    expected = correct = 0.0
+    for it, sc in zip(shots, scores, strict=True):
+        s = sc.normalised(cfg.norm).float()
+        gold = task.gold_index(it)
+        expected += float(torch.softmax(s, -1)[gold])
+        correct += float(int(torch.argmax(s)) == gold)
+    return expected / len(shots), correct
 
 
 def describe_scores(scores: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ def find_experts(folder: str | Path) -> dict[str, Path]:
 def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name: str = "default",
              max_new_tokens: int | None = 192, print_fn=print) -> dict:
     """Run the demo and return its numbers (also printed)."""
-    from .adapt import TASK_DOMAINS, AdaptiveModel
+    from .adapt import AdaptiveModel
     from .evaluation import evaluate
     from .experts import Expert
     from .models import load_model
@@ -103,7 +103,6 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
         print_fn(f"  {label:10s} {r['correct']:2d}/{r['n']} correct   first pass {r['first_pass_s']:5.1f}s   "
                  f"second pass {r['second_pass_s']:6.1f}s")
     print_fn(f"\ntotal {time.perf_counter() - t_start:.0f}s")
-    _ = TASK_DOMAINS
     return results
 
 

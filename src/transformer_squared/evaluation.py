@@ -207,8 +207,15 @@ def evaluate_loglik(
     progress: bool = True,
     desc: str | None = None,
     share_prefix: bool = True,
+    svf=None,
+    choose_experts: Callable[[Sequence], Sequence] | None = None,
 ) -> tuple[EvalSummary, list[dict]]:
     """Multiple choice by log-likelihood: the answer is the option with the highest score.
+
+    ``choose_experts(batch_items)`` (with ``svf``) is the adaptation layer's first pass, as in
+    :func:`evaluate`: one expert (or None) per item; the batch is then scored one group of items
+    per chosen expert (each group with that expert's merged weights), and each row records its
+    ``expert``; the summary has the first- and second-pass seconds.
 
     ``norm`` picks the score that decides ``correct`` (``token``: mean log-prob per token, the
     quantity ``t2 train --objective exact`` optimises; ``char``: per character, lm-eval's
@@ -233,18 +240,35 @@ def evaluate_loglik(
         raise T2Error("batch_size must be at least 1")
     from tqdm.auto import tqdm
 
+    if choose_experts is not None and svf is None:
+        raise T2Error("choose_experts needs the SVF model (svf=...) to apply the chosen experts")
     path, todo, rows = _resume(items, items_jsonl)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
                desc=desc or f"loglik {task.name}/{split} [{channel}]", unit="item", dynamic_ncols=True)
     t0 = time.perf_counter()
+    first_pass = second_pass = 0.0
+
+    def score(batch: list) -> list:
+        requests = [task.requests(it, channel, tokenizer) for it in batch]
+        return score_options(model, tokenizer, requests, batch_size=batch_size, share_prefix=share_prefix)
+
     try:
         with torch.no_grad():
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
-                requests = [task.requests(it, channel, tokenizer) for it in batch]
-                scores = score_options(model, tokenizer, requests, batch_size=batch_size, share_prefix=share_prefix)
+                experts = None
+                if choose_experts is not None:
+                    t_first = time.perf_counter()
+                    experts = list(choose_experts(batch))
+                    first_pass += time.perf_counter() - t_first
+                t_second = time.perf_counter()
+                if experts is None:
+                    scores = score(batch)
+                else:
+                    scores = _score_by_expert(svf, batch, experts, score)
+                second_pass += time.perf_counter() - t_second
                 new_rows = []
-                for it, sc in zip(batch, scores, strict=True):
+                for i, (it, sc) in enumerate(zip(batch, scores, strict=True)):
                     gold = task.gold_index(it)
                     picks = {n: int(torch.argmax(sc.normalised(n)).item()) for n in NORMS}
                     new_rows.append({
@@ -254,6 +278,8 @@ def evaluate_loglik(
                         "correct_by_norm": {n: picks[n] == gold for n in NORMS},
                         "correct": picks[norm] == gold,
                     })
+                    if experts is not None:
+                        new_rows[-1]["expert"] = None if experts[i] is None else experts[i].name
                 if path:
                     append_jsonl(path, new_rows)
                 rows.extend(new_rows)
@@ -262,6 +288,23 @@ def evaluate_loglik(
     finally:
         bar.close()
     by_norm = {nm: sum(bool(r["correct_by_norm"][nm]) for r in rows) / len(rows) for nm in NORMS}
-    summary = _summarise(task, split, items, rows, len(todo), time.perf_counter() - t0, 0,
-                         {"mode": "loglik", "channel": channel, "norm": norm, "accuracy_by_norm": by_norm})
+    extra = {"mode": "loglik", "channel": channel, "norm": norm, "accuracy_by_norm": by_norm}
+    if choose_experts is not None:
+        extra.update(first_pass_seconds=round(first_pass, 3), second_pass_seconds=round(second_pass, 3))
+    summary = _summarise(task, split, items, rows, len(todo), time.perf_counter() - t0, 0, extra)
     return summary, rows
+
+
+def _score_by_expert(svf, batch: list, experts: list, score: Callable[[list], list]) -> list:
+    """Score a batch one group per distinct expert (None: the base weights), in the batch's order."""
+    from .generation import expert_weights
+
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(experts):
+        groups.setdefault(id(e), []).append(i)
+    out: list = [None] * len(batch)
+    for idx in groups.values():
+        with expert_weights(svf, [experts[idx[0]]]):
+            for i, sc in zip(idx, score([batch[i] for i in idx]), strict=True):
+                out[i] = sc
+    return out

@@ -75,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
     if args.adapt and args.expert:
         raise T2Error("use either --expert (one fixed expert) or --adapt with --experts, not both")
     if args.adapt:
-        if args.mode != "generate":
-            raise T2Error("--adapt evaluates generated answers; use --mode generate")
         return run_adaptive(args, task, items)
     out = Path(args.out) if args.out else None
     items_path = out.with_name(out.name + ".items.jsonl") if out else None
@@ -158,8 +156,8 @@ def _pick_shots(task, n: int, items: list) -> list:
 
 def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
     """Two-pass evaluation: route each item, then answer in mixed-expert batches."""
-    from ..adapt import TASK_DOMAINS, AdaptiveModel, CEMConfig, cem_search
-    from ..evaluation import evaluate
+    from ..adapt import AdaptiveModel, CEMConfig, cem_search, task_domain
+    from ..evaluation import evaluate, evaluate_loglik
     from ..experts import Expert
     from ..fileio import write_json
     from .common import load_svf
@@ -180,7 +178,7 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
             cfg = CEMConfig(population=args.cem_population, iterations=args.cem_iterations,
                             elite_ratio=args.cem_elite_ratio, init_std=args.cem_init_std,
                             per_matrix=args.cem_per_matrix, max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, mode=args.mode, channel=args.channel, norm=args.norm)
             t = time.perf_counter()
             mixture, _ = cem_search(svf, tokenizer, task, experts, shots, cfg, progress=not args.no_progress)
             search_s = time.perf_counter() - t
@@ -188,7 +186,7 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
                 mixture.save(args.mixture_out)
         print(f"fewshot mixture: {mixture.meta.get('mixture')}")
     adaptive = AdaptiveModel(svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture)
-    domain = TASK_DOMAINS.get(task.name) or getattr(task, "expert_domain", None)
+    domain = task_domain(task)
 
     def choose(batch):
         texts = [task.user_content(it) for it in batch]
@@ -197,10 +195,17 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
 
     out = Path(args.out) if args.out else None
     items_path = out.with_name(out.name + ".items.jsonl") if out else None
-    summary, rows = evaluate(model, tokenizer, task, items, split=args.split, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, svf=svf, choose_experts=choose,
-                             items_jsonl=items_path, progress=not args.no_progress,
-                             desc=f"eval {task.name}/{args.split} [{args.adapt}]")
+    if args.mode == "loglik":
+        summary, rows = evaluate_loglik(model, tokenizer, task, items, split=args.split, channel=args.channel,
+                                        norm=args.norm, batch_size=args.batch_size, svf=svf,
+                                        choose_experts=choose, items_jsonl=items_path,
+                                        progress=not args.no_progress,
+                                        desc=f"loglik {task.name}/{args.split} [{args.adapt}]")
+    else:
+        summary, rows = evaluate(model, tokenizer, task, items, split=args.split, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens, svf=svf, choose_experts=choose,
+                                 items_jsonl=items_path, progress=not args.no_progress,
+                                 desc=f"eval {task.name}/{args.split} [{args.adapt}]")
     routed: dict[str, int] = {}
     for r in rows:
         key = r.get("expert") or "base"
