@@ -264,3 +264,93 @@ def test_default_model_has_51840_parameters_and_exact_identity(default_model):
     merged = logits(model, ids)
     svf.path = "factored"
     torch.testing.assert_close(logits(model, ids), merged, rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------
+# Weight state: only SVFModel writes z (applied / load_state / weights_for / merged_state_dict)
+# ---------------------------------------------------------------------------------------
+def _two_experts(svf: SVFModel):
+    experts = []
+    for seed in (1, 2):
+        svf.reset()
+        randomize(svf, seed=seed)
+        experts.append(svf.to_expert(f"e{seed}"))
+    svf.reset()
+    return experts
+
+
+def test_applied_restores_the_previous_z_and_active():
+    model = tiny_model("llama")
+    svf = SVFModel(model, cache=False)
+    a, b = _two_experts(svf)
+    svf.apply(a)
+    with_a = logits(model)
+    with svf.applied(b):
+        assert svf.active is b
+        assert not torch.equal(logits(model), with_a)
+    assert svf.active is a
+    assert torch.equal(logits(model), with_a)
+    with pytest.raises(RuntimeError), svf.applied(b):  # restored after an error too
+        raise RuntimeError
+    assert svf.active is a and all(torch.equal(svf.state()[n], a.z[n]) for n in svf.layers)
+
+
+def test_load_state_round_trip_and_mismatch():
+    model = tiny_model("llama")
+    svf = SVFModel(model, cache=False)
+    a, _ = _two_experts(svf)
+    svf.apply(a)
+    snapshot, want = svf.state(), logits(model)
+    svf.reset()
+    svf.load_state(snapshot)
+    assert torch.equal(logits(model), want)
+    assert svf.active is None  # load_state does not claim an expert
+    with pytest.raises(T2Error, match="do not match"):
+        svf.load_state({"nope": torch.ones(3)})
+
+
+def test_weights_for_base_merged_and_per_row():
+    model = tiny_model("llama")
+    svf = SVFModel(model, cache=False)
+    a, b = _two_experts(svf)
+    ids = IDS[:1].repeat(3, 1)
+    base = logits(model, ids)
+    with svf.weights_for([None, None, None]):
+        assert torch.equal(logits(model, ids), base)
+    svf.apply(a)
+    with_a = logits(model, ids)
+    svf.reset()
+    with svf.weights_for([a, a, a]):  # one expert for every row: merged (applied), z restored after
+        assert svf.active is a
+        assert torch.equal(logits(model, ids), with_a)
+    assert svf.active is None and torch.equal(logits(model, ids), base)
+    with svf.applied(b):
+        with_b = logits(model, ids)
+    with svf.weights_for([a, None, b]):  # a mixed batch: one multiplier per row
+        mixed = logits(model, ids)
+    torch.testing.assert_close(mixed[0], with_a[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mixed[1], base[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mixed[2], with_b[2], rtol=1e-4, atol=1e-4)
+    assert all(layer.row_g is None for layer in svf.layers.values())
+
+
+@pytest.mark.parametrize("arch_", ["llama", "gpt2"])
+def test_merged_state_dict_loads_into_the_plain_model(arch_):
+    model = tiny_model(arch_)
+    svf = SVFModel(model, cache=False)
+    a, b = _two_experts(svf)
+    weights = {n: layer.weight.detach().clone() for n, layer in svf.layers.items()}
+    svf.apply(b)
+    state = svf.merged_state_dict(a)
+    assert svf.active is b  # the model is as it was: z of b, base weights untouched
+    assert all(torch.equal(layer.weight, weights[n]) for n, layer in svf.layers.items())
+    assert not any(k.endswith(".z") for k in state)
+    with svf.applied(a):
+        want = logits(model)
+    plain = tiny_model(arch_)
+    assert set(state) == set(plain.state_dict())
+    plain.load_state_dict(state)
+    torch.testing.assert_close(logits(plain), want, rtol=1e-4, atol=1e-4)
+    current = svf.merged_state_dict()  # no expert: the current z (b)
+    plain.load_state_dict(current)
+    torch.testing.assert_close(logits(plain), logits(model), rtol=1e-4, atol=1e-4)

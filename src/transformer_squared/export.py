@@ -87,34 +87,21 @@ def export_merged(svf, expert: Expert, out: str | os.PathLike, tokenizer=None, s
     """Write the model with ``expert`` merged into its weights (``save_pretrained`` format).
 
     The folder loads with plain ``AutoModelForCausalLM.from_pretrained``. It is written under a
-    temp name and renamed, so a failure leaves nothing behind. The wrapped model is left as it
-    was (weights restored, z reset).
+    temp name and renamed, so a failure leaves nothing behind. The wrapped model is not changed
+    (its weights and z vectors are as they were).
     """
     out = Path(out)
     _check_out(out, overwrite)
-    svf.apply(expert, strict=strict)
-    saved = {}
+    state = svf.merged_state_dict(expert, strict=strict)
+    tmp = _tmp_dir(out)
     try:
-        with torch.no_grad():
-            for name, layer in svf.layers.items():
-                saved[name] = layer.weight.detach().clone()
-                w = layer.merged_weight()
-                layer.weight.copy_(w.t() if layer.transposed else w)
-        state = {k: v for k, v in svf.model.state_dict().items() if not k.endswith(".z")}
-        tmp = _tmp_dir(out)
-        try:
-            svf.model.save_pretrained(tmp, state_dict=state)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            (tmp / "t2_export.json").write_text(json.dumps(_export_info(svf, expert, "merged"), indent=2))
-            _finish(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        svf.model.save_pretrained(tmp, state_dict=state)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "t2_export.json").write_text(json.dumps(_export_info(svf, expert, "merged"), indent=2))
+        _finish(tmp, out)
     finally:
-        with torch.no_grad():
-            for name, w in saved.items():
-                svf.layers[name].weight.copy_(w)
-        svf.reset()
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -158,10 +145,8 @@ def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = 
                       f"matrices); got {rank}. Leave it out for the exact full-rank adapter")
     want_logits = None
     if input_ids is not None:
-        svf.apply(expert, strict=strict)
-        with torch.no_grad():
+        with svf.applied(expert, strict=strict), torch.no_grad():
             want_logits = svf(input_ids.to(svf.parameters()[0].device)).logits.float().cpu()
-        svf.reset()
     factors, errors, sq_err, sq_norm = {}, {}, 0.0, 0.0
     with torch.no_grad():
         for name, layer in svf.layers.items():

@@ -136,33 +136,9 @@ def _decode_rows(new: torch.Tensor, tokenizer, stop: Sequence[str] | None) -> li
     return out
 
 
-@contextlib.contextmanager
 def expert_weights(svf, experts: Sequence):
-    """Per-row experts for one batch.
-
-    When every row wants the same expert (or the base), the batch takes the merged path (or
-    the base weights) instead: same result, and the fastest path for a fixed z. Otherwise each
-    row carries its own multiplier through the factored path.
-    """
-    first = experts[0]
-    if all(e is first for e in experts):
-        if first is None:
-            with svf.disabled():
-                yield
-            return
-        saved = svf.state()
-        active = svf.active
-        svf.apply(first)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, layer in svf.layers.items():
-                    layer.z.copy_(saved[name].to(layer.z.device))
-            svf.active = active
-        return
-    with svf.rows(experts):
-        yield
+    """Per-row experts for one batch: :meth:`SVFModel.weights_for <transformer_squared.svf.SVFModel.weights_for>`."""
+    return svf.weights_for(experts)
 
 
 def _trim(ids: list[int], tokenizer) -> list[int]:

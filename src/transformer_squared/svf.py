@@ -448,11 +448,23 @@ class SVFModel:
         ``strict=False`` allows an expert made on another model when every shape matches
         (cross-model transfer); names are then paired in layer order.
         """
-        z = expert.check_compatible(self, strict=strict)
+        self._write_z(expert.check_compatible(self, strict=strict))
+        self.active = expert
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load z vectors as :meth:`state` returns them (one per target, by name); ``active`` is kept.
+
+        The one way to set z from outside (a checkpoint, a best-so-far snapshot): nothing else
+        writes the layers' z vectors.
+        """
+        if set(state) != set(self.layers):
+            raise T2Error("the saved z vectors do not match this model's SVF targets")
+        self._write_z(state)
+
+    def _write_z(self, z: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, layer in self.layers.items():
-                layer.z.copy_(z[name].to(layer.z.device))
-        self.active = expert
+                layer.z.copy_(z[name].to(layer.z.device, layer.z.dtype))
 
     def reset(self) -> None:
         """Back to the identity (every z at its init value)."""
@@ -463,6 +475,48 @@ class SVFModel:
         self.active = None
 
     active: Expert | None = None
+
+    @contextlib.contextmanager
+    def applied(self, expert: Expert, strict: bool = True) -> Iterator[None]:
+        """:meth:`apply` ``expert`` inside the block; the previous z vectors and ``active`` come back after."""
+        saved, active = self.state(), self.active
+        self.apply(expert, strict=strict)
+        try:
+            yield
+        finally:
+            self._write_z(saved)
+            self.active = active
+
+    def weights_for(self, experts: Sequence[Expert | None]) -> contextlib.AbstractContextManager:
+        """The weights for one batch whose row i wants ``experts[i]`` (``None``: the base weights).
+
+        When every row wants the same expert the batch runs dense: the base weights
+        (:meth:`disabled`) or that expert merged (:meth:`applied`, the caller's z restored after),
+        the fastest path for a fixed z. Otherwise each row carries its own multiplier through the
+        factored path (:meth:`rows`).
+        """
+        if not experts:
+            raise T2Error("weights_for needs one entry (an expert or None) per row")
+        first = experts[0]
+        if all(e is first for e in experts):
+            return self.disabled() if first is None else self.applied(first)
+        return self.rows(experts)
+
+    def merged_state_dict(self, expert: Expert | None = None, strict: bool = True) -> dict[str, torch.Tensor]:
+        """The wrapped model's state dict with each target weight replaced by W' (no z entries).
+
+        W' is for ``expert`` (the current z when None). It loads into the plain, unwrapped
+        architecture (``save_pretrained(state_dict=...)``); the model itself is not changed.
+        """
+        if expert is not None:
+            with self.applied(expert, strict=strict):
+                return self.merged_state_dict()
+        state = {k: v for k, v in self.model.state_dict().items() if not k.endswith(".z")}
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                w = layer.merged_weight()
+                state[f"{name}.weight"] = (w.t() if layer.transposed else w).contiguous()
+        return state
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
