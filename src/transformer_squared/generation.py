@@ -1,31 +1,123 @@
-"""Batched generation with the KV cache (left padding), greedy or sampled.
+"""Batched generation with the KV cache (left padding), greedy or sampled; and the decoding rules.
 
 A thin layer over ``model.generate`` that returns decoded completions plus token counts, and
-optionally gives each row its own expert (mixed-expert batches, through ``SVFModel.rows``).
+optionally gives each row its own expert (mixed-expert batches, through ``SVFModel.weights_for``).
+
+This module is the one place that says how a prompt is rendered (:func:`render_prompt`), when
+decoding is greedy and which ``model.generate`` options follow (:func:`is_greedy`,
+:func:`generate_kwargs`), which token ids end a completion (:func:`eos_ids`) and where a stop
+string cuts it (:func:`stop_index`); tasks, evaluation and ``t2 serve`` all use these.
+:func:`generate_stream` is :func:`generate` for one row whose text is handed out as it is decoded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .errors import T2Error
 
+# A temperature below this decodes greedily (dividing the logits by ~1e-45 overflows).
+GREEDY_BELOW = 1e-3
+
 
 @dataclass
 class Generation:
-    """One completion: its text, how many tokens were generated, and whether it hit EOS."""
+    """One completion: its text, how many tokens were generated, and whether it hit EOS.
+
+    ``stopped``: the text was cut at a stop string.
+    """
 
     text: str
     num_tokens: int
     finished: bool
     token_ids: list[int]
+    stopped: bool = False
 
 
+# ---------------------------------------------------------------------------------------
+# The decoding rules
+# ---------------------------------------------------------------------------------------
+def render_prompt(messages: list[dict[str, str]], tokenizer: Any = None) -> str:
+    """The prompt for chat ``messages``: the tokenizer's chat template with the generation prompt,
+    or, for a tokenizer without one, ``Question: <every non-assistant turn>\\nAnswer:``.
+
+    Errors of the template itself (jinja rejects a role) propagate.
+    """
+    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if template:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    user = "\n\n".join(m["content"] for m in messages if m.get("role") != "assistant")
+    return f"Question: {user}\nAnswer:"
+
+
+def is_greedy(temperature: float, top_p: float = 1.0) -> bool:
+    """Whether these sampling options decode greedily (a temperature below :data:`GREEDY_BELOW`, or top_p 0)."""
+    return temperature < GREEDY_BELOW or top_p == 0
+
+
+def generate_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    """``model.generate`` options: sampling at ``temperature`` and ``top_p`` (top-k off), or greedy."""
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    if is_greedy(temperature, top_p):
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    return kwargs
+
+
+def eos_ids(tokenizer) -> set[int]:
+    """The token ids that end a completion (a tokenizer's ``eos_token_id`` may be a list)."""
+    eos = tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos])
+
+
+def stop_index(text: str, stop: Sequence[str] | None) -> int | None:
+    """Where the first of the ``stop`` strings begins in ``text`` (None: none occurs; empty strings ignored)."""
+    cuts = [i for i in (text.find(s) for s in stop or () if s) if i >= 0]
+    return min(cuts) if cuts else None
+
+
+def decode_row(row: Sequence[int], tokenizer, stop: Sequence[str] | None = None) -> Generation:
+    """One generated row: cut after its first EOS (kept; the padding after it dropped), decoded,
+    and cut before its first stop string."""
+    ends = eos_ids(tokenizer)
+    ids = list(row)
+    for i, t in enumerate(ids):
+        if t in ends:
+            ids = ids[: i + 1]
+            break
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    cut = stop_index(text, stop)
+    return Generation(text=text if cut is None else text[:cut], num_tokens=len(ids),
+                      finished=bool(ids) and ids[-1] in ends, token_ids=ids, stopped=cut is not None)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Inside the block torch's generator is seeded with ``seed`` (nothing when None); the caller's
+    random state is restored after."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------
 def generate(
     model,
     tokenizer,
@@ -41,7 +133,7 @@ def generate(
     stop: Sequence[str] | None = None,
     progress=None,
 ) -> list[Generation]:
-    """Generate one completion per prompt (already formatted, e.g. with the chat template).
+    """Generate one completion per prompt (already formatted, e.g. with :func:`render_prompt`).
 
     ``experts`` (with ``svf``) gives each prompt its own expert or ``None`` for the base
     weights; rows are batched together regardless of which expert they carry.
@@ -53,29 +145,25 @@ def generate(
         raise T2Error("batch_size must be at least 1")
     if experts is not None and (svf is None or len(experts) != len(prompts)):
         raise T2Error("per-prompt experts need the SVFModel and one entry per prompt")
-    device = next(model.parameters()).device
-    gen_kwargs = _generate_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    device = _device(model)
+    gen_kwargs = generate_kwargs(tokenizer, max_new_tokens, temperature, top_p)
     out: list[Generation] = []
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    rng = contextlib.ExitStack()
-    if seed is not None:  # seeded sampling without disturbing the caller's random state
-        rng.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
-        torch.manual_seed(seed)
     try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            ctx = expert_weights(svf, experts[start:start + batch_size]) if experts is not None \
-                else contextlib.nullcontext()
-            with torch.no_grad(), ctx:
-                seqs = model.generate(**enc, **gen_kwargs)
-            out += _decode_rows(seqs[:, enc["input_ids"].shape[1]:], tokenizer, stop)
-            if progress is not None:
-                progress(len(chunk))
+        with seeded(seed, device):  # seeded sampling without disturbing the caller's random state
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start:start + batch_size])
+                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                ctx = svf.weights_for(experts[start:start + batch_size]) if experts is not None \
+                    else contextlib.nullcontext()
+                with torch.no_grad(), ctx:
+                    seqs = model.generate(**enc, **gen_kwargs)
+                out += [decode_row(row, tokenizer, stop) for row in seqs[:, enc["input_ids"].shape[1]:].tolist()]
+                if progress is not None:
+                    progress(len(chunk))
     finally:
         tokenizer.padding_side = old_side
-        rng.close()
     return out
 
 
@@ -90,72 +178,89 @@ def sample_group(model, tokenizer, prompt: str, k: int, *, max_new_tokens: int =
     """
     if k < 1 or max_new_tokens < 1:
         raise T2Error("k and max_new_tokens must be at least 1")
-    device = next(model.parameters()).device
+    device = _device(model)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
     if ids.shape[1] < 2:  # nothing to cache
         return generate(model, tokenizer, [prompt] * k, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, batch_size=k, seed=seed)
-    gen_kwargs = _generate_kwargs(tokenizer, max_new_tokens, temperature, top_p)
-    rng = contextlib.ExitStack()
-    if seed is not None:
-        rng.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
-        torch.manual_seed(seed)
-    try:
-        with torch.no_grad():
-            cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
-            cache.batch_repeat_interleave(k)
-            rows = ids.repeat(k, 1)
-            cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-            seqs = model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), **{cache_kw: cache},
-                                  **gen_kwargs)
-    finally:
-        rng.close()
-    return _decode_rows(seqs[:, ids.shape[1]:], tokenizer, None)
+    gen_kwargs = generate_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    with seeded(seed, device), torch.no_grad():
+        cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(k)
+        rows = ids.repeat(k, 1)
+        cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        seqs = model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), **{cache_kw: cache},
+                              **gen_kwargs)
+    return [decode_row(row, tokenizer) for row in seqs[:, ids.shape[1]:].tolist()]
 
 
-def _generate_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
-    """``model.generate`` options: sampling at ``temperature`` (top-k off) or greedy at 0."""
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
-    if temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    return kwargs
+def generate_stream(model, tokenizer, prompt: str, on_text: Callable[[str], None], *, max_new_tokens: int = 256,
+                    temperature: float = 0.0, top_p: float = 1.0, stop: Sequence[str] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> Generation:
+    """One completion of one prompt, its text handed to ``on_text`` in pieces as it is decoded.
 
+    The same options and result as :func:`generate` for one row (run it inside
+    ``svf.weights_for([expert])`` for an expert, inside :func:`seeded` for a seed). Text that may
+    be the start of a stop string, or an incomplete character, is held back until it is known
+    not to be; generation ends at EOS, at ``max_new_tokens``, at a stop string, or after the token
+    during which ``should_stop()`` became true. The pieces joined are the returned text.
+    """
+    if max_new_tokens < 1:
+        raise T2Error("max_new_tokens must be at least 1")
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
 
-def _decode_rows(new: torch.Tensor, tokenizer, stop: Sequence[str] | None) -> list[Generation]:
-    out = []
-    for row in new.tolist():
-        ids = _trim(row, tokenizer)
-        finished = len(ids) < len(row) or (bool(ids) and ids[-1] == tokenizer.eos_token_id)
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        if stop:
-            text = _apply_stop(text, stop)
-        out.append(Generation(text=text, num_tokens=len(ids), finished=finished, token_ids=ids))
-    return out
+    stops = [s for s in stop or () if s]
+    hold = max((len(s) for s in stops), default=1) - 1
+
+    class _Pieces(BaseStreamer):
+        def __init__(self) -> None:
+            self.ids: list[int] = []
+            self.sent = 0
+            self.seen_prompt = False
+            self.stopped = False
+
+        def put(self, value: torch.Tensor) -> None:
+            if not self.seen_prompt:  # generate() first pushes the prompt
+                self.seen_prompt = True
+                return
+            self.ids.extend(value.reshape(-1).tolist())
+            self._push(final=False)
+
+        def end(self) -> None:
+            self._push(final=True)
+
+        def _push(self, final: bool) -> None:
+            if self.stopped:
+                return
+            text = tokenizer.decode(self.ids, skip_special_tokens=True)
+            cut = stop_index(text, stops)
+            if cut is not None:
+                self.stopped, safe = True, cut
+            elif final:
+                safe = len(text)
+            else:
+                safe = len(text.rstrip("\ufffd")) - hold  # an incomplete character waits
+            if safe > self.sent:
+                on_text(text[self.sent:safe])
+                self.sent = safe
+
+    streamer = _Pieces()
+
+    class _Halt(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+            halt = streamer.stopped or (should_stop is not None and should_stop())
+            return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
+
+    enc = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(_device(model))
+    with torch.no_grad():
+        model.generate(**enc, **generate_kwargs(tokenizer, max_new_tokens, temperature, top_p), streamer=streamer,
+                       stopping_criteria=StoppingCriteriaList([_Halt()]))
+    gen = decode_row(streamer.ids, tokenizer, stops)
+    gen.stopped = gen.stopped or streamer.stopped
+    return gen
 
 
 def expert_weights(svf, experts: Sequence):
     """Per-row experts for one batch: :meth:`SVFModel.weights_for <transformer_squared.svf.SVFModel.weights_for>`."""
     return svf.weights_for(experts)
-
-
-def _trim(ids: list[int], tokenizer) -> list[int]:
-    """Cut a generated row at its first EOS (kept) and drop the padding after it."""
-    eos = tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos])
-    for i, t in enumerate(ids):
-        if t in eos_ids:
-            return ids[: i + 1]
-    return ids
-
-
-def _apply_stop(text: str, stop: Sequence[str]) -> str:
-    cut = len(text)
-    for s in stop:
-        if s:
-            i = text.find(s)
-            if i >= 0:
-                cut = min(cut, i)
-    return text[:cut]

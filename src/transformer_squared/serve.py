@@ -40,7 +40,6 @@ log = logging.getLogger("transformer_squared.serve")
 # Strategies a request (or the server) may use; "oracle" and "fewshot" need more than a request.
 SERVE_STRATEGIES = ("prompt", "classifier", "none")
 MAX_ROWS_PER_REQUEST = 32  # prompts × n of one request
-GREEDY_BELOW = 1e-3  # a temperature below this decodes greedily (dividing logits by ~1e-45 overflows)
 BODY_TIMEOUT_S = 30.0  # default seconds to receive a whole request body before answering 408
 DRAIN_LIMIT = 64 << 20  # an oversize body is read and dropped up to this size, so the 413 arrives
 
@@ -148,7 +147,9 @@ class Job:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature < GREEDY_BELOW or self.top_p == 0
+        from .generation import is_greedy
+
+        return is_greedy(self.temperature, self.top_p)
 
     @property
     def sampling_key(self) -> tuple:
@@ -196,68 +197,6 @@ class JobResult:
     prompt_tokens: list[int]
     decisions: list[Decision]
     choices: list[list[Choice]]
-
-
-def _find_stop(text: str, stops: Sequence[str]) -> int | None:
-    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(cuts) if cuts else None
-
-
-# ---------------------------------------------------------------------------------------
-# Streaming helpers (run inside model.generate on the worker thread)
-# ---------------------------------------------------------------------------------------
-def _streamer_class():
-    from transformers.generation.streamers import BaseStreamer
-
-    class _EventStreamer(BaseStreamer):
-        """Decodes the new tokens and emits text deltas; holds back a possible stop string."""
-
-        def __init__(self, tokenizer, job: Job, index: int) -> None:
-            self.tokenizer = tokenizer
-            self.job = job
-            self.index = index
-            self.ids: list[int] = []
-            self.sent = 0
-            self.seen_prompt = False
-            self.stopped = False
-            self.hold = max((len(s) for s in job.stop), default=1) - 1
-
-        def put(self, value: torch.Tensor) -> None:
-            if not self.seen_prompt:  # generate() first pushes the prompt
-                self.seen_prompt = True
-                return
-            self.ids.extend(value.reshape(-1).tolist())
-            self._push(final=False)
-
-        def end(self) -> None:
-            self._push(final=True)
-
-        def _push(self, final: bool) -> None:
-            if self.stopped:
-                return
-            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-            cut = _find_stop(text, self.job.stop)
-            if cut is not None:
-                self.stopped, safe = True, cut
-            elif final:
-                safe = len(text)
-            else:
-                safe = len(text.rstrip("\ufffd")) - self.hold  # an incomplete character waits
-            if safe > self.sent:
-                self.job.emit(("delta", self.index, text[self.sent:safe]))
-                self.sent = safe
-
-    return _EventStreamer
-
-
-def _stop_criteria(should_stop: Callable[[], bool]):
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class _Flag(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
-            return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([_Flag()])
 
 
 # ---------------------------------------------------------------------------------------
@@ -475,15 +414,13 @@ class Engine:
             return batch
 
     def _render(self, messages: list[dict[str, str]]) -> str:
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            try:
-                return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            except Exception as exc:  # jinja raises for roles a template does not accept
-                raise APIError(400, f"the model's chat template rejected these messages: {exc}",
-                               param="messages") from None
-        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return "\n".join(lines) + "\nAssistant:"
+        from .generation import render_prompt
+
+        try:
+            return render_prompt(messages, self.tokenizer)
+        except Exception as exc:  # jinja raises for roles a template does not accept
+            raise APIError(400, f"the model's chat template rejected these messages: {exc}",
+                           param="messages") from None
 
     def _prepare(self, job: Job) -> None:
         """Render and measure the prompts; settle max_new against the context (400 if it does not fit)."""
@@ -538,14 +475,6 @@ class Engine:
                 i += len(job.route_texts)
         return [j for j in jobs if id(j) not in failed]
 
-    def _weights(self, experts: list[Expert | None]):
-        """Per-row experts for one generate call; the dense base path when no row has one."""
-        if self.svf is None:
-            return contextlib.nullcontext()
-        if all(e is None for e in experts):
-            return self.svf.disabled()
-        return self.svf.rows(experts)
-
     def _run_batch(self, jobs: list[Job]) -> None:
         """Prepare and route a batch of jobs, then generate (in as few calls as the context allows)."""
         live = []
@@ -574,7 +503,7 @@ class Engine:
 
     def _generate(self, jobs: list[Job]) -> None:
         """One (mixed-expert) generate call for prepared, routed jobs; resolves each job."""
-        from .generation import generate
+        from .generation import decode_row, generate
 
         prompts, experts = [], []
         for job in jobs:
@@ -582,34 +511,23 @@ class Engine:
                 prompts += [p] * job.n
                 experts += [d.expert] * job.n
         first = jobs[0]
-        use_rows = self.svf is not None and any(e is not None for e in experts)
-        ctx = contextlib.nullcontext() if use_rows or self.svf is None else self.svf.disabled()
-        with ctx:
-            gens = generate(self.model, self.tokenizer, prompts, max_new_tokens=max(j.max_new for j in jobs),
-                            temperature=0.0 if first.greedy else first.temperature, top_p=first.top_p,
-                            batch_size=max(self.max_batch, len(prompts)), svf=self.svf if use_rows else None,
-                            experts=experts if use_rows else None, seed=first.seed)
+        gens = generate(self.model, self.tokenizer, prompts, max_new_tokens=max(j.max_new for j in jobs),
+                        temperature=first.temperature, top_p=first.top_p,
+                        batch_size=max(self.max_batch, len(prompts)), svf=self.svf,
+                        experts=experts if self.svf is not None else None, seed=first.seed)
         self.stats["batches"] += 1
         self.stats["rows"] += len(prompts)
         self.stats["max_batch_rows"] = max(self.stats["max_batch_rows"], len(prompts))
-        eos = self.tokenizer.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
         k = 0
         for job in jobs:
             per_prompt = []
             for _ in job.prompts:
                 row = []
                 for _ in range(job.n):
-                    g = gens[k]
+                    # this job's own max_tokens and stop strings (the batch ran to the largest max_tokens)
+                    g = decode_row(gens[k].token_ids[: job.max_new], self.tokenizer, job.stop)
                     k += 1
-                    ids = g.token_ids[: job.max_new]
-                    text = g.text if len(ids) == len(g.token_ids) else \
-                        self.tokenizer.decode(ids, skip_special_tokens=True)
-                    finished = bool(ids) and ids[-1] in eos_ids
-                    cut = _find_stop(text, job.stop)
-                    if cut is not None:
-                        text, finished = text[:cut], True
-                    row.append(Choice(text, len(ids), "stop" if finished else "length"))
+                    row.append(Choice(g.text, g.num_tokens, "stop" if g.finished or g.stopped else "length"))
                 per_prompt.append(row)
             job.resolve(JobResult(job.prompt_tokens, job.decisions, per_prompt))
 
@@ -623,32 +541,21 @@ class Engine:
             return
         decision = job.decisions[0]
         job.emit(("meta", decision, job.prompt_tokens[0]))
-        device = next(self.model.parameters()).device
-        tok = self.tokenizer
-        enc = tok([job.prompts[0]], return_tensors="pt", add_special_tokens=False).to(device)
-        kwargs: dict[str, Any] = dict(max_new_tokens=job.max_new, pad_token_id=tok.pad_token_id,
-                                      eos_token_id=tok.eos_token_id)
-        if job.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=job.temperature, top_p=job.top_p, top_k=0)
-        if job.seed is not None:
-            torch.manual_seed(job.seed)
-        streamer_cls = _streamer_class()
-        eos = tok.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        from .generation import generate_stream, seeded
+
+        weights = contextlib.nullcontext() if self.svf is None else self.svf.weights_for([decision.expert])
         completion = 0
-        for index in range(job.n):
-            if job.cancelled or self._closing:
-                break
-            job.emit(("start", index))
-            streamer = streamer_cls(tok, job, index)
-            stopping = _stop_criteria(lambda s=streamer: s.stopped or job.cancelled or self._closing)
-            with torch.no_grad(), self._weights([decision.expert]):
-                self.model.generate(**enc, **kwargs, streamer=streamer, stopping_criteria=stopping)
-            completion += len(streamer.ids)
-            finished = streamer.stopped or (bool(streamer.ids) and streamer.ids[-1] in eos_ids)
-            job.emit(("finish", index, "stop" if finished else "length"))
+        with weights, seeded(job.seed, next(self.model.parameters()).device):
+            for index in range(job.n):
+                if job.cancelled or self._closing:
+                    break
+                job.emit(("start", index))
+                gen = generate_stream(self.model, self.tokenizer, job.prompts[0],
+                                      lambda text, i=index: job.emit(("delta", i, text)),
+                                      max_new_tokens=job.max_new, temperature=job.temperature, top_p=job.top_p,
+                                      stop=job.stop, should_stop=lambda: job.cancelled or self._closing)
+                completion += gen.num_tokens
+                job.emit(("finish", index, "stop" if gen.finished or gen.stopped else "length"))
         if job.cancelled:
             self.stats["streams_stopped"] += 1
         job.emit(("done", job.prompt_tokens[0], completion))

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from ..errors import T2Error
 from ..fileio import write_json, write_text
+from ..generation import render_prompt  # the one prompt format (tasks, adaptation and t2 serve share it)
 from ..paths import cache_dir
 from .sources import Source, Where, fraction_sizes, parse_source, partition, read_user_jsonl
 
@@ -338,15 +339,6 @@ def carved_splits(items: list[Item], sizes: dict[str, int | None], seed: str, no
                           "trained on (scores are not directly comparable to full-test-set numbers)", src,
                           held_out=True),
     }
-
-def render_prompt(messages: list[dict[str, str]], tokenizer: Any = None) -> str:
-    """Apply the tokenizer's chat template, or fall back to ``Question: ...\\nAnswer:``."""
-    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-    if template:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    user = "\n\n".join(m["content"] for m in messages if m.get("role") != "assistant")
-    return f"Question: {user}\nAnswer:"
-
 
 def _same_length(items: Sequence[Any], completions: Sequence[str]) -> None:
     if len(items) != len(completions):
