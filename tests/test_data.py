@@ -21,7 +21,7 @@ EXPECTED = {
     "arc_easy": {"train": 2251, "val": 570, "test": 2376},
     "arc_challenge": {"train": 1119, "val": 299, "test": 1172},
     "math": {"test": 5000, "fewshot": 20},
-    "classify": {"train": 600, "val": 150, "test": 750},
+    "classify": {"train": 800, "val": 200, "test": 1000},
     "csqa": {"train": 8741, "val": 1000, "test": 1221},
     "openbookqa": {"train": 4957, "val": 500, "test": 500},
     "piqa": {"train": 15113, "val": 1000, "test": 1838},
@@ -36,7 +36,7 @@ PINNED = {
     ("gsm8k", "train"): "c353b48f3c49e07a", ("gsm8k", "val"): "35458678bde095e4",
     ("gsm8k", "test"): "66e5dc6ed7d76c1c", ("mbpp", "train"): "5c5615533a82ca24",
     ("mbpp", "val"): "cbacc3ce7e914866", ("mbpp", "test"): "4439920c6f77531d",
-    ("classify", "test"): "f1ecf1e28d7aa4a9", ("math", "fewshot"): "17cb323a8bf8766b",
+    ("classify", "test"): "8f71a82ed4546be1", ("math", "fewshot"): "17cb323a8bf8766b",
     ("humaneval", "fewshot"): "29873e265347280b",
     ("csqa", "val"): "79c70c69334cb07a", ("piqa", "val"): "3140b8a45e27be0a",
     ("socialiqa", "val"): "3585d0ff0940d07d", ("hellaswag", "val"): "f97846947f57ab4b",
@@ -118,12 +118,14 @@ def test_classify_balanced_from_training_pools():
     task = get_task("classify")
     for split, per_label in (("train", 200), ("val", 50), ("test", 250)):
         items = task.load(split)
-        counts = {lab: sum(it.answer == lab for it in items) for lab in ("math", "code", "reasoning")}
-        assert counts == {"math": per_label, "code": per_label, "reasoning": per_label}
-        source_ids = {get_task(t).name: {it.id for it in get_task(t).load(split)} for t in ("gsm8k", "mbpp", "arc_easy")}
+        labels = ("math", "code", "reasoning", "commonsense")
+        counts = {lab: sum(it.answer == lab for it in items) for lab in labels}
+        assert counts == dict.fromkeys(labels, per_label)
+        source_ids = {get_task(t).name: {it.id for it in get_task(t).load(split)}
+                      for t in ("gsm8k", "mbpp", "arc_easy", "csqa")}
         assert all(it.data["source_id"] in source_ids[it.data["source_task"]] for it in items)
     custom = get_task("classify", labels=("math", "code", "reasoning", "others"))
-    assert custom.cache_name != "classify" and len(custom.load("val")) == 150
+    assert custom.cache_name != task.cache_name and len(custom.load("val")) == 150
     assert "others" in custom.messages(custom.load("val")[0])[0]["content"]
 
 

@@ -1,7 +1,8 @@
 """Task classification: which kind of request is this? (The Transformer² dispatcher's question.)
 
 Items are requests taken from other tasks and labelled with their domain: by default ``math``
-from GSM8K, ``code`` from MBPP and ``reasoning`` from ARC-Easy. Each split (train/val/test) is
+from GSM8K, ``code`` from MBPP, ``reasoning`` from ARC-Easy and ``commonsense`` from
+CommonsenseQA (the domains of the shipped experts). Each split (train/val/test) is
 built from the same split of those tasks, balanced (the same number per label: the size of the
 smallest pool) by a seeded hash, and shuffled by a seeded hash. The model is asked to answer
 ``\\boxed{label}``.
@@ -23,12 +24,13 @@ from .base import Item, SplitData, Task, render_prompt
 from .gsm8k import last_boxed
 from .sources import Source, Where, field, partition, rank
 
-DEFAULT_LABELS = ("math", "code", "reasoning")
-DEFAULT_SOURCES = {"math": "gsm8k", "code": "mbpp", "reasoning": "arc_easy"}
+DEFAULT_LABELS = ("math", "code", "reasoning", "commonsense")
+DEFAULT_SOURCES = {"math": "gsm8k", "code": "mbpp", "reasoning": "arc_easy", "commonsense": "csqa"}
 DESCRIPTIONS = {
     "math": "mathematical problems: word problems, calculations, equations",
     "code": "programming: writing, completing or fixing computer code",
-    "reasoning": "questions that need common sense, science knowledge or logical reasoning",
+    "reasoning": "science and school-exam questions that need knowledge or logical reasoning",
+    "commonsense": "everyday questions about people, objects and situations that need common sense",
     "others": "anything else",
 }
 SEED = "t2-classify-v1"
@@ -88,9 +90,7 @@ class Classify(Task):
 
     @property
     def cache_name(self) -> str:
-        """``classify``, with a hash suffix for non-default labels/sources."""
-        if self.labels == DEFAULT_LABELS and self.label_sources == DEFAULT_SOURCES:
-            return self.name
+        """``classify-<hash of the labels and their sources>`` (a new label set never reads an old cache)."""
         key = repr((self.labels, sorted(self.label_sources.items())))
         return f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
