@@ -74,7 +74,7 @@ def child(spec: dict) -> dict:
     """Run one configuration in this (fresh) process and return its measurements."""
     import torch
 
-    from transformer_squared.rl import Rollout, TrainConfig, Trainer
+    from transformer_squared.training import Rollout, TrainConfig, Trainer
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -161,8 +161,8 @@ def trl_child(spec: dict) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from transformer_squared.models import load_model
-    from transformer_squared.rl import Trainer
     from transformer_squared.tasks import get_task
+    from transformer_squared.training import Trainer
 
     device = spec.get("device", "cpu")
     task = get_task(spec["task"])

@@ -241,7 +241,7 @@ def test_broken_rewards_are_one_line_errors(qa_file, reward_file, fn, message):
 
 
 def test_inside_training_a_raising_reward_scores_reward_wrong(qa_file):
-    from transformer_squared.rl import safe_rewards
+    from transformer_squared.training import safe_rewards
 
     def flaky(completions, **columns):
         if any("bad" in c for c in completions):

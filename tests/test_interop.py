@@ -191,7 +191,7 @@ def test_transfer_cli(tmp_path, tiny_model_dir, capsys):
 
 
 def test_trainer_saves_experts_in_layer_order(tmp_path):
-    from transformer_squared.rl import SVFPolicy
+    from transformer_squared.training import SVFPolicy
 
     policy = SVFPolicy(tiny_model("llama"))
     state = dict(sorted(policy.svf.state().items()))  # how a checkpoint reads back

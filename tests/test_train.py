@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from conftest import tiny_model, tiny_tokenizer
 
 from transformer_squared import Expert, T2Error
-from transformer_squared.rl import (
+from transformer_squared.tasks.base import Item, Task
+from transformer_squared.training import (
     TrainConfig,
     Trainer,
     compute_advantages,
@@ -24,7 +25,6 @@ from transformer_squared.rl import (
     token_logprobs,
     train,
 )
-from transformer_squared.tasks.base import Item, Task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -245,9 +245,11 @@ def test_bad_options_are_one_line_errors(tmp_path, kw, message):
 
 
 def test_batch_must_split_evenly_over_processes(tmp_path, monkeypatch):
-    from transformer_squared import rl
+    from transformer_squared.training import distributed
+    from transformer_squared.training import trainer as trainer_module
 
-    monkeypatch.setattr(rl, "setup_distributed", lambda device: (rl.DistInfo(rank=0, world=3), device))
+    monkeypatch.setattr(trainer_module, "setup_distributed",
+                        lambda device: (distributed.DistInfo(rank=0, world=3), device))
     with pytest.raises(T2Error, match="--batch-size 4 is not divisible by the 3 processes"):
         tiny_trainer(tmp_path)
 
@@ -373,7 +375,7 @@ def test_one_rl_step_on_the_default_model(default_model, tmp_path):
 def test_model_selection_breaks_accuracy_ties_by_reference_loglik():
     from types import SimpleNamespace
 
-    from transformer_squared.rl import Trainer
+    from transformer_squared.training import Trainer
 
     saved = []
     t = Trainer.__new__(Trainer)
@@ -543,7 +545,7 @@ def test_a_checker_that_overruns_scores_wrong_and_is_reported(tmp_path):
 
 def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_path):
     """Options added later (e.g. channel, norm) read as their defaults in an older checkpoint."""
-    from transformer_squared.checkpoint import load_checkpoint, save_checkpoint
+    from transformer_squared.training.checkpoint import load_checkpoint, save_checkpoint
 
     trainer = tiny_trainer(tmp_path, steps=1, checkpoint_every=1)
     trainer.run()
@@ -555,3 +557,15 @@ def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp
                     scheduler=ckpt.scheduler)
     resumed = tiny_trainer(tmp_path, steps=2, checkpoint_every=1, resume=True)
     assert resumed.step == 1
+
+
+def test_the_former_modules_still_import():
+    """transformer_squared.rl and .lora are aliases of the training package (and models.apply_adapter)."""
+    from transformer_squared import lora, models, rl, training
+
+    assert rl.Trainer is training.Trainer and rl.TrainConfig is training.TrainConfig and rl.train is training.train
+    assert set(rl.__all__) >= {"Batch", "DistInfo", "Rollout", "SVFPolicy", "TrainResult", "compute_advantages",
+                               "kl_full", "kl_k3", "make_batch", "policy_loss", "safe_rewards", "sample_seed",
+                               "token_logprobs", "write_plot"}
+    assert all(hasattr(rl, name) for name in rl.__all__)
+    assert lora.LoRAPolicy is training.LoRAPolicy and lora.apply_adapter is models.apply_adapter

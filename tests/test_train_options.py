@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from transformer_squared import rl
+from transformer_squared import training
 from transformer_squared.cli import main
 
 README_TRAIN = ("train --task arc_easy --out {out} --steps 40 --batch-size 8 -k 4 --baseline mean "
@@ -21,18 +21,18 @@ README_TRAIN = ("train --task arc_easy --out {out} --steps 40 --batch-size 8 -k 
 
 @pytest.fixture
 def runs(monkeypatch):
-    """Record each TrainConfig given to rl.train; write train_config.json like the trainer."""
+    """Record each TrainConfig given to training.train; write train_config.json like the trainer."""
     seen = []
 
     def fake_train(config):
         seen.append(config)
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / rl.CONFIG_NAME).write_text(json.dumps({"task": config.task, "config": config.to_dict()}))
+        (out / training.CONFIG_NAME).write_text(json.dumps({"task": config.task, "config": config.to_dict()}))
         return SimpleNamespace(out=out, best_val_accuracy=0.5, best_step=10, steps=config.steps, seconds=1.0,
                                trainable_params=1)
 
-    monkeypatch.setattr(rl, "train", fake_train)
+    monkeypatch.setattr(training, "train", fake_train)
     return seen
 
 
@@ -42,7 +42,7 @@ def test_readme_resume_line_reuses_the_saved_options(runs, tmp_path, capsys):
     assert main(f"train --task arc_easy --out {out} --resume".split()) == 0
     first, resumed = runs
     assert resumed.resume == "auto" and not first.resume
-    for name in rl.TRAJECTORY_FIELDS + ("steps", "eval_every", "val_limit", "model", "targets"):
+    for name in training.TRAJECTORY_FIELDS + ("steps", "eval_every", "val_limit", "model", "targets"):
         assert getattr(resumed, name) == getattr(first, name), name
     assert (resumed.steps, resumed.batch_size, resumed.samples_per_prompt, resumed.baseline) == (40, 8, 4, "mean")
     assert "resuming with the options saved in" in capsys.readouterr().err
@@ -59,15 +59,15 @@ def test_options_given_again_win_and_others_are_not_touched(runs, tmp_path):
 
 def test_a_new_run_uses_the_defaults(runs, tmp_path):
     assert main(f"train --task arc_easy --out {tmp_path / 'a'}".split()) == 0
-    assert runs[0].steps == rl.TrainConfig().steps and runs[0].batch_size == rl.TrainConfig().batch_size
+    assert runs[0].steps == training.TrainConfig().steps and runs[0].batch_size == training.TrainConfig().batch_size
 
 
 def test_warning_when_the_saved_expert_is_the_step_0_weights(caplog, tmp_path):
     result = SimpleNamespace(best_step=0, best_val_accuracy=0.27, out=tmp_path)
-    with caplog.at_level(logging.WARNING, logger=rl.__name__):
-        assert rl.warn_if_untrained(result) is result
+    with caplog.at_level(logging.WARNING, logger=training.__name__):
+        assert training.warn_if_untrained(result) is result
     assert "untrained step-0" in caplog.text and "27.0%" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger=rl.__name__):
-        rl.warn_if_untrained(SimpleNamespace(best_step=5, best_val_accuracy=0.3, out=tmp_path))
+    with caplog.at_level(logging.WARNING, logger=training.__name__):
+        training.warn_if_untrained(SimpleNamespace(best_step=5, best_val_accuracy=0.3, out=tmp_path))
     assert caplog.text == ""

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_train import ParityTask
 
-from transformer_squared.rl import TrainConfig, train
+from transformer_squared.training import TrainConfig, train
 
 TESTS = Path(__file__).resolve().parent
 
@@ -23,7 +23,7 @@ import json, os, signal, sys
 sys.path.insert(0, {str(TESTS)!r})
 import torch
 from test_train import ParityTask
-from transformer_squared.rl import TrainConfig, train
+from transformer_squared.training import TrainConfig, train
 
 cfg = TrainConfig(**json.loads(sys.argv[1]))
 kill_at = int(sys.argv[2])

@@ -25,8 +25,8 @@ __version__ = "0.1.0"
 # Imported on first use, so that `import transformer_squared` stays light.
 _LAZY = {
     "train": ("api", "train"),
-    "TrainConfig": ("rl", "TrainConfig"),
-    "TrainResult": ("rl", "TrainResult"),
+    "TrainConfig": ("training", "TrainConfig"),
+    "TrainResult": ("training", "TrainResult"),
     "AdaptiveModel": ("adapt", "AdaptiveModel"),
     "evaluate": ("evaluation", "evaluate"),
     "get_task": ("tasks", "get_task"),

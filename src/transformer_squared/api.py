@@ -24,17 +24,17 @@ log = logging.getLogger("transformer_squared")
 
 def train(config: Any = None, *, task: Any = None, model: Any = None, tokenizer: Any = None,
           on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> Any:
-    """Train an SVF expert (or the LoRA baseline); return the :class:`~transformer_squared.rl.TrainResult`.
+    """Train an SVF expert (or the LoRA baseline); return the :class:`~transformer_squared.training.TrainResult`.
 
-    ``config``: a :class:`~transformer_squared.rl.TrainConfig` (or None); ``options``: TrainConfig
+    ``config``: a :class:`~transformer_squared.training.TrainConfig` (or None); ``options``: TrainConfig
     fields that override it (``out``, ``steps``, ``batch_size``, ``lr``, ...; see docs/training.md).
     ``task``: a task name (``"gsm8k"``) or a task object (:func:`~transformer_squared.tasks.get_task`,
     or any class with the members of :class:`~transformer_squared.tasks.TaskProtocol`).
     ``model``/``tokenizer``: an already loaded model (default: ``config.model``).
     """
-    from .rl import TrainConfig
-    from .rl import train as _train
     from .tasks.generic import check_domain, prepare_task, stamp_domain
+    from .training import TrainConfig
+    from .training import train as _train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(options) - fields)

@@ -178,3 +178,42 @@ def prepare_tokenizer(tokenizer):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# --------------------------------------------------------------------------- PEFT LoRA adapters
+# A PEFT adapter folder: what ``t2 train --method lora`` saves and ``PeftModel.from_pretrained`` reads.
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def import_peft():
+    """The ``peft`` module, or a T2Error that says how to install it."""
+    try:
+        import peft
+    except ImportError:
+        raise T2Error("--method lora needs the peft package: pip install 'peft>=0.13' "
+                      "(or pip install 'transformer-squared[train]')") from None
+    return peft
+
+
+def apply_adapter(model: torch.nn.Module, folder: str | Path) -> torch.nn.Module:
+    """Merge the PEFT LoRA adapter in ``folder`` into ``model``'s weights and return the plain model.
+
+    Used by ``t2 eval --lora`` to score a LoRA run of ``t2 train --method lora`` (or any PEFT LoRA
+    adapter for the same base model) exactly like an SVF expert: merged, so decoding costs the same.
+    """
+    peft = import_peft()
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise T2Error(f"{str(folder)!r} is not a PEFT adapter folder (no {ADAPTER_CONFIG})")
+    name = getattr(model, "t2_model_name", None)
+    try:
+        wrapped = peft.PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise T2Error(f"could not apply the adapter in {str(folder)!r} to this model: "
+                      f"{str(exc).splitlines()[0]}") from None
+    merged = wrapped.merge_and_unload()
+    merged.eval()
+    if name is not None:
+        merged.t2_model_name = name
+    return merged

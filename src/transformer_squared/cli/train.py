@@ -1,7 +1,7 @@
 """``t2 train``: train an SVF expert (or the LoRA baseline) on a task with REINFORCE or SFT.
 
-Thin: parses the options into a :class:`~transformer_squared.rl.TrainConfig` and calls
-:func:`~transformer_squared.rl.train`. The same command runs under ``torchrun``.
+Thin: parses the options into a :class:`~transformer_squared.training.TrainConfig` and calls
+:func:`~transformer_squared.training.train`. The same command runs under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ metrics.jsonl, train_curve.png, train_config.json, checkpoint/. See docs/trainin
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..rl import AUTO_MICRO_ROWS, TrainConfig
+    from ..training.config import AUTO_MICRO_ROWS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train an SVF expert (or LoRA baseline) with RL or SFT",
@@ -131,7 +131,7 @@ def _fill_defaults(args: argparse.Namespace) -> set[str]:
 
 def saved_config(config) -> tuple[Path | None, dict]:
     """The ``config`` written to train_config.json by the run that ``config.resume`` continues."""
-    from ..rl import CONFIG_NAME
+    from ..training.run_dir import CONFIG_NAME
 
     where = Path(config.out) if config.resume is True or str(config.resume) == "auto" else Path(config.resume)
     for folder in (where, where.parent):
@@ -172,7 +172,7 @@ def reuse_saved_options(config, given: set[str]):
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` an argument namespace describes."""
-    from ..rl import TrainConfig
+    from ..training import TrainConfig
 
     return TrainConfig(
         task=args.task, out=args.out, source=args.source, model=args.model, dtype=args.dtype, device=args.device,
@@ -195,7 +195,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..rl import train
+    from ..training import train
 
     given = _fill_defaults(args)
     task = data_task(args, args.reward_correct, args.reward_wrong)  # --data: the user's task (None with --task)

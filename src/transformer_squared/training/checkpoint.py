@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import T2Error
-from .fileio import atomic_path, write_json
+from ..errors import T2Error
+from ..fileio import atomic_path, write_json
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "state.json"

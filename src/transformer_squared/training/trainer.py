@@ -1,0 +1,510 @@
+"""The training loop: :class:`Trainer` (rollout, update, evaluate, run) and :func:`train`.
+
+One step: :meth:`Trainer.rollout` (:mod:`.rollout`), then :meth:`Trainer.update`: the loss's
+backward over micro-batches (:mod:`.gradients`, :mod:`.losses`), the gradient sum over processes
+(:mod:`.distributed`), clipping and an AdamW step with a constant or cosine LR; a NaN/Inf loss or
+gradient skips the step (three in a row stop the run). Every ``eval_every`` steps the policy is
+evaluated greedily on the task's ``val`` split (never ``test``) and the best weights are saved
+(:mod:`.run_dir`); rows go to ``metrics.jsonl`` (:mod:`.report`), checkpoints to ``checkpoint/``
+(:mod:`.checkpoint`), from which ``resume`` continues. See the package docstring and docs/training.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import T2Error
+from ..fileio import append_jsonl, write_json
+from . import report, run_dir
+from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint, set_rng_state
+from .config import AUTO_MICRO_ITEMS, AUTO_MICRO_ROWS, TrainConfig
+from .distributed import all_reduce_grads, setup_distributed
+from .gradients import Gradients
+from .policies import Policy, make_policy
+from .rollout import Rollout, collect_rollout, load_items
+
+log = logging.getLogger(__name__)
+
+# Consecutive non-finite steps that stop a run.
+MAX_BAD_STEPS = 3
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (rank 0's view under torchrun)."""
+
+    out: Path
+    method: str
+    objective: str
+    steps: int
+    best_step: int | None
+    best_val_accuracy: float | None
+    trainable_params: int
+    seconds: float
+    history: list[dict[str, Any]]
+    state: dict[str, torch.Tensor]
+    skipped_steps: int = 0
+
+
+def _mean_gold_logprob(rows: Sequence[dict[str, Any]], norm: str) -> float | None:
+    """Mean log π(gold) of the softmax over normalised option scores, from loglik evaluation rows."""
+    from ..scoring import OptionScores
+
+    vals = []
+    for r in rows:
+        sc = OptionScores(torch.tensor(r["logp"]), torch.tensor(r["n_tokens"]), torch.tensor(r["n_chars"]))
+        vals.append(float(F.log_softmax(sc.normalised(norm), dim=0)[r["gold"]]))
+    return sum(vals) / len(vals) if vals else None
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, cap))
+
+
+class Trainer:
+    """Holds the model, policy, optimiser and data order of one run; :meth:`run` trains.
+
+    ``model``/``tokenizer``/``task`` may be given (tests, notebooks); otherwise they are loaded
+    from ``config.model`` and ``config.task``. Lower-level pieces (:meth:`rollout`, :meth:`update`,
+    :meth:`sequence_logprobs`) are public for tests and benchmarks.
+    """
+
+    def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, tokenizer=None, task=None) -> None:
+        config.validate()
+        self.config = c = config
+        self.dist, self.device_name = setup_distributed(c.device)
+        try:
+            self._setup(model, tokenizer, task)
+        except BaseException:
+            self.dist.close()
+            raise
+
+    # -- setup ----------------------------------------------------------------------------
+    def _setup(self, model, tokenizer, task) -> None:
+        c, d = self.config, self.dist
+        if c.batch_size % d.world:
+            raise T2Error(f"--batch-size {c.batch_size} is not divisible by the {d.world} processes; "
+                          f"use a multiple of {d.world}")
+        self.local_prompts = c.batch_size // d.world
+        if self.local_prompts % c.gen_prompts:
+            raise T2Error(f"--gen-prompts {c.gen_prompts} must divide the {self.local_prompts} prompts "
+                          "each process handles per step")
+        rows = c.rows_per_prompt
+        if c.grad_accum:
+            if self.local_prompts % c.grad_accum:
+                raise T2Error(f"--grad-accum {c.grad_accum} must divide the {self.local_prompts} prompts each "
+                              "process handles per step (batch size / processes)")
+            self.micro_prompts = self.local_prompts // c.grad_accum
+        elif c.mc_channel:
+            self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ITEMS)
+        else:
+            self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ROWS // rows)
+
+        self.out = Path(c.out)
+        resume_from = run_dir.check_out(c)
+        self.task, self.train_items, self.val_items = load_items(c, task)
+        self.max_new_tokens = c.max_new_tokens or int(getattr(self.task, "max_new_tokens", 256))
+
+        # the model and what is trained
+        from ..models import load_model, prepare_tokenizer
+
+        if model is None:
+            model, tokenizer = load_model(c.model, dtype=c.dtype, device=self.device_name, progress=c.progress)
+        elif tokenizer is None:
+            raise T2Error("pass the tokenizer together with the model")
+        prepare_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        model.eval()
+        self.model_name = (getattr(model, "t2_model_name", None)
+                           or getattr(getattr(model, "config", None), "_name_or_path", "") or c.model)
+        torch.manual_seed(c.seed)
+        random.seed(c.seed)
+        self.policy: Policy = make_policy(c, model)
+        self.params = self.policy.parameters()
+        self.device = self.params[0].device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.gradients = Gradients(c, self.policy, self.task, tokenizer, micro_prompts=self.micro_prompts,
+                                   pad_id=self.pad_id, device=self.device)
+
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+
+        # run state
+        self.step = 0
+        self.best_val: float | None = None
+        self.best_loglik: float | None = None
+        self.best_step: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_streak = 0
+        self.skipped = 0
+        self.history: list[dict[str, Any]] = []
+        self._perm_cache: tuple[int, list[int]] | None = None
+        self._start_state = {n: t.clone() for n, t in self.policy.state().items()}
+        self._prev_grad: torch.Tensor | None = None
+        if resume_from is not None:
+            ckpt = load_checkpoint(resume_from)
+            run_dir.check_resume(ckpt.state, ckpt.folder, self._identity(), c)
+            self._restore(ckpt)
+        else:
+            run_dir.clear_previous_run(self.out, d)
+
+    def _lr_factor(self, step: int) -> float:
+        """LR multiplier for the optimiser step with index ``step`` (0-based): warmup, then the schedule."""
+        c = self.config
+        if c.warmup_steps and step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        if c.schedule == "constant":
+            return 1.0
+        span = max(1, c.steps - c.warmup_steps)
+        progress = min(1.0, (step - c.warmup_steps) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    @property
+    def trainable_params(self) -> int:
+        return self.policy.num_trainable()
+
+    # -- resume and checkpoints -----------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return run_dir.run_identity(self.config, self.model_name, self.policy.fingerprint, self.task)
+
+    def _restore(self, ckpt) -> None:
+        s = ckpt.state
+        self.policy.load_state(ckpt.trainable)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.scheduler)
+        set_rng_state(ckpt.rng)
+        self.step = int(s["step"])
+        self.best_val = s.get("best_val")
+        self.best_loglik = s.get("best_loglik")
+        self.best_step = s.get("best_step")
+        self.best_state = ckpt.best
+        self.bad_streak = int(s.get("bad_streak", 0))
+        self.skipped = int(s.get("skipped", 0))
+        self.history = report.read_metrics(self.out, self.step)
+        self.dist.barrier()
+        if self.dist.main:
+            # Forget what the killed run logged after its last checkpoint; re-save the best weights
+            # in case that run had overwritten them with a later, now undone, step.
+            report.write_metrics(self.out, self.history)
+            if self.best_state is not None:
+                self.policy.save(self.out, self.best_state, self._name(), self._summary())
+        self.dist.barrier()
+
+    def _save_checkpoint(self) -> None:
+        state = {**self._identity(), "step": self.step, "position": self.step * self.config.batch_size,
+                 "best_val": self.best_val, "best_loglik": self.best_loglik, "best_step": self.best_step,
+                 "bad_streak": self.bad_streak, "skipped": self.skipped, "world_size": self.dist.world,
+                 "config": self.config.to_dict()}
+        save_checkpoint(self.out / CHECKPOINT_DIR, state=state, trainable=self.policy.state(),
+                        best=self.best_state, optimizer=self.optimizer.state_dict(),
+                        scheduler=self.scheduler.state_dict())
+
+    # -- data -----------------------------------------------------------------------------
+    def item_at(self, position: int):
+        """The train item at a position of the endless, per-epoch reshuffled order."""
+        n = len(self.train_items)
+        epoch, offset = divmod(position, n)
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            order = list(range(n))
+            random.Random(f"t2-train-order/{self.config.seed}/{epoch}").shuffle(order)
+            self._perm_cache = (epoch, order)
+        return self.train_items[self._perm_cache[1][offset]]
+
+    def _local_indices(self) -> range:
+        start = self.dist.rank * self.local_prompts
+        return range(start, start + self.local_prompts)
+
+    # -- one step -------------------------------------------------------------------------
+    def rollout(self, step: int) -> Rollout:
+        """This process's prompts of ``step`` (1-based) with K sampled completions and rewards (or references)."""
+        base = (step - 1) * self.config.batch_size
+        indices = list(self._local_indices())
+        items = [self.item_at(base + g) for g in indices]
+        return collect_rollout(step, items, indices, config=self.config, task=self.task, policy=self.policy,
+                               tokenizer=self.tokenizer, max_new_tokens=self.max_new_tokens, eos_id=self.eos_id)
+
+    def sequence_logprobs(self, ro: Rollout, base: bool = False) -> torch.Tensor:
+        """Σ_t log π(y_t) of each completion of a rollout (no gradient), in rollout order."""
+        return self.gradients.sequence_logprobs(ro, base=base)
+
+    def accumulate_gradients(self, ro: Rollout) -> dict[str, float]:
+        """Forward and backward over the micro-batches of a rollout; gradients are left in ``.grad``.
+
+        Returns this process's sums of loss, pg_loss, kl and completion log-prob (see :class:`.Gradients`).
+        """
+        return self.gradients.accumulate(ro)
+
+    def _rms_change(self) -> float:
+        """rms of (trainable − its value at the start of the run): rms(z − 1) for a direct SVF expert."""
+        sq, n = 0.0, 0
+        for name, value in self.policy.state().items():
+            start = self._start_state.get(name)
+            if start is not None:
+                sq += float(((value - start) ** 2).sum())
+                n += value.numel()
+        return math.sqrt(sq / n) if n else 0.0
+
+    def _grad_cosine(self) -> float | None:
+        """Cosine between this step's (clipped) gradient and the previous step's: ~0 on pure noise."""
+        grads = [p.grad.reshape(-1).float() for p in self.params if p.grad is not None]
+        if not grads:
+            return None
+        flat = torch.cat(grads).detach().cpu()
+        prev, self._prev_grad = self._prev_grad, flat
+        if prev is None or prev.shape != flat.shape:
+            return None
+        denom = float(flat.norm() * prev.norm())
+        return float(flat @ prev) / denom if denom > 0 else None
+
+    def update(self, ro: Rollout) -> dict[str, Any]:
+        """Loss, backward over micro-batches, all-reduce, clip and optimiser step (or skip if non-finite)."""
+        c, d = self.config, self.dist
+        rl = c.objective == "rl"
+        exact = c.mc_channel is not None
+        want_kl = (rl or c.objective == "exact") and (c.kl_coef > 0)
+        k = ro.k
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = self.accumulate_gradients(ro)
+        t_backward = time.perf_counter() - t0
+
+        # gradients: sum over processes (each loss is already divided by the global N)
+        all_reduce_grads(d, self.params)
+        local = [totals["loss"], totals["pg_loss"], totals["kl"], totals["logp"],
+                 float(ro.num_tokens), float(sum(ro.finished)), float(len(ro.reward_errors))]
+        if rl:
+            r = ro.rewards.reshape(-1).double()
+            local += [r.sum().item(), (r * r).sum().item(), float((r == self.task.reward_correct).sum().item())]
+            # prompts whose K samples got different rewards: the only ones that carry a gradient
+            local += [0.0, float((ro.rewards.max(dim=1).values != ro.rewards.min(dim=1).values).sum().item())]
+        elif exact:
+            local += [totals["reward"], totals["reward_sq"], totals["argmax_correct"], totals["entropy"], 0.0]
+        else:
+            local += [0.0, 0.0, 0.0, 0.0, 0.0]
+        agg = d.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
+        loss_sum, pg_sum, kl_sum, logp_sum, tokens, finished, n_err, r_sum, r2_sum, n_ok, ent_sum, n_disagree = agg
+        params = [p for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, c.clip if c.clip > 0 else float("inf")).item()
+        grad_cos = self._grad_cosine()
+        lr = self.scheduler.get_last_lr()[0]
+        finite = math.isfinite(loss_sum) and math.isfinite(norm)
+        if finite:
+            self.optimizer.step()
+            self.bad_streak = 0
+        else:
+            self.bad_streak += 1
+            self.skipped += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+            warnings.filterwarnings("ignore", message="Detected call of", category=UserWarning)
+            self.scheduler.step()
+        n_rows = c.batch_size * k
+        row: dict[str, Any] = {
+            "loss": loss_sum if finite else None, "grad_norm": norm if math.isfinite(norm) else None, "lr": lr,
+            "skipped": not finite, "tokens": int(tokens), "mean_len": tokens / n_rows,
+            "update_seconds": round(time.perf_counter() - t0, 3), "backward_seconds": round(t_backward, 3),
+        }
+        row.update(rms_change=self._rms_change(), grad_cos_prev=grad_cos)
+        if rl:
+            mean = r_sum / n_rows
+            var = r2_sum / n_rows - mean * mean
+            row.update(reward_mean=mean, reward_std=math.sqrt(max(0.0, var)) if math.isfinite(var) else None,
+                       correct_frac=n_ok / n_rows, pg_loss=pg_sum if finite else None,
+                       kl=(kl_sum if want_kl else None), finished_frac=finished / n_rows,
+                       reward_errors=int(n_err), disagree_frac=n_disagree / c.batch_size)
+        elif exact:
+            mean = r_sum / c.batch_size
+            row.update(reward_mean=mean, correct_frac=n_ok / c.batch_size, entropy=ent_sum / c.batch_size,
+                       pg_loss=pg_sum if finite else None, kl=(kl_sum if want_kl else None),
+                       gold_logprob=logp_sum / c.batch_size)
+        else:
+            row.update(nll_per_token=(-logp_sum / tokens) if tokens else None)
+        for key, value in list(row.items()):
+            if isinstance(value, float) and not math.isfinite(value):
+                row[key] = None
+        return row
+
+    # -- validation and saving ------------------------------------------------------------
+    def evaluate_val(self) -> tuple[float, int, float, float | None]:
+        """Greedy accuracy on the val items (rank 0 only), and the mean per-token log-likelihood
+        of their reference answers (one teacher-forced pass; the tie-breaker between equal
+        accuracies, as in the CEM search): (accuracy, n, seconds, loglik or None)."""
+        from ..evaluation import evaluate, evaluate_loglik
+        from ..scoring import mean_reference_loglik
+
+        t0 = time.perf_counter()
+        c = self.config
+        if c.mc_channel:  # choose in the channel that is trained: options scored, no generation
+            with torch.no_grad(), self.policy.sampling():
+                summary, rows = evaluate_loglik(self.policy.model, self.tokenizer, self.task, self.val_items,
+                                                split="val", channel=c.mc_channel, norm=c.norm,
+                                                batch_size=c.eval_batch_size, progress=False)
+            return summary.accuracy, summary.n, time.perf_counter() - t0, _mean_gold_logprob(rows, c.norm)
+        with torch.no_grad(), self.policy.sampling():
+            summary, _ = evaluate(self.policy.model, self.tokenizer, self.task, self.val_items, split="val",
+                                  batch_size=self.config.eval_batch_size, max_new_tokens=self.max_new_tokens,
+                                  progress=False)
+            loglik = mean_reference_loglik(self.policy.model, self.tokenizer, self.task, self.val_items,
+                                           self.config.eval_batch_size)
+        return summary.accuracy, summary.n, time.perf_counter() - t0, loglik
+
+    def _name(self) -> str:
+        return self.config.name or self.task.name
+
+    def _summary(self) -> dict[str, Any]:
+        c = self.config
+        info: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            info = self.task.split_info("train")
+        return {
+            "task": self.task.name, "domain": getattr(self.task, "expert_domain", None) or getattr(self.task, "domain", None),
+            "method": c.method, "objective": c.objective, "model": self.model_name,
+            "best_step": self.best_step, "best_val_accuracy": self.best_val, "val_n": len(self.val_items),
+            "steps": c.steps, "batch_size": c.batch_size, "samples_per_prompt": c.samples_per_prompt,
+            "lr": c.lr, "kl_coef": c.kl_coef, "baseline": c.baseline, "temperature": c.temperature,
+            "max_new_tokens": self.max_new_tokens, "seed": c.seed, "world_size": self.dist.world,
+            "trainable_params": self.trainable_params, "train_provenance": info.get("provenance"),
+        }
+
+    def _consider_best(self, step: int, accuracy: float, loglik: float | None = None) -> bool:
+        """Keep and save these weights if they beat the best so far (:func:`~.run_dir.is_better`)."""
+        if not run_dir.is_better(accuracy, loglik, self.best_val, self.best_loglik):
+            return False
+        self.best_val, self.best_step, self.best_loglik = accuracy, step, loglik
+        self.best_state = self.policy.state()
+        self.policy.save(self.out, self.best_state, self._name(), self._summary())
+        return True
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+        """Train until ``config.steps``; ``on_step(row)`` is called after each step (after its checkpoint)."""
+        c, d = self.config, self.dist
+        t_run = time.perf_counter()
+        main = d.main
+        writer = report.tensorboard_writer(self.out) if main and c.tensorboard else None
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json(self.out / run_dir.CONFIG_NAME, {
+                **self._identity(), "trainable_params": self.trainable_params, "policy": self.policy.describe(),
+                "world_size": d.world, "train_items": len(self.train_items), "val_items": len(self.val_items),
+                "config": c.to_dict()})
+            self._say(f"t2 train: {c.method}/{c.objective} on {self.task.name} ({len(self.train_items)} train, "
+                      f"{len(self.val_items)} val items), model {self.model_name}; {self.policy.describe()}; "
+                      f"trainable parameters: {self.trainable_params:,}"
+                      + (f"; resuming at step {self.step}" if self.step else ""))
+        if self.step == 0 and c.eval_every and c.eval_at_start:
+            row: dict[str, Any] = {"step": 0, "trainable_params": self.trainable_params}
+            if main:
+                acc, n, secs, ll = self.evaluate_val()
+                self._consider_best(0, acc, ll)
+                row.update(val_accuracy=acc, val_n=n, val_ref_loglik=ll, eval_seconds=round(secs, 3), best=True)
+                self._log(row, writer)
+            d.barrier()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=c.steps, initial=self.step, disable=not (c.progress and main), desc=f"train {self.task.name}",
+                   unit="step", dynamic_ncols=True)
+        try:
+            while self.step < c.steps:
+                step = self.step + 1
+                t0 = time.perf_counter()
+                ro = self.rollout(step)
+                row = {"step": step, **self.update(ro)}
+                self.step = step
+                secs = time.perf_counter() - t0
+                row.update(gen_seconds=round(ro.gen_seconds, 3), reward_seconds=round(ro.reward_seconds, 3),
+                           seconds=round(secs, 3), tokens_per_s=row["tokens"] / secs if secs > 0 else None,
+                           elapsed=round(time.perf_counter() - t_run, 3), trainable_params=self.trainable_params)
+                if ro.reward_errors and main:
+                    append_jsonl(self.out / run_dir.REWARD_ERRORS_NAME, ro.reward_errors)
+                    log.warning("step %d: the reward function raised for %d completion(s), scored as wrong: %s",
+                                step, len(ro.reward_errors), ro.reward_errors[0]["error"])
+                if row["skipped"]:
+                    log.warning("step %d: loss or gradient is NaN/Inf; step skipped (%d in a row)",
+                                step, self.bad_streak)
+                if c.eval_every and (step % c.eval_every == 0 or step == c.steps):
+                    if main:
+                        acc, n, esecs, ll = self.evaluate_val()
+                        row.update(val_accuracy=acc, val_n=n, val_ref_loglik=ll, eval_seconds=round(esecs, 3),
+                                   best=self._consider_best(step, acc, ll))
+                    d.barrier()
+                if main:
+                    self._log(row, writer)
+                    bar.update(1)
+                    bar.set_postfix(report.progress_postfix(row, self.best_val))
+                if (c.checkpoint_every and step % c.checkpoint_every == 0) or step == c.steps:
+                    if main:
+                        self._save_checkpoint()
+                    d.barrier()
+                if self.bad_streak >= MAX_BAD_STEPS:
+                    raise T2Error(f"the loss or gradient was NaN/Inf for {MAX_BAD_STEPS} steps in a row (up to step "
+                                  f"{step}); lower --lr, check the task's rewards, or use --dtype float32 "
+                                  "(the last checkpoint is in the --out folder)")
+                if on_step is not None:
+                    on_step(row)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        if main:
+            if not c.eval_every:
+                self.best_state, self.best_step = self.policy.state(), self.step
+                self.policy.save(self.out, self.best_state, self._name(), self._summary())
+            self._plot()
+            if self.best_val is not None:
+                self._say(f"best val accuracy {self.best_val:.1%} at step {self.best_step}; saved to {self.out}")
+            else:
+                self._say(f"saved the weights of step {self.step} to {self.out}")
+        d.barrier()
+        return TrainResult(out=self.out, method=c.method, objective=c.objective, steps=self.step,
+                           best_step=self.best_step, best_val_accuracy=self.best_val,
+                           trainable_params=self.trainable_params, seconds=time.perf_counter() - t_run,
+                           history=list(self.history), state=self.policy.state(), skipped_steps=self.skipped)
+
+    def close(self) -> None:
+        """Leave the process group if this trainer created it."""
+        self.dist.close()
+
+    # -- reporting ------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        report.say(text, self.config.progress)
+
+    def _log(self, row: dict[str, Any], writer) -> None:
+        self.history.append(row)
+        report.log_row(self.out, row, writer)
+        if "val_accuracy" in row and row["step"] > 0:
+            self._plot()
+
+    def _plot(self) -> None:
+        """train_curve.png: reward (or SFT loss) and val accuracy against the step."""
+        report.plot(self.out, self.history, title=f"{self.config.method}/{self.config.objective} on {self.task.name}")
+
+
+def train(config: TrainConfig, *, model: nn.Module | None = None, tokenizer=None, task=None,
+          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train an SVF expert (or the LoRA baseline) as ``config`` says and return a :class:`TrainResult`.
+
+    See :mod:`transformer_squared.training` for what one step does and docs/training.md for the options.
+    """
+    trainer = Trainer(config, model=model, tokenizer=tokenizer, task=task)
+    try:
+        return report.warn_if_untrained(trainer.run(on_step=on_step))
+    finally:
+        trainer.close()
+
+
+__all__ = ["MAX_BAD_STEPS", "TrainResult", "Trainer", "train"]
