@@ -1,4 +1,4 @@
-"""Pydantic models of the OpenAI-compatible HTTP API served by ``t2 serve``.
+"""The OpenAI-compatible protocol of ``t2 serve``: pydantic request/response models.
 
 Requests are validated strictly (a string where a number belongs is an error, as with OpenAI)
 and unknown fields are ignored; responses follow OpenAI's shapes plus one extra ``t2`` field
@@ -7,9 +7,12 @@ that says which expert (or mixture, or the base weights) answered and why.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import APIError
 
 # Fields OpenAI clients may send that this server cannot honour: rejected (400) when set,
 # rather than silently ignored, because the caller would otherwise trust a wrong answer.
@@ -95,6 +98,46 @@ class CompletionRequest(_Sampling):
 
     prompt: str | list[str]
     max_tokens: int | None = Field(default=16, ge=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a request
+# ---------------------------------------------------------------------------------------
+def _allowed_extra(key: str, value: Any) -> bool:
+    # exact types: ``logprobs: 0`` or ``top_logprobs: 0`` is a request, not an absent field (0 == False)
+    if value is None or value is False or (type(value) in (list, dict) and not value):
+        return True
+    if key == "response_format":
+        return value == {"type": "text"}
+    return (key == "best_of" and type(value) is int and value == 1) or (key == "tool_choice" and value == "none")
+
+
+def check_unsupported(req, names: Sequence[str]) -> None:
+    """400 for a field OpenAI has and this server cannot honour (``UNSUPPORTED_*_FIELDS``), unless it is unset."""
+    for key, value in (req.model_extra or {}).items():
+        if key in names and not _allowed_extra(key, value):
+            raise APIError(400, f"{key!r} is not supported by t2 serve", param=key, code="unsupported_parameter")
+
+
+def chat_messages(req) -> tuple[list[dict[str, str]], str]:
+    """Plain ``{"role", "content"}`` dicts for the chat template, and the text to route on."""
+    out = []
+    for i, m in enumerate(req.messages):
+        if m.content is None:
+            text = ""
+        elif isinstance(m.content, str):
+            text = m.content
+        else:
+            parts = []
+            for j, part in enumerate(m.content):
+                if part.type != "text" or part.text is None:
+                    raise APIError(400, f"only text content is supported, got a {part.type!r} part",
+                                   param=f"messages[{i}].content[{j}]", code="unsupported_content")
+                parts.append(part.text)
+            text = "\n".join(parts)
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+    users = [m["content"] for m in out if m["role"] == "user"]
+    return out, users[-1] if users else out[-1]["content"]
 
 
 # ---------------------------------------------------------------------------------------
