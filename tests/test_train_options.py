@@ -5,10 +5,14 @@ these tests check the command line in milliseconds (the resume mechanics are in 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
+from dataclasses import field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Literal
 
 import pytest
 
@@ -71,3 +75,36 @@ def test_warning_when_the_saved_expert_is_the_step_0_weights(caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger=training.__name__):
         training.warn_if_untrained(SimpleNamespace(best_step=5, best_val_accuracy=0.3, out=tmp_path))
     assert caplog.text == ""
+
+
+def test_every_train_config_field_is_a_train_option():
+    """The options are built from TrainConfig's fields: a new field cannot be forgotten by the CLI."""
+    from transformer_squared.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for a in sub.choices["train"]._actions}
+    assert {f.name for f in dataclasses.fields(training.TrainConfig)} <= dests
+
+
+@dataclasses.dataclass
+class _Opts:
+    mode: Literal["a", "b"] = field(default="a", metadata={"help": "which mode"})
+    limit: int | None = None
+    rate: float = 0.5
+    names: list[str] = field(default_factory=lambda: ["x"])
+    fast: bool = True
+    loud: bool = False
+    k: int = field(default=2, metadata={"flags": ("-k",)})
+
+
+def test_options_from_dataclass_fields():
+    from transformer_squared.cli.config_args import add_dataclass_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_dataclass_arguments(p, _Opts, [f.name for f in dataclasses.fields(_Opts)])
+    assert config_from_args(p.parse_args([]), _Opts) == _Opts()
+    got = config_from_args(p.parse_args("--mode b --limit 3 --rate 2 --names p,q, --no-fast --loud -k 5".split()), _Opts)
+    assert got == _Opts(mode="b", limit=3, rate=2.0, names=["p", "q"], fast=False, loud=True, k=5)
+    assert "{a,b}" in p.format_help() and "which mode" in p.format_help()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--mode", "c"])
