@@ -34,7 +34,6 @@ docs/adaptation.md quotes them.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time

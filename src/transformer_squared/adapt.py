@@ -8,6 +8,8 @@ Strategies (``AdaptiveModel(svf, tokenizer, experts, strategy=...)``):
   (trained with ``t2 train --task classify``).
 * ``fewshot`` — a mixture z' = 1 + Σ α_k (z_k − 1) found by the Cross-Entropy Method on a few labelled
   examples of the target task (:func:`cem_search`), then used for every request.
+* ``probe`` — a cheap first pass: a linear probe on an early layer of the base model reads the
+  label from the request alone (:mod:`transformer_squared.probe`, trained with ``t2 train-router``).
 * ``oracle`` — the expert of the request's known domain; ``none`` — the base model.
 
 The first pass costs one prefill, not a generation: the label is read from the next-token
@@ -28,7 +30,7 @@ from .errors import T2Error
 from .experts import Expert
 from .scoring import continuation_logprobs, last_logits, mean_reference_loglik
 
-STRATEGIES = ("none", "oracle", "prompt", "classifier", "fewshot")
+STRATEGIES = ("none", "oracle", "prompt", "classifier", "probe", "fewshot")
 PAPER_DOMAINS = ("math", "code", "reasoning")
 OTHERS = "others"
 
@@ -85,11 +87,12 @@ class AdaptiveModel:
         mixture: the expert used for every request (``strategy="fewshot"``; see :func:`cem_search`).
         min_label_mass: when the labels' total probability after ``\\boxed{`` is below this, the
             first pass is garbage: the request falls back to the base weights (counted).
+        router: the early-layer probe (``strategy="probe"``; see :class:`~transformer_squared.probe.ProbeRouter`).
     """
 
     def __init__(self, svf, tokenizer, experts: Sequence[Expert], strategy: str = "prompt",
                  classifier: Expert | None = None, mixture: Expert | None = None,
-                 min_label_mass: float = 0.01) -> None:
+                 min_label_mass: float = 0.01, router=None) -> None:
         if strategy not in STRATEGIES:
             raise T2Error(f"unknown adaptation strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
         experts = list(experts)
@@ -110,10 +113,13 @@ class AdaptiveModel:
             if classifier is None:
                 raise T2Error("strategy 'classifier' needs the classification expert (--classifier DIR)")
             classifier.check_compatible(svf, strict=True)
+        if strategy == "probe" and router is None:
+            raise T2Error("strategy 'probe' needs the early-layer router (--router DIR, made by t2 train-router)")
         if strategy == "fewshot" and mixture is None:
             raise T2Error("strategy 'fewshot' needs the mixture found by cem_search (or run t2 eval --adapt fewshot)")
         self.classifier = classifier
         self.mixture = mixture
+        self.router = router
         self.min_label_mass = min_label_mass
         self.stats = {"requests": 0, "fallbacks": 0, "first_pass_seconds": 0.0}
         labels = list(self.experts)
@@ -125,6 +131,8 @@ class AdaptiveModel:
             trained = classifier.meta.get("labels") if classifier is not None else None
             if trained:
                 labels = [lab for lab in trained]
+        elif strategy == "probe":
+            labels = list(router.labels)
         self.labels = labels
         self._label_ids: list[list[int]] | None = None
 
@@ -218,6 +226,14 @@ class AdaptiveModel:
             if domains is None:
                 raise T2Error("strategy 'oracle' needs each request's domain (the task is known)")
             routes = [Route(d or OTHERS, self.experts.get(d or "")) for d in domains]
+        elif self.strategy == "probe":
+            with self.svf.disabled():
+                probs = self.router.probabilities(self.svf.model, self.tokenizer, texts)
+            routes = []
+            for row in probs.tolist():
+                sc = dict(zip(self.labels, row, strict=True))
+                best = max(sc, key=sc.get)
+                routes.append(Route(best, self.experts.get(best), scores=_with_mass(sc)))
         else:
             if self.strategy == "classifier":
                 with self._classifier_weights(texts):

@@ -13,7 +13,7 @@ import sys
 from ..errors import T2Error
 
 # Subcommand modules, in the order `t2 --help` lists them.
-COMMAND_MODULES = ["demo", "info", "smoke", "data", "eval", "compare", "generate", "train", "serve", "export",
+COMMAND_MODULES = ["demo", "info", "smoke", "data", "eval", "compare", "generate", "train", "train-router", "serve", "export",
                    "importer", "transfer"]
 
 
@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:  # a command whose module is not written yet
-            if exc.name == f"{__name__}.{name}":
+            if exc.name == f"{__name__}.{name.replace('-', '_')}":
                 continue
             raise
         module.register(sub)

@@ -36,10 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transfer", action="store_true",
                    help="the expert was trained on another model with the same shapes: pair in layer order")
     a = p.add_argument_group("self-adaptation (two passes)")
-    a.add_argument("--adapt", default=None, choices=["none", "oracle", "prompt", "classifier", "fewshot"],
+    a.add_argument("--adapt", default=None, choices=["none", "oracle", "prompt", "classifier", "probe", "fewshot"],
                    help="route each request with this strategy over --experts")
     a.add_argument("--experts", nargs="+", default=[], metavar="DIR", help="task expert folders")
     a.add_argument("--classifier", default=None, metavar="DIR", help="classification expert (--adapt classifier)")
+    a.add_argument("--router", default=None, metavar="DIR",
+                   help="early-layer probe router (--adapt probe; made by t2 train-router)")
     a.add_argument("--shots", type=int, default=10, help="labelled examples for --adapt fewshot (excluded from scoring)")
     a.add_argument("--cem-population", type=int, default=32)
     a.add_argument("--cem-iterations", type=int, default=10)
@@ -166,6 +168,11 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
     if args.adapt != "none" and not experts and not args.mixture:
         raise T2Error(f"--adapt {args.adapt} needs --experts DIR ...")
     classifier = Expert.load(args.classifier) if args.classifier else None
+    router = None
+    if args.router:
+        from ..probe import ProbeRouter
+
+        router = ProbeRouter.load(args.router)
     model, tokenizer, svf = load_svf(args, progress=not args.no_progress)
     mixture = Expert.load(args.mixture) if args.mixture else None
     search_s = 0.0
@@ -185,11 +192,12 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
             if args.mixture_out:
                 mixture.save(args.mixture_out)
         print(f"fewshot mixture: {mixture.meta.get('mixture')}")
-    adaptive = AdaptiveModel(svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture)
+    adaptive = AdaptiveModel(svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture,
+                             router=router)
     domain = task_domain(task)
 
     def choose(batch):
-        texts = [task.user_content(it) for it in batch]
+        texts = [it.question for it in batch]  # the request alone: what the routers are trained on
         routes = adaptive.route(texts, domains=[domain] * len(batch))
         return [r.expert for r in routes]
 
