@@ -83,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
     t_base = steps.end()
     steps.begin(f"random expert (z = 1 + N(0, {args.scale}²)): the same {len(prompts)} answers")
     gen = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():
-        for p in svf.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * args.scale)
+    svf.load_state({n: z + torch.randn(z.shape, generator=gen) * args.scale for n, z in svf.state().items()})
     expert = svf.to_expert("random", task=None)
     adapted = generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
     t_adapted = steps.end()
