@@ -17,11 +17,11 @@ from typing import Any
 
 from ..errors import T2Error
 from .arc import ARC, ARCChallenge
-from .base import Item, SplitData, Task
+from .base import Item, SplitData, Task, TaskProtocol
 from .classify import Classify
 from .code import MBPP, HumanEval
 from .competition_math import CompetitionMath
-from .generic import GenericTask, TaskProtocol, generic_task
+from .generic import GenericTask, generic_task
 from .gsm8k import GSM8K
 from .multiple_choice import MultipleChoice, is_multiple_choice
 from .olmes import OLMES_TASKS

@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..errors import T2Error
 from ..fileio import write_json, write_text
@@ -74,6 +74,37 @@ class SplitData:
     origin: str
     held_out: bool = False
     overlaps: str | None = None
+
+
+@runtime_checkable
+class TaskProtocol(Protocol):
+    """What training (:func:`transformer_squared.train`) and evaluation need from a task.
+
+    Subclassing :class:`~transformer_squared.tasks.base.Task` gives all of it; a class of your own
+    works too if it has these members:
+
+    * ``name`` (str), ``max_new_tokens`` (int), ``reward_correct`` / ``reward_wrong`` (floats);
+    * ``splits() -> list[str]`` and ``load(split) -> list[Item]`` (a ``train`` split, and ``val``
+      when the best weights are chosen on validation);
+    * ``prompt(item, tokenizer) -> str``: the text generation continues;
+    * ``rewards(items, completions) -> list[float]``: one reward per completion (training);
+    * ``correct_many(items, completions) -> list[bool]`` and ``extract(completion)`` (evaluation).
+
+    Optional: ``split_info(split)`` (provenance for reports), ``source`` (with a ``label``),
+    ``extract_for(item, completion)`` (the answer read with the item's options; else ``extract``).
+    """
+
+    name: str
+    max_new_tokens: int
+    reward_correct: float
+    reward_wrong: float
+
+    def splits(self) -> list[str]: ...
+    def load(self, split: str) -> list[Item]: ...
+    def prompt(self, item: Item, tokenizer: Any = None) -> str: ...
+    def rewards(self, items: Sequence[Item], completions: Sequence[str]) -> list[float]: ...
+    def correct_many(self, items: Sequence[Item], completions: Sequence[str]) -> list[bool]: ...
+    def extract(self, completion: str) -> Any: ...
 
 
 class Task:
