@@ -271,3 +271,16 @@ def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
 
     write_text(tmp_path / "a.txt", "x")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~_UMASK
+
+
+def test_model_name_is_read_in_one_place():
+    from transformer_squared.models import model_name
+
+    model = tiny_model("llama")
+    model.config._name_or_path = ""
+    assert model_name(model) == "" and model_name(model, "fallback") == "fallback"
+    model.config._name_or_path = "some/folder"
+    assert model_name(model, "fallback") == "some/folder"
+    model.t2_model_name = "loaded-name"  # what load_model sets: it wins
+    assert model_name(model, "fallback") == "loaded-name"
+    assert Expert.from_svf(SVFModel(model), name="x").meta["base_model"] == "loaded-name"

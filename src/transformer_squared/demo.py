@@ -29,6 +29,7 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
     from .evaluation import evaluate
     from .experts import Expert
     from .models import load_model
+    from .models import model_name as name_of
     from .svf import SVFModel
     from .tasks import get_task
     from .tasks.sources import rank
@@ -44,7 +45,7 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
     model, tok = load_model(model_name, progress=True)
     svf = SVFModel(model, targets=task_experts[0].meta.get("targets", "mlp"),
                    parameterization=task_experts[0].parameterization)
-    print_fn(f"loaded {getattr(model, 't2_model_name', model_name)} and {len(task_experts)} experts "
+    print_fn(f"loaded {name_of(model, model_name)} and {len(task_experts)} experts "
              f"({', '.join(e.name for e in task_experts)}{', classifier' if classifier else ''}) "
              f"in {time.perf_counter() - t0:.1f}s; each expert is {task_experts[0].num_parameters():,} numbers")
     items, owner = [], {}

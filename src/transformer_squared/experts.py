@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import T2Error
 from .fileio import atomic_path, write_json
+from .models import model_name
 from .svf import Parameterization
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,10 +73,9 @@ class Expert:
     @classmethod
     def from_svf(cls, svf: SVFModel, name: str = "expert", **meta: Any) -> Expert:
         """Snapshot the current z of an :class:`SVFModel`."""
-        model_name = getattr(getattr(svf.model, "config", None), "_name_or_path", "") or ""
         info = {
             "name": name,
-            "base_model": getattr(svf.model, "t2_model_name", None) or model_name,
+            "base_model": model_name(svf.model),
             "fingerprint": svf.fingerprint,
             "matrix_fingerprints": dict(svf.matrix_fingerprints),
             "targets": svf.target_spec,
@@ -112,15 +112,15 @@ class Expert:
                               f"{len(layers)} target matrices")
             pairs = list(zip(layers, mine, strict=True))
         fps = self.meta.get("matrix_fingerprints") or {}
-        for model_name, expert_name in pairs:
-            want = layers[model_name].rank
+        for layer_name, expert_name in pairs:
+            want = layers[layer_name].rank
             got = self.z[expert_name].numel()
             if want != got:
-                raise T2Error(f"expert {self.name!r}: matrix {model_name!r} has rank {want} but the "
+                raise T2Error(f"expert {self.name!r}: matrix {layer_name!r} has rank {want} but the "
                               f"expert's vector has length {got}; it is for another model")
-            if strict and fps and expert_name in fps and fps[expert_name] != svf.matrix_fingerprints[model_name]:
+            if strict and fps and expert_name in fps and fps[expert_name] != svf.matrix_fingerprints[layer_name]:
                 raise T2Error(
-                    f"expert {self.name!r} was trained on other weights: matrix {model_name!r} differs "
+                    f"expert {self.name!r} was trained on other weights: matrix {layer_name!r} differs "
                     f"(expert base model: {self.meta.get('base_model')!r}); to use it anyway, re-key it "
                     "with `t2 transfer` (Expert.transfer) or pass --transfer (strict=False)"
                 )
@@ -129,7 +129,7 @@ class Expert:
             if mine_p.kind != svf.parameterization.kind or mine_p.max_mult != svf.parameterization.max_mult:
                 raise T2Error(f"expert {self.name!r} uses the {mine_p.kind!r} parameterization but the "
                               f"model is wrapped with {svf.parameterization.kind!r}")
-        return {model_name: self.z[expert_name] for model_name, expert_name in pairs}
+        return {layer_name: self.z[expert_name] for layer_name, expert_name in pairs}
 
     def transfer(self, svf: SVFModel, name: str | None = None) -> Expert:
         """This expert re-keyed for another model whose target matrices have the same shapes.
@@ -144,10 +144,9 @@ class Expert:
             raise T2Error(f"expert {self.name!r} uses the {self.parameterization.kind!r} parameterization "
                           f"but the model is wrapped with {svf.parameterization.kind!r}")
         meta = {k: v for k, v in self.meta.items() if k not in ("matrix_fingerprints", "fingerprint")}
-        model_name = getattr(getattr(svf.model, "config", None), "_name_or_path", "") or ""
         meta.update(
             name=name or self.name,
-            base_model=getattr(svf.model, "t2_model_name", None) or model_name,
+            base_model=model_name(svf.model),
             fingerprint=svf.fingerprint,
             matrix_fingerprints=dict(svf.matrix_fingerprints),
             transferred_from={"base_model": self.meta.get("base_model"),

@@ -67,11 +67,11 @@ def base_model_id(svf, expert: Expert) -> str | None:
 
 
 def _export_info(svf, expert: Expert, kind: str) -> dict:
-    from .models import DEFAULT_MODEL_NAME
+    from .models import DEFAULT_MODEL_NAME, model_name
 
     info = {"kind": kind, "expert": expert.name, "base_model": expert.meta.get("base_model"),
             "base_model_name_or_path": base_model_id(svf, expert), "mixture": expert.meta.get("mixture")}
-    bundled = DEFAULT_MODEL_NAME in (expert.meta.get("base_model"), getattr(svf.model, "t2_model_name", None))
+    bundled = DEFAULT_MODEL_NAME in (expert.meta.get("base_model"), model_name(svf.model, None))
     if bundled and kind == "merged":
         info["base_weights"] = ("the bundled Q4_1 GGUF of SmolLM2-135M-Instruct, dequantised, with the expert merged "
                                 "in: exact for the expert, and not the Hub model's weights")

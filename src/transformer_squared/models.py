@@ -172,6 +172,13 @@ def load_model(
     return model, tokenizer
 
 
+def model_name(model, fallback: str | None = "") -> str | None:
+    """The name a loaded model goes by: the one :func:`load_model` gave it (``t2_model_name``), else its
+    config's ``_name_or_path``, else ``fallback``. Experts, reports and the server's model id use it."""
+    return (getattr(model, "t2_model_name", None)
+            or getattr(getattr(model, "config", None), "_name_or_path", None) or fallback)
+
+
 def prepare_tokenizer(tokenizer):
     """Left padding and a pad token, as batched generation needs."""
     tokenizer.padding_side = "left"

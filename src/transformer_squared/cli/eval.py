@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
     from ..experts import Expert
     from ..fileio import write_json
+    from ..models import model_name
     from ..tasks import get_task
 
     if args.limit is not None and args.limit < 1:
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress)
     answered = sum(r.get("extracted", r.get("pred")) is not None for r in rows)
     report = summary.to_dict()
-    report.update(model=getattr(model, "t2_model_name", args.model), expert=expert.name if expert else None,
+    report.update(model=model_name(model, args.model), expert=expert.name if expert else None,
                   lora=args.lora,
                   source=args.source, limit=args.limit, answered=answered, load_seconds=round(load_s, 2),
                   command="t2 " + " ".join(_argv(args)))
@@ -162,6 +163,7 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
     from ..evaluation import evaluate, evaluate_loglik
     from ..experts import Expert
     from ..fileio import write_json
+    from ..models import model_name
     from .common import load_svf
 
     experts = [Expert.load(d) for d in args.experts]
@@ -220,7 +222,7 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
         routed[key] = routed.get(key, 0) + 1
     first, second = summary.extra["first_pass_seconds"], summary.extra["second_pass_seconds"]
     report = summary.to_dict()
-    report.update(model=getattr(model, "t2_model_name", args.model), adapt=args.adapt,
+    report.update(model=model_name(model, args.model), adapt=args.adapt,
                   experts=[e.name for e in experts], routed=routed, fallbacks=adaptive.stats["fallbacks"],
                   fewshot_search_seconds=round(search_s, 2), shots=[s.id for s in shots],
                   first_pass_fraction=round(first / second, 4) if second else None,

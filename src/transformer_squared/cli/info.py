@@ -34,9 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from ..models import model_name
+
     model, _, svf = load_svf(args)
     print(svf)
-    print(f"model: {getattr(model, 't2_model_name', args.model)}  fingerprint: {svf.fingerprint}")
+    print(f"model: {model_name(model, args.model)}  fingerprint: {svf.fingerprint}")
     print(f"base parameters: {sum(p.numel() for p in model.parameters()):,}")
     print(f"trainable (z): {svf.num_trainable_parameters():,} in {len(svf.layers)} matrices")
     if args.list:

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..fileio import write_json
-    from ..models import load_model
+    from ..models import load_model, model_name
     from ..probe import train_probe_router
     from ..tasks import get_task
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                                          progress=not args.no_progress)
     pred = router.predict(model, tokenizer, [t for t, _ in data["test"]])
     test_acc = sum(p == lab for p, (_, lab) in zip(pred, data["test"], strict=True)) / len(pred)
-    router.meta.update(test_accuracy=test_acc, test_n=len(pred), model=getattr(model, "t2_model_name", args.model),
+    router.meta.update(test_accuracy=test_acc, test_n=len(pred), model=model_name(model, args.model),
                        train_provenance=task.split_info("train")["provenance"], seconds=round(time.perf_counter() - t0, 1))
     router.save(args.out)
     confusion: dict[str, dict[str, int]] = {}

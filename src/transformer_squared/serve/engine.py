@@ -26,6 +26,7 @@ import torch
 from ..errors import T2Error
 from ..experts import Expert
 from ..generation import decode_row, generate, render_prompt
+from ..models import model_name
 from .errors import APIError
 from .jobs import Choice, Decision, Job, JobResult
 from .streaming import generate_events
@@ -37,8 +38,7 @@ SERVE_STRATEGIES = ("prompt", "classifier", "none")
 
 
 def _base_model_id(model) -> str:
-    name = str(getattr(model, "t2_model_name", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
-               or "model")
+    name = str(model_name(model, "model"))
     path = Path(name)
     return path.name if (name.startswith(("/", ".", "~")) or path.exists()) and path.name else name
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import T2Error
 from ..fileio import atomic_path, write_json
-from ..models import ADAPTER_CONFIG, ADAPTER_WEIGHTS, import_peft
+from ..models import ADAPTER_CONFIG, ADAPTER_WEIGHTS, import_peft, model_name
 
 # Beside a LoRA adapter: its name, base model, fingerprint and training summary.
 TRAINING_NAME = "t2_training.json"
@@ -158,8 +158,7 @@ class LoRAPolicy:
             raise T2Error(f"LoRA targets {','.join(targets)} do not fit {type(model).__name__} "
                           f"({str(exc).splitlines()[0]}); pass --lora-targets with its module names") from None
         self.model.eval()
-        self.base_model_name = getattr(model, "t2_model_name", None) or getattr(
-            getattr(model, "config", None), "_name_or_path", "")
+        self.base_model_name = model_name(model)
         self.targets = targets
         self.rank, self.alpha = rank, alpha
         from ..svf import weight_fingerprint

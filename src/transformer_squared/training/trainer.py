@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import T2Error
 from ..fileio import append_jsonl, write_json
+from ..models import model_name
 from . import report, run_dir
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint, set_rng_state
 from .config import AUTO_MICRO_ITEMS, AUTO_MICRO_ROWS, TrainConfig
@@ -128,8 +129,7 @@ class Trainer:
         prepare_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         model.eval()
-        self.model_name = (getattr(model, "t2_model_name", None)
-                           or getattr(getattr(model, "config", None), "_name_or_path", "") or c.model)
+        self.model_name = model_name(model, c.model)
         torch.manual_seed(c.seed)
         random.seed(c.seed)
         self.policy: Policy = make_policy(c, model)
