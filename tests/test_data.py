@@ -114,6 +114,44 @@ def test_partition_helper_is_stable_and_disjoint():
     assert set(c["test"]) != set(a["test"])
 
 
+def test_fewshot_items_are_pinned_and_drawn_from_fewshot_then_val():
+    # the 'fewshot' split when there is one (math, humaneval), else val (gsm8k); the ordered ids are pinned
+    pinned = {("math", 5): "14dd6235f29dc8bb", ("gsm8k", 10): "15b00fde9ed0d708", ("humaneval", 3): "3afc864b7d9628e8"}
+    for (name, n), digest in pinned.items():
+        task = get_task(name)
+        shots = task.fewshot_items(n)
+        pool = {it.id for it in task.load("fewshot" if "fewshot" in task.splits() else "val")}
+        assert len(shots) == n and {it.id for it in shots} <= pool
+        assert hashlib.sha256("\n".join(it.id for it in shots).encode()).hexdigest()[:16] == digest
+        assert shots == task.sample("fewshot" if name != "gsm8k" else "val", n, "t2-fewshot")
+    with pytest.raises(T2Error, match="fewshot asked for 100000 examples but gsm8k/val has only 150"):
+        get_task("gsm8k").fewshot_items(100000)
+    with pytest.raises(T2Error, match="at least 1"):
+        get_task("gsm8k").fewshot_items(0)
+
+
+def test_sample_is_seeded_and_stable():
+    task = get_task("gsm8k")
+    a = task.sample("val", 7, "s1")
+    assert len(a) == 7 and a == task.sample("val", 7, "s1")  # same seed: same items, same order
+    assert a[:3] == task.sample("val", 3, "s1")  # a smaller sample is a prefix
+    assert [it.id for it in a] != [it.id for it in task.sample("val", 7, "s2")]
+    assert len(task.sample("val", 10_000, "s1")) == 150  # asking for more gives the whole split
+    assert sorted(it.id for it in task.sample("val", 10_000, "s1")) == sorted(it.id for it in task.load("val"))
+    with pytest.raises(T2Error, match="no split"):
+        task.sample("nope", 3, "s1")
+
+
+def test_extract_for_defaults_to_extract():
+    task = get_task("gsm8k")
+    item = task.load("val")[0]
+    assert task.extract_for(item, "so the answer is 42") == task.extract("so the answer is 42") == "42"
+    arc = get_task("arc_easy")  # multiple choice reads the item's options
+    it = arc.load("val")[0]
+    text = it.data["choices"][1]
+    assert arc.extract_for(it, f"The answer is {text}") == "B"
+
+
 def test_classify_balanced_from_training_pools():
     task = get_task("classify")
     for split, per_label in (("train", 200), ("val", 50), ("test", 250)):

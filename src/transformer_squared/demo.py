@@ -32,7 +32,6 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
     from .models import model_name as name_of
     from .svf import SVFModel
     from .tasks import get_task
-    from .tasks.sources import rank
 
     t_start = time.perf_counter()
     _say(print_fn, estimate(per_task, len(DEMO_TASKS)))
@@ -51,12 +50,9 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
     items, owner = [], {}
     for name in DEMO_TASKS:
         task = get_task(name)
-        pool = task.load("test")
-        order = rank([it.id for it in pool], "t2-demo")[:per_task]
-        by_id = {it.id: it for it in pool}
-        for i in order:
-            items.append(by_id[i])
-            owner[by_id[i].id] = task
+        for it in task.sample("test", per_task, "t2-demo"):
+            items.append(it)
+            owner[it.id] = task
     strategies = [("base", "none"), ("prompt", "prompt")] + ([("classifier", "classifier")] if classifier else [])
     results: dict[str, dict] = {}
     done_s: list[float] = []

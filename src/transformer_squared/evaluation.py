@@ -67,9 +67,9 @@ class EvalSummary:
 
 
 def _extract(task, item, text: str):
-    """The answer the checker saw (tasks that know the item's options use them)."""
-    fn = getattr(task, "extract_for", None)
-    return fn(item, text) if fn else task.extract(text)
+    """The answer the checker saw: :meth:`Task.extract_for <transformer_squared.tasks.base.Task.extract_for>`
+    (a task of one's own that only meets TaskProtocol may have just ``extract``)."""
+    return task.extract_for(item, text) if hasattr(task, "extract_for") else task.extract(text)
 
 
 def _read_done(path: Path) -> dict[str, dict]:

@@ -138,25 +138,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pick_shots(task, n: int, items: list) -> list:
-    """Labelled few-shot examples: the task's 'fewshot' split, else val, else train."""
-    from ..tasks.sources import rank
-
-    for split in ("fewshot", "val", "train"):
-        if split in task.splits():
-            pool = task.load(split)
-            break
-    else:  # pragma: no cover - every task has one of them
-        raise T2Error(f"task {task.name!r} has no split to draw few-shot examples from")
-    if n < 1:
-        raise T2Error("--shots must be at least 1")
-    if len(pool) < n:
-        raise T2Error(f"fewshot asked for {n} examples but {task.name}/{split} has only {len(pool)}")
-    order = rank([it.id for it in pool], "t2-fewshot")
-    by_id = {it.id: it for it in pool}
-    return [by_id[i] for i in order[:n]]
-
-
 def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
     """Two-pass evaluation: route each item, then answer in mixed-expert batches."""
     from ..adapt import AdaptiveModel, CEMConfig, cem_search, task_domain
@@ -180,7 +161,7 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
     search_s = 0.0
     shots: list = []
     if args.adapt == "fewshot":
-        shots = _pick_shots(task, args.shots, items)
+        shots = task.fewshot_items(args.shots)
         shot_ids = {s.id for s in shots}
         items = [it for it in items if it.id not in shot_ids]
         if mixture is None:

@@ -21,7 +21,7 @@ from ..errors import T2Error
 from ..fileio import write_json, write_text
 from ..generation import render_prompt  # the one prompt format (tasks, adaptation and t2 serve share it)
 from ..paths import cache_dir
-from .sources import Source, Where, fraction_sizes, parse_source, partition, read_user_jsonl
+from .sources import Source, Where, fraction_sizes, parse_source, partition, rank, read_user_jsonl
 
 # Bump when the normalised item format or a partition changes: old caches are rebuilt.
 CACHE_FORMAT = 2  # 2: SciQ options in a seeded order
@@ -32,6 +32,9 @@ SPLIT_ORDER = ("train", "val", "test", "fewshot")
 # Split names a user's JSONL may use in its optional "split" field, with accepted aliases.
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
                  "test": "test", "fewshot": "fewshot"}
+
+# The hash seed of the few-shot examples t2 eval --adapt fewshot draws (Task.fewshot_items).
+FEWSHOT_SEED = "t2-fewshot"
 
 # In-process memo of loaded splits, keyed by (cache folder, split).
 _MEMO: dict[tuple[str, str], list[Item]] = {}
@@ -305,6 +308,34 @@ class Task:
                                        origin, held_out=split == "test")
         return out
 
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, split: str, n: int, seed: str) -> list[Item]:
+        """``n`` items of ``split`` (all of them when it has fewer), picked and ordered by a seeded hash of their ids.
+
+        The pick depends only on ``seed`` and the ids, so it is the same on every run and machine.
+        """
+        pool = self.load(split)
+        by_id = {it.id: it for it in pool}
+        return [by_id[i] for i in rank([it.id for it in pool], str(seed))[:max(0, n)]]
+
+    def fewshot_items(self, n: int) -> list[Item]:
+        """``n`` labelled examples for few-shot adaptation (``t2 eval --adapt fewshot``).
+
+        Drawn by :meth:`sample` (seed :data:`FEWSHOT_SEED`) from the task's ``fewshot`` split, else ``val``,
+        else ``train``. T2Error when ``n`` is below 1 or that split has fewer than ``n`` items.
+        """
+        names = self.splits()
+        split = next((s for s in ("fewshot", "val", "train") if s in names), None)
+        if split is None:  # pragma: no cover - every task has one of them
+            raise T2Error(f"task {self.name!r} has no split to draw few-shot examples from")
+        if n < 1:
+            raise T2Error("--shots must be at least 1")
+        size = len(self.load(split))
+        if size < n:
+            raise T2Error(f"fewshot asked for {n} examples but {self.name}/{split} has only {size}")
+        return self.sample(split, n, FEWSHOT_SEED)
+
     # ------------------------------------------------------------------ prompting
 
     def user_content(self, item: Item) -> str:
@@ -328,6 +359,11 @@ class Task:
     def extract(self, completion: str) -> str | None:
         """The answer a completion gives (``None`` when it gives none; never a guess)."""
         raise NotImplementedError
+
+    def extract_for(self, item: Item, completion: str) -> Any:
+        """The answer the checker reads for ``item`` (what reports show); tasks whose items carry
+        options read them here (multiple choice). By default :meth:`extract`."""
+        return self.extract(completion)
 
     def is_correct(self, item: Item, completion: str) -> bool:
         """Whether the completion's answer matches the item's gold answer."""
