@@ -15,7 +15,8 @@ The protocol is fixed here (``PROTOCOL``), before any run:
   (all 500), SciQ, Winogrande and HellaSwag (2,500 items pooled); none was used for training,
   for choosing hyperparameters or for building a router;
 * the paper's other two tasks, generated (``--max-new-tokens 256``): HumanEval (all 164) and
-  MATH (the first 100 test problems; both sit at the 135M model's floor);
+  MATH (the first 50 test problems); both sit at the 135M model's floor, so they get the base
+  model and each expert only (no mixture, no few-shot search);
 * configurations scored on every item: base, each expert, the uniform mixture (α = ½, ½), and
   for the multiple-choice tasks few-shot CEM mixtures (32 shots with the expected-accuracy
   fitness; the paper's 10 shots), shots drawn from the task's val/train split, never test;
@@ -49,7 +50,7 @@ PROTOCOL = {
     "classifier": "experts/classify",
     "router": "experts/router",
     "mc_tasks": {"arc_challenge": 500, "openbookqa": 500, "sciq": 500, "winogrande": 500, "hellaswag": 500},
-    "gen_tasks": {"humaneval": None, "math": 100},
+    "gen_tasks": {"humaneval": None, "math": 50},
     "split": "test",
     "channel": "cloze",
     "norm": "token",
@@ -104,8 +105,8 @@ def stage_configs(log: Path, tasks: list[str]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         runs: list[tuple[str, list[str]]] = [("base", [])]
         runs += [(name, ["--expert", d]) for name, d in experts.items()]
-        runs += [("uniform", ["--expert", str(uniform_mixture())])]
         if task in PROTOCOL["mc_tasks"]:
+            runs += [("uniform", ["--expert", str(uniform_mixture())])]
             for name, f in PROTOCOL["fewshot"].items():
                 runs.append((name, ["--adapt", "fewshot", "--experts", *experts.values(), "--shots", str(f["shots"]),
                                     "--cem-population", str(f["population"]), "--cem-iterations",
