@@ -145,16 +145,11 @@ def mc_base_table(missing: list[str]) -> list[str]:
 
 def adaptation_table(missing: list[str]) -> list[str]:
     data = _load(RESULTS / "adaptation_table.json")
-    if data is None:
-        missing.append("adaptation_table.json (python bench/adaptation_table.py ...)")
+    md = RESULTS / "adaptation_table.md"
+    if data is None or "tasks" not in data or not md.is_file():
+        missing.append("adaptation_table.json (python bench/adaptation_table.py)")
         return []
-    rows = []
-    for r in data["rows"]:
-        ratio = r["first_pass_s"] / r["second_pass_s"] if r["second_pass_s"] else 0.0
-        rows.append([r["task"], r["config"], _pct(r["accuracy"]), _ci(r["ci95"]), r["n"], f"{r['first_pass_s']:.1f}",
-                     f"{r['second_pass_s']:.1f}", f"{100 * ratio:.0f}%" if r["first_pass_s"] else "—"])
-    return [f"Command: `{data['command']}`", ""] + _table(
-        ["task", "strategy", "accuracy", "95% CI", "n", "first pass s", "second pass s", "first/second"], rows)
+    return md.read_text().splitlines()
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -414,21 +409,13 @@ def headlines() -> list[str]:
                 parts = ", ".join(f"{CELL_LABELS.get(c, c)} {_pct(r['accuracy'])}" for c, r in rs.items())
                 lines.append(f"- {task} held-out ({rs['base']['n']} items): {parts}.")
     a = _load(RESULTS / "adaptation_table.json")
-    if a:
-        for task in dict.fromkeys(r["task"] for r in a["rows"]):
-            rs = {r["config"]: r for r in a["rows"] if r["task"] == task}
-            if "base" in rs:
-                top = max(r["accuracy"] for r in rs.values())
-                base = rs["base"]
-                old = " (earlier adaptation table: previous experts, unpaired)"
-                if top <= base["accuracy"]:
-                    lines.append(f"- Unseen {task} ({base['n']} items){old}: base {_pct(base['accuracy'])}; "
-                                 "no strategy or expert above it.")
-                    continue
-                best = [c for c, r in rs.items() if r["accuracy"] == top]
-                names = [c.replace("expert:", "") + " expert" if c.startswith("expert:") else c for c in best]
-                lines.append(f"- Unseen {task} ({base['n']} items){old}: base {_pct(base['accuracy'])} "
-                             f"{_ci(base['ci95'])}; best {_pct(top)} {_ci(rs[best[0]]['ci95'])} ({', '.join(names)}).")
+    if a and a.get("pooled"):
+        for name in ("classifier", "probe", "prompt", "fewshot32"):
+            c = a["pooled"].get(name)
+            if c:
+                lines.append(f"- Self-adaptation, {name}, pooled over the unseen multiple-choice tasks ({c['n']} items): "
+                             f"{_pct(c['accuracy_a'])} → {_pct(c['accuracy_b'])} ({100 * c['difference']:+.1f} points, "
+                             f"exact McNemar p = {c['p_value']:.2g}).")
     for name in ("gpu/train_step.json", "train_step.json"):
         t = _load(RESULTS / name)
         if t:
@@ -512,44 +499,29 @@ def claims() -> list[tuple[str, str, str]]:
         out.append(("SVF-RL beats LoRA on the training tasks with about a tenth of the parameters", verdict,
                     f"Parameters: SVF {ratio} of LoRA's. " + ("; ".join(parts) + "." if parts else "(RL cells not run yet)")))
     a = _load(RESULTS / "adaptation_table.json")
-    if a:
-        helped, fewshot_top, fractions, cheap = [], [], [], []
-        for task in dict.fromkeys(r["task"] for r in a["rows"]):
-            rs = {r["config"]: r for r in a["rows"] if r["task"] == task}
-            base = rs.get("base")
-            adaptive = {c: r for c, r in rs.items() if c in ("prompt", "classifier", "fewshot")}
-            if base and adaptive:
-                best_c = max(adaptive, key=lambda c: adaptive[c]["accuracy"])
-                helped.append(f"{task}: best {best_c} {_pct(adaptive[best_c]['accuracy'])}, base "
-                              f"{_pct(base['accuracy'])} ({base['n']} items)")
-                top = max(r["accuracy"] for r in adaptive.values())
-                if "fewshot" not in adaptive:
-                    fewshot_top.append(f"{task}: not run")
-                elif top == 0:
-                    fewshot_top.append(f"{task}: every strategy 0%")
-                else:
-                    fewshot_top.append(f"{task}: {'yes' if adaptive['fewshot']['accuracy'] == top else 'no'} "
-                                       f"(fewshot {_pct(adaptive['fewshot']['accuracy'])}, best {_pct(top)})")
-            ratios = [r["first_pass_s"] / r["second_pass_s"] for c, r in rs.items()
-                      if c in ("prompt", "classifier") and r["second_pass_s"]]
-            if ratios:
-                fractions.append(f"{task} {min(ratios):.0%}–{max(ratios):.0%}")
-                cheap.append((task, max(ratios) < 1))
-        out.append(("Self-adaptation helps on unseen tasks", "no paired verdict yet",
-                    "The adaptation run kept no per-item results, so no paired test can be made; its accuracies "
-                    "(no strategy separates from base even by unpaired intervals) are: " + "; ".join(helped) + "."))
-        scored = [f for f in fewshot_top if ": yes" in f or ": no" in f]
-        n_top = sum(1 for f in scored if ": yes" in f)
-        out.append(("Few-shot CEM adaptation is the strongest strategy",
-                    f"top or tied on {n_top} of the {len(scored)} tasks where any strategy scored",
-                    "; ".join(fewshot_top) + "."))
-        if fractions:
-            yes = [t for t, ok in cheap if ok]
-            no = [t for t, ok in cheap if not ok]
-            verdict = (f"yes on {', '.join(yes)}" if yes else "no") + (f"; not on {', '.join(no)}" if no and yes else "")
-            out.append(("The first pass is cheap relative to the second", verdict,
-                        "First pass as a fraction of the second (prompt and classifier): " + ", ".join(fractions)
-                        + ". Cheap where answers are long, not where the second pass is itself one short answer."))
+    if a and a.get("pooled"):
+        free = {n: a["pooled"][n] for n in ("prompt", "classifier", "probe") if n in a["pooled"]}
+        wins = [n for n, c in free.items() if c["p_value"] < 0.05 and c["difference"] > 0]
+        out.append(("Self-adaptation helps on unseen tasks", ("yes: " + ", ".join(wins)) if wins else "not shown",
+                    "Pooled over the unseen multiple-choice tasks, against base: " + "; ".join(
+                        f"{n} {100 * c['difference']:+.1f} points (p = {c['p_value']:.2g})" for n, c in free.items())
+                    + "."))
+        fs = a.get("fewshot_vs_best_expert", {})
+        if fs:
+            c = fs.get("fewshot32") or next(iter(fs.values()))
+            verdict = ("yes" if c["difference"] > 0 and c["p_value"] < 0.05 else
+                       "no" if c["difference"] < 0 and c["p_value"] < 0.05 else "no difference shown")
+            out.append(("Few-shot CEM adaptation is the strongest strategy", verdict,
+                        "; ".join(f"{k} against the best single expert ({v['best_expert']}), pooled: "
+                                  f"{100 * v['difference']:+.1f} points (p = {v['p_value']:.2g})" for k, v in fs.items())
+                        + "."))
+        fps = [e["first_pass"] for t, e in a["tasks"].items() if "first_pass" in e]
+        if fps:
+            mean = {k: sum(f[f"{k}_fraction"] for f in fps) / len(fps) for k in ("prompt", "classifier", "probe")}
+            out.append(("The first pass is cheap relative to the second",
+                        "yes with the early-layer probe" if mean["probe"] <= 0.3 else "no",
+                        "Mean first-pass / second-pass time over the tasks: " +
+                        ", ".join(f"{k} {v:.0%}" for k, v in mean.items()) + "."))
     return out
 
 
@@ -604,8 +576,8 @@ def main() -> None:
     text += ["## The shipped experts on their own tasks (longer runs, held-out test parts)", ""]
     text += trained + ["", "![held-out accuracy, base vs expert](results/quality.png)", ""] if trained else []
     text += ["## Self-adaptation on unseen tasks", "",
-             "Measured with the previous experts (the earlier sampled-RL `experts/reasoning`) and the earlier "
-             "mixing formula, without per-item results; to be redone (docs/adaptation.md).", ""]
+             "Every strategy against the base model on the same items (`python bench/adaptation_table.py`; the "
+             "protocol is in its docstring and docs/adaptation.md).", ""]
     text += (adapt or ["(not run yet)"]) + [""]
     if (RESULTS / "adaptation_table.png").is_file():
         text += ["![adaptation table](results/adaptation_table.png)", ""]
