@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench install-check clean
+.PHONY: setup demo test test-fast lint fmt fmt-check bench install-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,15 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
+
+# The formatter (ruff format, configured in pyproject.toml): `make fmt` rewrites, `make fmt-check` (CI) only checks.
+FMT_PATHS := src tests bench examples
+
+fmt: setup
+	$(VENV)/bin/ruff format $(FMT_PATHS)
+
+fmt-check: setup
+	$(VENV)/bin/ruff format --check $(FMT_PATHS)
 
 bench: setup
 	$(PY) bench/svf_core.py
