@@ -55,8 +55,10 @@ PROTOCOL = {
     "channel": "cloze",
     "norm": "token",
     "max_new_tokens": 256,
-    "fewshot": {"fewshot32": {"shots": 32, "population": 8, "iterations": 3},
-                "fewshot10": {"shots": 10, "population": 8, "iterations": 3}},
+    "fewshot": {
+        "fewshot32": {"shots": 32, "population": 8, "iterations": 3},
+        "fewshot10": {"shots": 10, "population": 8, "iterations": 3},
+    },
     "timing_items": 64,
 }
 UNSEEN_MC = list(PROTOCOL["mc_tasks"])
@@ -66,8 +68,13 @@ def t2(*args: str, log: Path) -> None:
     with open(log, "a") as fh:
         fh.write("$ t2 " + " ".join(args) + "\n")
         fh.flush()
-        subprocess.run([sys.executable, "-m", "transformer_squared.cli", *args], check=True, cwd=ROOT,
-                       stdout=fh, stderr=subprocess.STDOUT)
+        subprocess.run(
+            [sys.executable, "-m", "transformer_squared.cli", *args],
+            check=True,
+            cwd=ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def task_args(task: str) -> list[str]:
@@ -108,9 +115,25 @@ def stage_configs(log: Path, tasks: list[str]) -> None:
         if task in PROTOCOL["mc_tasks"]:
             runs += [("uniform", ["--expert", str(uniform_mixture())])]
             for name, f in PROTOCOL["fewshot"].items():
-                runs.append((name, ["--adapt", "fewshot", "--experts", *experts.values(), "--shots", str(f["shots"]),
-                                    "--cem-population", str(f["population"]), "--cem-iterations",
-                                    str(f["iterations"]), "--mixture-out", str(OUT / "mixtures" / f"{task}-{name}")]))
+                runs.append(
+                    (
+                        name,
+                        [
+                            "--adapt",
+                            "fewshot",
+                            "--experts",
+                            *experts.values(),
+                            "--shots",
+                            str(f["shots"]),
+                            "--cem-population",
+                            str(f["population"]),
+                            "--cem-iterations",
+                            str(f["iterations"]),
+                            "--mixture-out",
+                            str(OUT / "mixtures" / f"{task}-{name}"),
+                        ],
+                    )
+                )
         for name, extra in runs:
             out = folder / f"{name}.json"
             if out.is_file():
@@ -150,8 +173,9 @@ def stage_routes(tasks: list[str]) -> None:
     experts = [t2x.Expert.load(ROOT / d) for d in PROTOCOL["experts"]]
     strategies = {
         "prompt": AdaptiveModel(svf, tok, experts, strategy="prompt"),
-        "classifier": AdaptiveModel(svf, tok, experts, strategy="classifier",
-                                    classifier=t2x.Expert.load(ROOT / PROTOCOL["classifier"])),
+        "classifier": AdaptiveModel(
+            svf, tok, experts, strategy="classifier", classifier=t2x.Expert.load(ROOT / PROTOCOL["classifier"])
+        ),
         "probe": AdaptiveModel(svf, tok, experts, strategy="probe", router=ProbeRouter.load(ROOT / PROTOCOL["router"])),
     }
 
@@ -159,7 +183,7 @@ def stage_routes(tasks: list[str]) -> None:
         t = time.perf_counter()
         routes = []
         for s in range(0, len(texts), 16):
-            routes += am.route(texts[s:s + 16])
+            routes += am.route(texts[s : s + 16])
         return routes, time.perf_counter() - t
 
     # routing accuracy on the held-out requests of the training tasks (the classify test split)
@@ -169,8 +193,11 @@ def stage_routes(tasks: list[str]) -> None:
         acc = {}
         for name, am in strategies.items():
             routes, secs = route_all(am, [it.question for it in held])
-            acc[name] = {"accuracy": sum(r.label == it.answer for r, it in zip(routes, held, strict=True)) / len(held),
-                         "n": len(held), "seconds": round(secs, 2)}
+            acc[name] = {
+                "accuracy": sum(r.label == it.answer for r, it in zip(routes, held, strict=True)) / len(held),
+                "n": len(held),
+                "seconds": round(secs, 2),
+            }
             print(f"routing accuracy {name}: {acc[name]['accuracy']:.1%}", flush=True)
         write_json(acc_file, acc)
     for task_name in tasks:
@@ -183,19 +210,26 @@ def stage_routes(tasks: list[str]) -> None:
             if path.is_file():
                 continue
             routes, secs = route_all(am, [it.question for it in items])
-            path.write_text("".join(json.dumps({"id": str(it.id), "label": r.label,
-                                                "expert": None if r.expert is None else r.expert.name}) + "\n"
-                                    for it, r in zip(items, routes, strict=True)))
+            path.write_text(
+                "".join(
+                    json.dumps(
+                        {"id": str(it.id), "label": r.label, "expert": None if r.expert is None else r.expert.name}
+                    )
+                    + "\n"
+                    for it, r in zip(items, routes, strict=True)
+                )
+            )
             print(f"{task_name} {name}: routed {len(items)} in {secs:.0f}s", flush=True)
         if timing_file.is_file():
             continue
-        sample = items[:PROTOCOL["timing_items"] if task_name in PROTOCOL["mc_tasks"] else 16]
+        sample = items[: PROTOCOL["timing_items"] if task_name in PROTOCOL["mc_tasks"] else 16]
         timing = {"items": len(sample)}
         for _round in range(2):  # the first round warms caches up; the second is kept
             t = time.perf_counter()
             if task_name in PROTOCOL["mc_tasks"]:
-                evaluate_loglik(model, tok, task, sample, channel=PROTOCOL["channel"], norm=PROTOCOL["norm"],
-                                progress=False)
+                evaluate_loglik(
+                    model, tok, task, sample, channel=PROTOCOL["channel"], norm=PROTOCOL["norm"], progress=False
+                )
             else:
                 evaluate(model, tok, task, sample, max_new_tokens=PROTOCOL["max_new_tokens"], progress=False)
             timing["second_pass_s"] = round(time.perf_counter() - t, 3)
@@ -294,16 +328,31 @@ def stage_table() -> None:
 def _cell(c: dict) -> str:
     lo, hi = c["ci95"]
     star = "**" if c["p_value"] < 0.05 else ""
-    return (f"{100 * c['accuracy_b']:.1f} ({star}{100 * c['difference']:+.1f}{star} [{100 * lo:+.1f}, {100 * hi:+.1f}], "
-            f"p={c['p_value']:.2g})")
+    return (
+        f"{100 * c['accuracy_b']:.1f} ({star}{100 * c['difference']:+.1f}{star} [{100 * lo:+.1f}, {100 * hi:+.1f}], "
+        f"p={c['p_value']:.2g})"
+    )
 
 
 def render(table: dict) -> str:
-    names = ["base", "reasoning", "commonsense", "uniform", "prompt", "classifier", "probe", "fewshot32", "fewshot10",
-             "oracle"]
-    lines = ["Each cell: accuracy % (difference from base in points [paired 95% CI], exact McNemar p); "
-             "bold: p < 0.05.", "",
-             "| task | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    names = [
+        "base",
+        "reasoning",
+        "commonsense",
+        "uniform",
+        "prompt",
+        "classifier",
+        "probe",
+        "fewshot32",
+        "fewshot10",
+        "oracle",
+    ]
+    lines = [
+        "Each cell: accuracy % (difference from base in points [paired 95% CI], exact McNemar p); bold: p < 0.05.",
+        "",
+        "| task | n | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
     for task_name, e in table["tasks"].items():
         st = e["strategies"]
         cells = []
@@ -322,30 +371,52 @@ def render(table: dict) -> str:
             cells.append("—" if c is None else (f"{100 * c['accuracy_a']:.1f}" if n == "base" else _cell(c)))
         n_pool = next(iter(table["pooled"].values()))["n"]
         lines.append(f"| **pooled, 5 unseen MC tasks** | {n_pool} | " + " | ".join(cells) + " |")
-        lines += ["", "Smallest pooled difference each test could see (80% power, α = 0.05): " +
-                  ", ".join(f"{k} ±{100 * c['detectable']:.1f}" for k, c in table["pooled"].items() if k != "base")]
+        lines += [
+            "",
+            "Smallest pooled difference each test could see (80% power, α = 0.05): "
+            + ", ".join(f"{k} ±{100 * c['detectable']:.1f}" for k, c in table["pooled"].items() if k != "base"),
+        ]
     for fs, c in table.get("fewshot_vs_best_expert", {}).items():
-        lines.append(f"\n{fs} against the best single expert ({c['best_expert']}), pooled: "
-                     f"{100 * c['difference']:+.1f} points [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}], "
-                     f"won {c['won']}, lost {c['lost']}, p = {c['p_value']:.2g}")
+        lines.append(
+            f"\n{fs} against the best single expert ({c['best_expert']}), pooled: "
+            f"{100 * c['difference']:+.1f} points [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}], "
+            f"won {c['won']}, lost {c['lost']}, p = {c['p_value']:.2g}"
+        )
     if "routing_accuracy" in table:
-        lines += ["", "Routing accuracy on held-out requests of the training tasks (classify test split, "
-                  f"{next(iter(table['routing_accuracy'].values()))['n']} requests): " +
-                  ", ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in table["routing_accuracy"].items())]
-    lines += ["", "| task | routed by prompt | routed by classifier | routed by probe | first pass / second pass "
-              "(prompt, classifier, probe) |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Routing accuracy on held-out requests of the training tasks (classify test split, "
+            f"{next(iter(table['routing_accuracy'].values()))['n']} requests): "
+            + ", ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in table["routing_accuracy"].items()),
+        ]
+    lines += [
+        "",
+        "| task | routed by prompt | routed by classifier | routed by probe | first pass / second pass "
+        "(prompt, classifier, probe) |",
+        "|---|---|---|---|---|",
+    ]
     for task_name, e in table["tasks"].items():
         r = e.get("routed", {})
         fp = e.get("first_pass")
-        frac = (f"{100 * fp['prompt_fraction']:.0f}%, {100 * fp['classifier_fraction']:.0f}%, "
-                f"{100 * fp['probe_fraction']:.0f}% ({fp['items']} items)") if fp else "—"
+        frac = (
+            (
+                f"{100 * fp['prompt_fraction']:.0f}%, {100 * fp['classifier_fraction']:.0f}%, "
+                f"{100 * fp['probe_fraction']:.0f}% ({fp['items']} items)"
+            )
+            if fp
+            else "—"
+        )
         fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items())) if d else "—"  # noqa: E731
-        lines.append(f"| {task_name} | {fmt(r.get('prompt'))} | {fmt(r.get('classifier'))} | {fmt(r.get('probe'))} "
-                     f"| {frac} |")
+        lines.append(
+            f"| {task_name} | {fmt(r.get('prompt'))} | {fmt(r.get('classifier'))} | {fmt(r.get('probe'))} | {frac} |"
+        )
     fps = [e["first_pass"] for t, e in table["tasks"].items() if t in UNSEEN_MC and "first_pass" in e]
     if len(fps) == len(UNSEEN_MC):
-        lines.append("| **mean over the unseen MC tasks** | | | | " + ", ".join(
-            f"{100 * sum(f[f'{k}_fraction'] for f in fps) / len(fps):.0f}%" for k in ROUTED) + " |")
+        lines.append(
+            "| **mean over the unseen MC tasks** | | | | "
+            + ", ".join(f"{100 * sum(f[f'{k}_fraction'] for f in fps) / len(fps):.0f}%" for k in ROUTED)
+            + " |"
+        )
     lines += ["", "Command: `python bench/adaptation_table.py` (protocol in its docstring)."]
     return "\n".join(lines) + "\n"
 
@@ -366,8 +437,10 @@ def plot(table: dict, path: Path) -> None:
     for ax, (title, st) in zip(axes[0], panels.items(), strict=True):
         names = [n for n in st if n != "base"]
         d = [100 * st[n]["difference"] for n in names]
-        err = [[100 * (st[n]["difference"] - st[n]["ci95"][0]) for n in names],
-               [100 * (st[n]["ci95"][1] - st[n]["difference"]) for n in names]]
+        err = [
+            [100 * (st[n]["difference"] - st[n]["ci95"][0]) for n in names],
+            [100 * (st[n]["ci95"][1] - st[n]["difference"]) for n in names],
+        ]
         colors = ["#4C72B0" if st[n]["p_value"] < 0.05 else "#AAAAAA" for n in names]
         ax.bar(range(len(names)), d, yerr=err, capsize=2, color=colors)
         ax.axhline(0, color="black", lw=0.8)

@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def accuracy_panels(panels: dict[str, list[tuple[str, float, list[float]]]], path: Path,
-                    ylabel: str = "accuracy %", width: float = 4.2, rotate: bool = True) -> None:
+def accuracy_panels(
+    panels: dict[str, list[tuple[str, float, list[float]]]],
+    path: Path,
+    ylabel: str = "accuracy %",
+    width: float = 4.2,
+    rotate: bool = True,
+) -> None:
     """``panels``: title → [(bar label, accuracy in [0, 1], [ci low, ci high])]; writes a PNG atomically."""
     import matplotlib
 
@@ -20,8 +25,12 @@ def accuracy_panels(panels: dict[str, list[tuple[str, float, list[float]]]], pat
         acc = [100 * a for _, a, _ in bars]
         err = [[100 * (a - ci[0]) for _, a, ci in bars], [100 * (ci[1] - a) for _, a, ci in bars]]
         ax.bar(range(len(bars)), acc, yerr=err, capsize=3, color="#4C72B0")
-        ax.set_xticks(range(len(bars)), [label for label, _, _ in bars],
-                      rotation=45 if rotate else 0, ha="right" if rotate else "center")
+        ax.set_xticks(
+            range(len(bars)),
+            [label for label, _, _ in bars],
+            rotation=45 if rotate else 0,
+            ha="right" if rotate else "center",
+        )
         ax.set_title(title)
         ax.set_ylabel(ylabel)
     fig.tight_layout()

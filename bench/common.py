@@ -8,9 +8,12 @@ import platform
 import torch
 
 QUESTIONS = [
-    "What is 17 times 23?", "Write a Python function that checks whether a number is prime.",
-    "Why does ice float on water?", "A train travels 60 km in 45 minutes. What is its speed in km/h?",
-    "Write a Python function to merge two sorted lists.", "What causes the seasons on Earth?",
+    "What is 17 times 23?",
+    "Write a Python function that checks whether a number is prime.",
+    "Why does ice float on water?",
+    "A train travels 60 km in 45 minutes. What is its speed in km/h?",
+    "Write a Python function to merge two sorted lists.",
+    "What causes the seasons on Earth?",
 ]
 
 
@@ -23,8 +26,12 @@ def device_name(device: str) -> str:
 
 def chat_prompts(tokenizer, n: int) -> list[str]:
     """``n`` chat-formatted prompts cycling through :data:`QUESTIONS`."""
-    return [tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                                          tokenize=False, add_generation_prompt=True) for i in range(n)]
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], tokenize=False, add_generation_prompt=True
+        )
+        for i in range(n)
+    ]
 
 
 def random_experts(svf, k: int, scale: float = 0.02) -> list:

@@ -24,8 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
-MODES = {"cloze": ["--mode", "loglik", "--channel", "cloze"], "letter": ["--mode", "loglik", "--channel", "letter"],
-         "generate": []}
+MODES = {
+    "cloze": ["--mode", "loglik", "--channel", "cloze"],
+    "letter": ["--mode", "loglik", "--channel", "letter"],
+    "generate": [],
+}
 
 
 def t2(*args: str) -> None:
@@ -46,8 +49,13 @@ def main() -> None:
     ap.add_argument("--task", required=True, help="the task it was trained on (its held-out test split)")
     ap.add_argument("--unseen", nargs="*", default=[], help="tasks it was never trained on, scored the same way")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    ap.add_argument("--unseen-modes", nargs="+", default=["cloze"], choices=list(MODES),
-                    help="answer modes for the --unseen tasks (default: cloze)")
+    ap.add_argument(
+        "--unseen-modes",
+        nargs="+",
+        default=["cloze"],
+        choices=list(MODES),
+        help="answer modes for the --unseen tasks (default: cloze)",
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N test items (default: all)")
     ap.add_argument("--generate-limit", type=int, default=None, help="first N test items in generate mode")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -62,8 +70,17 @@ def main() -> None:
     for task in [args.task, *args.unseen]:
         for mode in args.modes if task == args.task else args.unseen_modes:
             limit = args.generate_limit if mode == "generate" and args.generate_limit else args.limit
-            common = ["eval", "--task", task, "--split", "test", *MODES[mode], "--batch-size", str(args.batch_size),
-                      "--no-progress"] + (["--limit", str(limit)] if limit else [])
+            common = [
+                "eval",
+                "--task",
+                task,
+                "--split",
+                "test",
+                *MODES[mode],
+                "--batch-size",
+                str(args.batch_size),
+                "--no-progress",
+            ] + (["--limit", str(limit)] if limit else [])
             reports = {}
             seconds = {}
             for who in ("base", "expert"):
@@ -76,29 +93,49 @@ def main() -> None:
             cmp_path = folder / f"{task}-{mode}-compare.json"
             t2("compare", rel(reports["base"]), rel(reports["expert"]), "--json", rel(cmp_path))
             cmp = json.loads(cmp_path.read_text())
-            row = {"expert": name, "expert_dir": rel(expert), "task": task, "trained_on": task == args.task,
-                   "mode": mode, "n": cmp["n"], "base": cmp["accuracy_a"], "with_expert": cmp["accuracy_b"],
-                   "difference": cmp["difference"], "ci95": cmp["ci95"], "won": cmp["won"], "lost": cmp["lost"],
-                   "p_value": cmp["p_value"], "detectable": cmp["detectable"],
-                   "commands": [f"t2 {' '.join(common)} --out {rel(reports['base'])}",
-                                f"t2 {' '.join(common)} --expert {rel(expert)} --out {rel(reports['expert'])}",
-                                f"t2 compare {rel(reports['base'])} {rel(reports['expert'])}"]}
+            row = {
+                "expert": name,
+                "expert_dir": rel(expert),
+                "task": task,
+                "trained_on": task == args.task,
+                "mode": mode,
+                "n": cmp["n"],
+                "base": cmp["accuracy_a"],
+                "with_expert": cmp["accuracy_b"],
+                "difference": cmp["difference"],
+                "ci95": cmp["ci95"],
+                "won": cmp["won"],
+                "lost": cmp["lost"],
+                "p_value": cmp["p_value"],
+                "detectable": cmp["detectable"],
+                "commands": [
+                    f"t2 {' '.join(common)} --out {rel(reports['base'])}",
+                    f"t2 {' '.join(common)} --expert {rel(expert)} --out {rel(reports['expert'])}",
+                    f"t2 compare {rel(reports['base'])} {rel(reports['expert'])}",
+                ],
+            }
             table = json.loads(out.read_text()) if out.is_file() else {"rows": []}  # another run may have added rows
-            table["rows"] = [r for r in table["rows"]
-                             if (r["expert"], r["task"], r["mode"]) != (name, task, mode)] + [row]
+            table["rows"] = [r for r in table["rows"] if (r["expert"], r["task"], r["mode"]) != (name, task, mode)] + [
+                row
+            ]
             write(out, table)
             print(json.dumps({k: row[k] for k in ("task", "mode", "n", "base", "with_expert", "p_value")}), flush=True)
 
 
 def render(rows: list[dict]) -> str:
-    lines = ["| expert | task (test items) | answer mode | base | with expert | difference [95% CI] | won / lost "
-             "| McNemar p |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| expert | task (test items) | answer mode | base | with expert | difference [95% CI] | won / lost "
+        "| McNemar p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lo, hi = r["ci95"]
         seen = "" if r["trained_on"] else " (never trained on)"
-        lines.append(f"| {r['expert']} | {r['task']}{seen} ({r['n']}) | {r['mode']} | {r['base']:.1%} | "
-                     f"{r['with_expert']:.1%} | {r['difference'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}] | "
-                     f"{r['won']} / {r['lost']} | {r['p_value']:.2g} |")
+        lines.append(
+            f"| {r['expert']} | {r['task']}{seen} ({r['n']}) | {r['mode']} | {r['base']:.1%} | "
+            f"{r['with_expert']:.1%} | {r['difference'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}] | "
+            f"{r['won']} / {r['lost']} | {r['p_value']:.2g} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -52,17 +52,20 @@ def main() -> None:
         t0 = time.perf_counter()
         routes = []
         for s in range(0, len(texts), args.batch):
-            routes += am.route(texts[s:s + args.batch])
+            routes += am.route(texts[s : s + args.batch])
         secs = time.perf_counter() - t0
         picks[name] = [r.label for r in routes]
         rows[name] = {"seconds": round(secs, 2), "ms_per_request": round(1000 * secs / len(texts), 1)}
         print(name, rows[name])
-    prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"])
-                        for p in configs["prompt"]._classify_prompts(texts))
+    prompt_tokens = sum(
+        len(tok(p, add_special_tokens=False)["input_ids"]) for p in configs["prompt"]._classify_prompts(texts)
+    )
     result = {
         "command": f"python bench/first_pass.py --task {args.task} --limit {args.limit} --batch {args.batch}",
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "requests": len(texts), "prompt_tokens": prompt_tokens, "rows": rows,
+        "requests": len(texts),
+        "prompt_tokens": prompt_tokens,
+        "rows": rows,
         "classifier_paths_agree": picks["classifier_factored"] == picks["classifier_merged"],
         "merged_over_factored": round(rows["classifier_merged"]["seconds"] / rows["classifier_factored"]["seconds"], 3),
     }

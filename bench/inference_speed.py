@@ -87,14 +87,23 @@ def main() -> None:
             row[f"{name}_vs_plain"] = round(row[f"{name}_tokens_per_s"] / row["plain_tokens_per_s"], 2)
         rows.append(row)
         print(row, flush=True)
-    extra = "".join(f" --{k} {v}" for k, v in (("model", args.model), ("device", args.device), ("dtype", args.dtype))
-                    if v not in ("default", "cpu", "float32"))
-    result = {"command": f"python bench/inference_speed.py --batches {' '.join(map(str, args.batches))} "
-                         f"--new-tokens {args.new_tokens} --repeats {args.repeats}{extra}",
-              "device": args.device if args.device != "cpu" else f"cpu ({platform.machine()}, "
-                                                                     f"{torch.get_num_threads()} threads)",
-              "device_name": device_name(args.device),
-              "dtype": args.dtype, "flops_per_token": flops_per_token, "torch": torch.__version__, "rows": rows}
+    extra = "".join(
+        f" --{k} {v}"
+        for k, v in (("model", args.model), ("device", args.device), ("dtype", args.dtype))
+        if v not in ("default", "cpu", "float32")
+    )
+    result = {
+        "command": f"python bench/inference_speed.py --batches {' '.join(map(str, args.batches))} "
+        f"--new-tokens {args.new_tokens} --repeats {args.repeats}{extra}",
+        "device": args.device
+        if args.device != "cpu"
+        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "device_name": device_name(args.device),
+        "dtype": args.dtype,
+        "flops_per_token": flops_per_token,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
 

@@ -51,8 +51,13 @@ def gflops(m: int, k: int, n: int, dtype: torch.dtype, device: str, repeats: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--sizes", type=int, nargs="+", default=None,
-                    help="square sizes (default: 256..2048 on CPU, 1024..8192 on CUDA)")
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="square sizes (default: 256..2048 on CPU, 1024..8192 on CUDA)",
+    )
     ap.add_argument("--tokens", type=int, nargs="+", default=[512, 2048], help="rows of the model-shaped products")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -64,9 +69,15 @@ def main() -> None:
     sizes = args.sizes or ([1024, 2048, 4096, 8192] if cuda else [256, 512, 1024, 2048])
     name = device_name(args.device)
     print(f"device: {args.device} ({name})")
-    entry: dict = {"device": args.device, "device_name": name, "torch": torch.__version__,
-                   "command": "python bench/matmul_ceiling.py --device " + args.device, "square": [], "model_shapes": [],
-                   "ceiling_gflops": {}}
+    entry: dict = {
+        "device": args.device,
+        "device_name": name,
+        "torch": torch.__version__,
+        "command": "python bench/matmul_ceiling.py --device " + args.device,
+        "square": [],
+        "model_shapes": [],
+        "ceiling_gflops": {},
+    }
     for dname, dtype in DTYPES.items():
         for n in sizes:
             r = round(gflops(n, n, n, dtype, args.device, args.repeats), 1)

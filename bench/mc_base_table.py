@@ -52,30 +52,71 @@ def main() -> None:
         split = args.split if args.split in task.splits() else "test"
         items = task.load(split)
         n_opts = sum(len(task.choices(it)) for it in items[: args.limit]) / min(len(items), args.limit)
-        row = {"task": name, "split": split, "domain": task.domain, "chance": round(1 / n_opts, 4),
-               "train_items": task.split_info("train")["count"] if "train" in task.splits() else 0}
+        row = {
+            "task": name,
+            "split": split,
+            "domain": task.domain,
+            "chance": round(1 / n_opts, 4),
+            "train_items": task.split_info("train")["count"] if "train" in task.splits() else 0,
+        }
         t0 = time.perf_counter()
-        s, _ = evaluate_loglik(model, tokenizer, task, items[: args.limit], split=split, channel="cloze",
-                               batch_size=args.batch_size, items_jsonl=item_dir / f"{name}_{split}_cloze.jsonl",
-                               desc=f"{name} cloze")
-        row.update(n_cloze=s.n, **{f"cloze_{k}": v for k, v in s.extra["accuracy_by_norm"].items()},
-                   cloze_seconds=round(time.perf_counter() - t0, 1))
+        s, _ = evaluate_loglik(
+            model,
+            tokenizer,
+            task,
+            items[: args.limit],
+            split=split,
+            channel="cloze",
+            batch_size=args.batch_size,
+            items_jsonl=item_dir / f"{name}_{split}_cloze.jsonl",
+            desc=f"{name} cloze",
+        )
+        row.update(
+            n_cloze=s.n,
+            **{f"cloze_{k}": v for k, v in s.extra["accuracy_by_norm"].items()},
+            cloze_seconds=round(time.perf_counter() - t0, 1),
+        )
         t0 = time.perf_counter()
-        s, _ = evaluate_loglik(model, tokenizer, task, items[: args.letter_limit], split=split, channel="letter",
-                               batch_size=args.batch_size, items_jsonl=item_dir / f"{name}_{split}_letter.jsonl",
-                               desc=f"{name} letter")
+        s, _ = evaluate_loglik(
+            model,
+            tokenizer,
+            task,
+            items[: args.letter_limit],
+            split=split,
+            channel="letter",
+            batch_size=args.batch_size,
+            items_jsonl=item_dir / f"{name}_{split}_letter.jsonl",
+            desc=f"{name} letter",
+        )
         row.update(n_letter=s.n, letter=s.accuracy, letter_seconds=round(time.perf_counter() - t0, 1))
         if args.generate:
-            s, _ = evaluate(model, tokenizer, task, items[: args.generate], split=split, batch_size=args.batch_size,
-                            items_jsonl=item_dir / f"{name}_{split}_generate.jsonl", desc=f"{name} generate")
+            s, _ = evaluate(
+                model,
+                tokenizer,
+                task,
+                items[: args.generate],
+                split=split,
+                batch_size=args.batch_size,
+                items_jsonl=item_dir / f"{name}_{split}_generate.jsonl",
+                desc=f"{name} generate",
+            )
             row.update(n_generate=s.n, generate=s.accuracy)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        write_json(out, {"model": args.model, "limit": args.limit, "letter_limit": args.letter_limit,
-                         "command": "python bench/mc_base_table.py " + " ".join(
-                             f"--{k.replace('_', '-')} {v}" for k, v in (("limit", args.limit),
-                                                                        ("letter_limit", args.letter_limit))),
-                         "rows": rows})
+        write_json(
+            out,
+            {
+                "model": args.model,
+                "limit": args.limit,
+                "letter_limit": args.letter_limit,
+                "command": "python bench/mc_base_table.py "
+                + " ".join(
+                    f"--{k.replace('_', '-')} {v}"
+                    for k, v in (("limit", args.limit), ("letter_limit", args.letter_limit))
+                ),
+                "rows": rows,
+            },
+        )
     write_text(out.with_suffix(".md"), render(rows))
 
 
@@ -85,9 +126,15 @@ def render(rows: list[dict]) -> str:
     head += ["generate"] if gen else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f"{r['task']} ({r['split']}, {r['n_cloze']})", r["domain"], f"{r['chance']:.0%}",
-                 f"{r['cloze_token']:.1%}", f"{r['cloze_char']:.1%}", f"{r['cloze_sum']:.1%}",
-                 f"{r['letter']:.1%} ({r['n_letter']})"]
+        cells = [
+            f"{r['task']} ({r['split']}, {r['n_cloze']})",
+            r["domain"],
+            f"{r['chance']:.0%}",
+            f"{r['cloze_token']:.1%}",
+            f"{r['cloze_char']:.1%}",
+            f"{r['cloze_sum']:.1%}",
+            f"{r['letter']:.1%} ({r['n_letter']})",
+        ]
         if gen:
             cells.append(f"{r['generate']:.1%} ({r['n_generate']})" if "generate" in r else "")
         lines.append("| " + " | ".join(cells) + " |")

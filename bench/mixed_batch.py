@@ -55,14 +55,22 @@ def main() -> None:
         svf.reset()
         t_grouped = time.perf_counter() - t
         tokens = sum(x.num_tokens for x in mixed)
-        rows.append({"distinct_experts": k, "mixed_seconds": round(t_mixed, 2), "grouped_seconds": round(t_grouped, 2),
-                     "mixed_tokens_per_s": round(tokens / t_mixed, 1),
-                     "grouped_tokens_per_s": round(grouped_tokens / t_grouped, 1),
-                     "speedup_mixed_over_grouped": round(t_grouped / t_mixed, 2)})
+        rows.append(
+            {
+                "distinct_experts": k,
+                "mixed_seconds": round(t_mixed, 2),
+                "grouped_seconds": round(t_grouped, 2),
+                "mixed_tokens_per_s": round(tokens / t_mixed, 1),
+                "grouped_tokens_per_s": round(grouped_tokens / t_grouped, 1),
+                "speedup_mixed_over_grouped": round(t_grouped / t_mixed, 2),
+            }
+        )
         print(rows[-1])
-    res = {"command": f"python bench/mixed_batch.py --batch {args.batch} --new-tokens {args.new_tokens}",
-           "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-           "rows": rows}
+    res = {
+        "command": f"python bench/mixed_batch.py --batch {args.batch} --new-tokens {args.new_tokens}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "rows": rows,
+    }
     write_json(args.out, res)
     print(json.dumps(res, indent=2))
 

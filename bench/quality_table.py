@@ -33,18 +33,23 @@ RESULTS = ROOT / "docs" / "results"
 # Per task: held-out items, and the options of each objective's run (shared by SVF and LoRA).
 # Sized for 2 CPU cores; pass --scale to multiply the steps on a faster machine.
 PROTOCOL: dict[str, dict] = {
-    "gsm8k": {"limit": 100,
-              "sft": "--steps 20 --batch-size 16 --autocast bf16",
-              "rl": "--steps 4 --batch-size 8 -k 4 --gen-prompts 8 --baseline mean --kl-coef 0.1 "
-                    "--max-new-tokens 256 --autocast bf16"},
-    "mbpp": {"limit": 60,
-             "sft": "--steps 20 --batch-size 16 --autocast bf16",
-             "rl": "--steps 4 --batch-size 8 -k 4 --gen-prompts 8 --baseline mean --kl-coef 0.1 "
-                   "--max-new-tokens 256 --autocast bf16"},
-    "arc_easy": {"limit": 300,
-                 "sft": "--steps 20 --batch-size 16 --autocast bf16",
-                 "rl": "--steps 10 --batch-size 8 -k 4 --gen-prompts 8 --baseline mean --kl-coef 0.1 "
-                       "--max-new-tokens 8"},
+    "gsm8k": {
+        "limit": 100,
+        "sft": "--steps 20 --batch-size 16 --autocast bf16",
+        "rl": "--steps 4 --batch-size 8 -k 4 --gen-prompts 8 --baseline mean --kl-coef 0.1 "
+        "--max-new-tokens 256 --autocast bf16",
+    },
+    "mbpp": {
+        "limit": 60,
+        "sft": "--steps 20 --batch-size 16 --autocast bf16",
+        "rl": "--steps 4 --batch-size 8 -k 4 --gen-prompts 8 --baseline mean --kl-coef 0.1 "
+        "--max-new-tokens 256 --autocast bf16",
+    },
+    "arc_easy": {
+        "limit": 300,
+        "sft": "--steps 20 --batch-size 16 --autocast bf16",
+        "rl": "--steps 10 --batch-size 8 -k 4 --gen-prompts 8 --baseline mean --kl-coef 0.1 --max-new-tokens 8",
+    },
 }
 # Each method's learning rate: SVF the paper's 2e-3; LoRA (r=16, alpha=32 on q_proj/v_proj, the
 # paper's baseline) 5e-4, a usual LoRA rate for a small model. Not tuned for either.
@@ -73,16 +78,44 @@ def train_args(task: str, cell: str, out: Path, device: str, scale: float) -> li
     if scale != 1:
         i = opts.index("--steps")
         opts[i + 1] = str(max(1, round(int(opts[i + 1]) * scale)))
-    args = ["train", "--task", task, "--out", str(out), "--method", method, "--objective", objective,
-            "--lr", LR[method], "--seed", str(SEED), "--eval-every", "0", "--checkpoint-every", "0",
-            "--no-progress", "--overwrite", *opts]
+    args = [
+        "train",
+        "--task",
+        task,
+        "--out",
+        str(out),
+        "--method",
+        method,
+        "--objective",
+        objective,
+        "--lr",
+        LR[method],
+        "--seed",
+        str(SEED),
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--no-progress",
+        "--overwrite",
+        *opts,
+    ]
     if device != "cpu":
         args += ["--device", device]
     return args
 
 
 def eval_args(task: str, cell: str, run: Path | None, report: Path, device: str, limit: int | None) -> list[str]:
-    args = ["eval", "--task", task, "--limit", str(limit or PROTOCOL[task]["limit"]), "--out", str(report), "--no-progress"]
+    args = [
+        "eval",
+        "--task",
+        task,
+        "--limit",
+        str(limit or PROTOCOL[task]["limit"]),
+        "--out",
+        str(report),
+        "--no-progress",
+    ]
     if run is not None:
         args += ["--lora" if cell.startswith("lora") else "--expert", str(run)]
     if device != "cpu":
@@ -123,27 +156,49 @@ def main() -> None:
                     print(f"[{time.strftime('%H:%M:%S')}] train {task} {cell}", flush=True)
                     wall = _t2(*targs, log=log)
                     # the 1-minute load average when the run ended: > 2 on this 2-core machine means it shared the CPU
-                    marker.write_text(json.dumps({"wall_seconds": round(wall, 1), "command": "t2 " + " ".join(targs),
-                                                  "load_average_end": round(os.getloadavg()[0], 2)}))
+                    marker.write_text(
+                        json.dumps(
+                            {
+                                "wall_seconds": round(wall, 1),
+                                "command": "t2 " + " ".join(targs),
+                                "load_average_end": round(os.getloadavg()[0], 2),
+                            }
+                        )
+                    )
                 done = json.loads(marker.read_text())
                 config = json.loads((run / "train_config.json").read_text())
-                row.update(trainable_params=config["trainable_params"], train_seconds=done["wall_seconds"],
-                           train_command=done["command"], train_load_average_end=done.get("load_average_end"),
-                           **training_signal(run / "metrics.jsonl"))
+                row.update(
+                    trainable_params=config["trainable_params"],
+                    train_seconds=done["wall_seconds"],
+                    train_command=done["command"],
+                    train_load_average_end=done.get("load_average_end"),
+                    **training_signal(run / "metrics.jsonl"),
+                )
             report = evals / f"{task}-{cell}{suffix if run is not None else ''}.json"
             eargs = eval_args(task, cell, run, report, args.device, args.limit)
             if not report.is_file():
                 print(f"[{time.strftime('%H:%M:%S')}] eval {task} {cell}", flush=True)
                 row["eval_seconds"] = round(_t2(*eargs, log=log), 1)
             rep = json.loads(report.read_text())
-            row.update(n=rep["n"], correct=rep["correct"], accuracy=rep["accuracy"], ci95=rep["ci95"],
-                       eval_command="t2 " + " ".join(a for a in eargs if a != "--no-progress"),
-                       eval_seconds=row.get("eval_seconds", _previous_eval_seconds(rows.get((task, cell)))))
+            row.update(
+                n=rep["n"],
+                correct=rep["correct"],
+                accuracy=rep["accuracy"],
+                ci95=rep["ci95"],
+                eval_command="t2 " + " ".join(a for a in eargs if a != "--no-progress"),
+                eval_seconds=row.get("eval_seconds", _previous_eval_seconds(rows.get((task, cell)))),
+            )
             rows[(task, cell)] = row
-            data = {"command": " ".join(["python bench/quality_table.py", *sys.argv[1:]]),
-                    "device": args.device, "machine": _machine(args.device), "seed": SEED,
-                    "protocol": {t: PROTOCOL[t] for t in args.tasks}, "lr": LR, "scale": args.scale,
-                    "rows": [rows[k] for k in sorted(rows, key=_order)]}
+            data = {
+                "command": " ".join(["python bench/quality_table.py", *sys.argv[1:]]),
+                "device": args.device,
+                "machine": _machine(args.device),
+                "seed": SEED,
+                "protocol": {t: PROTOCOL[t] for t in args.tasks},
+                "lr": LR,
+                "scale": args.scale,
+                "rows": [rows[k] for k in sorted(rows, key=_order)],
+            }
             write_json(out, data)
     write_outputs(data, out)
 
@@ -157,10 +212,15 @@ def training_signal(metrics: Path) -> dict:
         return {}
     if "nll_per_token" in steps[0]:
         head, tail = steps[:3], steps[-3:]
-        return {"nll_first": round(sum(r["nll_per_token"] for r in head) / len(head), 3),
-                "nll_last": round(sum(r["nll_per_token"] for r in tail) / len(tail), 3)}
-    return {"reward_mean": round(sum(r.get("reward_mean", 0.0) for r in steps) / len(steps), 3),
-            "steps": len(steps), "steps_with_gradient": sum(1 for r in steps if (r.get("grad_norm") or 0) > 0)}
+        return {
+            "nll_first": round(sum(r["nll_per_token"] for r in head) / len(head), 3),
+            "nll_last": round(sum(r["nll_per_token"] for r in tail) / len(tail), 3),
+        }
+    return {
+        "reward_mean": round(sum(r.get("reward_mean", 0.0) for r in steps) / len(steps), 3),
+        "steps": len(steps),
+        "steps_with_gradient": sum(1 for r in steps if (r.get("grad_norm") or 0) > 0),
+    }
 
 
 def _previous_eval_seconds(row: dict | None) -> float | None:
@@ -195,11 +255,16 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def table_lines(data: dict) -> list[str]:
-    lines = ["| task | method | accuracy | 95% CI | n | trainable params | train wall s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | method | accuracy | 95% CI | n | trainable params | train wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in data["rows"]:
-        lines.append(f"| {r['task']} | {r['cell']} | {100 * r['accuracy']:.1f}% | "
-                     f"[{100 * r['ci95'][0]:.1f}%, {100 * r['ci95'][1]:.1f}%] | {r['n']} | "
-                     f"{r['trainable_params']:,} | {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {r['task']} | {r['cell']} | {100 * r['accuracy']:.1f}% | "
+            f"[{100 * r['ci95'][0]:.1f}%, {100 * r['ci95'][1]:.1f}%] | {r['n']} | "
+            f"{r['trainable_params']:,} | {r['train_seconds']:.0f} |"
+        )
     return lines
 
 
@@ -208,8 +273,10 @@ def write_outputs(data: dict, out: Path) -> None:
 
     from transformer_squared.fileio import write_text
 
-    write_text(out.with_suffix(".md"), "\n".join([f"Command: `{data['command']}` ({data['machine']})", "",
-                                                  *table_lines(data)]) + "\n")
+    write_text(
+        out.with_suffix(".md"),
+        "\n".join([f"Command: `{data['command']}` ({data['machine']})", "", *table_lines(data)]) + "\n",
+    )
     panels: dict[str, list] = {}
     for r in data["rows"]:
         panels.setdefault(f"{r['task']} (n={r['n']})", []).append((r["cell"], r["accuracy"], r["ci95"]))

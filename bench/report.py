@@ -64,10 +64,27 @@ def trained_table(missing: list[str]) -> tuple[list[str], list[dict]]:
             params = f"{training.get('trainable_params', 0):,}" if is_exp else "—"
             secs = f"{wall:,.0f} s" if is_exp and wall else "—"
             command = _eval_command(task, options, expert_dir if is_exp else None, f"docs/results/{run}/{f}")
-            rows.append([task, label, f"{_pct(rep['accuracy'])} ({rep['correct']}/{rep['n']})", _ci(rep["ci95"]),
-                         rep["n"], method if is_exp else "—", params, secs, f"`{command}`"])
-            bars.append({"task": task, "label": "base" if not is_exp else Path(expert_dir).name,
-                         "accuracy": rep["accuracy"], "ci95": rep["ci95"]})
+            rows.append(
+                [
+                    task,
+                    label,
+                    f"{_pct(rep['accuracy'])} ({rep['correct']}/{rep['n']})",
+                    _ci(rep["ci95"]),
+                    rep["n"],
+                    method if is_exp else "—",
+                    params,
+                    secs,
+                    f"`{command}`",
+                ]
+            )
+            bars.append(
+                {
+                    "task": task,
+                    "label": "base" if not is_exp else Path(expert_dir).name,
+                    "accuracy": rep["accuracy"],
+                    "ci95": rep["ci95"],
+                }
+            )
     header = ["task", "model", "accuracy", "95% CI", "n", "method", "trainable", "training wall time", "command"]
     return (_table(header, rows) if rows else []), bars
 
@@ -91,23 +108,55 @@ def quality_table(missing: list[str]) -> list[str]:
     if data is None:
         missing.append("quality_table.json (python bench/quality_table.py)")
         return []
-    rows = [[r["task"], CELL_LABELS.get(r["cell"], r["cell"]), f"{_pct(r['accuracy'])} ({r['correct']}/{r['n']})",
-             _ci(r["ci95"]), f"{r['trainable_params']:,}" if r["trainable_params"] else "—",
-             f"{r['train_seconds']:,.0f} s" if r["train_seconds"] else "—",
-             _signal(r), r.get("train_load_average_end") if r.get("train_load_average_end") is not None else "—"]
-            for r in data["rows"]]
-    proto = [f"- {t}: held-out items {p['limit']}; SFT `{p['sft']}`; RL `{p['rl']}`" for t, p in data["protocol"].items()]
-    return ([f"Command: `{data['command']}` ({data['machine']}; seed {data['seed']}; learning rates "
-             f"{', '.join(f'{k} {v}' for k, v in data['lr'].items())}; last weights of each run scored, "
-             f"no validation-based choice). Per-run commands are in `docs/results/quality_table.json`.", "",
-             "Protocol (the same for SVF and LoRA):", ""] + proto + [""]
-            + _table(["task", "method", "accuracy", "95% CI", "trainable", "training wall time", "what training saw",
-                      "load at end"], rows)
-            + ["", "Wall time covers the whole `t2 train` process on a shared 2-core machine; \"load at end\" is the "
-               "1-minute load average when the run finished (above 2, the run shared the CPU and its time is "
-               "inflated; — where it was not recorded). Per-step speed is compared side by side in the speed "
-               "tables below."]
-            + ["", "![SVF vs LoRA on the training tasks](results/quality_table.png)"])
+    rows = [
+        [
+            r["task"],
+            CELL_LABELS.get(r["cell"], r["cell"]),
+            f"{_pct(r['accuracy'])} ({r['correct']}/{r['n']})",
+            _ci(r["ci95"]),
+            f"{r['trainable_params']:,}" if r["trainable_params"] else "—",
+            f"{r['train_seconds']:,.0f} s" if r["train_seconds"] else "—",
+            _signal(r),
+            r.get("train_load_average_end") if r.get("train_load_average_end") is not None else "—",
+        ]
+        for r in data["rows"]
+    ]
+    proto = [
+        f"- {t}: held-out items {p['limit']}; SFT `{p['sft']}`; RL `{p['rl']}`" for t, p in data["protocol"].items()
+    ]
+    return (
+        [
+            f"Command: `{data['command']}` ({data['machine']}; seed {data['seed']}; learning rates "
+            f"{', '.join(f'{k} {v}' for k, v in data['lr'].items())}; last weights of each run scored, "
+            f"no validation-based choice). Per-run commands are in `docs/results/quality_table.json`.",
+            "",
+            "Protocol (the same for SVF and LoRA):",
+            "",
+        ]
+        + proto
+        + [""]
+        + _table(
+            [
+                "task",
+                "method",
+                "accuracy",
+                "95% CI",
+                "trainable",
+                "training wall time",
+                "what training saw",
+                "load at end",
+            ],
+            rows,
+        )
+        + [
+            "",
+            'Wall time covers the whole `t2 train` process on a shared 2-core machine; "load at end" is the '
+            "1-minute load average when the run finished (above 2, the run shared the CPU and its time is "
+            "inflated; — where it was not recorded). Per-step speed is compared side by side in the speed "
+            "tables below.",
+        ]
+        + ["", "![SVF vs LoRA on the training tasks](results/quality_table.png)"]
+    )
 
 
 def expert_table(missing: list[str]) -> list[str]:
@@ -117,18 +166,45 @@ def expert_table(missing: list[str]) -> list[str]:
         missing.append("expert_table.json (python bench/expert_table.py --expert ... --task ...)")
         return []
     rows = _load(path)["rows"]
-    body = [[r["expert"], r["task"] + ("" if r["trained_on"] else " (unseen)"), r["mode"], r["n"], _pct(r["base"]),
-             _pct(r["with_expert"]), f"{100 * r['difference']:+.1f} [{100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}]",
-             f"{r['won']} / {r['lost']}", f"{r['p_value']:.2g}", f"±{_pct(r['detectable'])}"] for r in rows]
-    return (["Each row: `t2 eval` of the base model and of the expert on the same test items, then `t2 compare` "
-             "(commands in `docs/results/expert_table.json`; reports and per-item files in "
-             "`docs/results/experts/`). Modes: `cloze` = `--mode loglik --channel cloze` (option texts scored after "
-             "`Question: ...\\nAnswer:`, per-token normalisation), `letter` = `--mode loglik --channel letter` (the "
-             "option letter as the first answer token after the chat prompt, what generation samples), `generate` = "
-             "greedy generation read by the checker. \"detectable\": the smallest difference this test sees with "
-             "80% power at α = 0.05.", ""]
-            + _table(["expert", "task", "mode", "items", "base", "with expert", "difference, points [95% CI]",
-                      "won / lost", "McNemar p", "detectable"], body))
+    body = [
+        [
+            r["expert"],
+            r["task"] + ("" if r["trained_on"] else " (unseen)"),
+            r["mode"],
+            r["n"],
+            _pct(r["base"]),
+            _pct(r["with_expert"]),
+            f"{100 * r['difference']:+.1f} [{100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}]",
+            f"{r['won']} / {r['lost']}",
+            f"{r['p_value']:.2g}",
+            f"±{_pct(r['detectable'])}",
+        ]
+        for r in rows
+    ]
+    return [
+        "Each row: `t2 eval` of the base model and of the expert on the same test items, then `t2 compare` "
+        "(commands in `docs/results/expert_table.json`; reports and per-item files in "
+        "`docs/results/experts/`). Modes: `cloze` = `--mode loglik --channel cloze` (option texts scored after "
+        "`Question: ...\\nAnswer:`, per-token normalisation), `letter` = `--mode loglik --channel letter` (the "
+        "option letter as the first answer token after the chat prompt, what generation samples), `generate` = "
+        'greedy generation read by the checker. "detectable": the smallest difference this test sees with '
+        "80% power at α = 0.05.",
+        "",
+    ] + _table(
+        [
+            "expert",
+            "task",
+            "mode",
+            "items",
+            "base",
+            "with expert",
+            "difference, points [95% CI]",
+            "won / lost",
+            "McNemar p",
+            "detectable",
+        ],
+        body,
+    )
 
 
 def mc_base_table(missing: list[str]) -> list[str]:
@@ -139,8 +215,11 @@ def mc_base_table(missing: list[str]) -> list[str]:
         return []
     md = (RESULTS / "mc_base_table.md").read_text().splitlines() if (RESULTS / "mc_base_table.md").is_file() else []
     status = f" Status: {data['status']}." if data.get("status") else ""
-    return [f"Base model per multiple-choice task and answer mode, on val (command: `{data['command']}`): the "
-            f"table the training tasks were chosen from.{status}", ""] + md
+    return [
+        f"Base model per multiple-choice task and answer mode, on val (command: `{data['command']}`): the "
+        f"table the training tasks were chosen from.{status}",
+        "",
+    ] + md
 
 
 def adaptation_table(missing: list[str]) -> list[str]:
@@ -154,26 +233,39 @@ def adaptation_table(missing: list[str]) -> list[str]:
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     """A Markdown table."""
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows
+    ]
 
 
 def _svf_core(d: dict) -> list[str]:
     f = d["forward_ratio_vs_plain"]
-    return [f"**SVF on the default model** (`{d['command']}`, {d['machine']}):", ""] + _table(["measure", "value"], [
-        [f"SVD of all {d['matrices']} target matrices", f"{d['svd_all_seconds']:.1f} s"],
-        ["wrapping with the SVD cache", f"{d['wrap_with_cached_svd_seconds']:.2f} s"],
-        ["merging an expert (all matrices)", f"{d['merge_all_seconds']:.2f} s"],
-        ["forward, merged W' vs plain model", f"{f['merged']:.2f}×"],
-        ["forward, factored vs plain model", f"{f['factored']:.2f}×"],
-        ["resident memory with W' cached vs plain", f"{d['rss_after_forward_mib']['ratio']:.2f}×"]])
+    return [f"**SVF on the default model** (`{d['command']}`, {d['machine']}):", ""] + _table(
+        ["measure", "value"],
+        [
+            [f"SVD of all {d['matrices']} target matrices", f"{d['svd_all_seconds']:.1f} s"],
+            ["wrapping with the SVD cache", f"{d['wrap_with_cached_svd_seconds']:.2f} s"],
+            ["merging an expert (all matrices)", f"{d['merge_all_seconds']:.2f} s"],
+            ["forward, merged W' vs plain model", f"{f['merged']:.2f}×"],
+            ["forward, factored vs plain model", f"{f['factored']:.2f}×"],
+            ["resident memory with W' cached vs plain", f"{d['rss_after_forward_mib']['ratio']:.2f}×"],
+        ],
+    )
 
 
 def _mixed_batch(d: dict) -> list[str]:
     return [f"**Mixed-expert batches** (`{d['command']}`, {d['machine']}):", ""] + _table(
         ["distinct experts", "one mixed batch", "one batch per expert", "speed-up"],
-        [[r["distinct_experts"], f"{r['mixed_tokens_per_s']} tokens/s", f"{r['grouped_tokens_per_s']} tokens/s",
-          f"{r['speedup_mixed_over_grouped']:.2f}×"] for r in d["rows"]])
+        [
+            [
+                r["distinct_experts"],
+                f"{r['mixed_tokens_per_s']} tokens/s",
+                f"{r['grouped_tokens_per_s']} tokens/s",
+                f"{r['speedup_mixed_over_grouped']:.2f}×",
+            ]
+            for r in d["rows"]
+        ],
+    )
 
 
 def _ceiling(d: dict, dtype: str) -> float | None:
@@ -195,24 +287,35 @@ def _inference_speed(d: dict) -> list[str]:
     header = ["batch", "plain model", "SVF merged", "SVF factored", "mixed experts (3)"]
     rows = []
     for r in d["rows"]:
-        row = [r["batch"], r["plain_tokens_per_s"]] + [f"{r[f'{k}_tokens_per_s']} ({r[f'{k}_vs_plain']}×)"
-                                                        for k in ("merged", "factored", "mixed")]
+        row = [r["batch"], r["plain_tokens_per_s"]] + [
+            f"{r[f'{k}_tokens_per_s']} ({r[f'{k}_vs_plain']}×)" for k in ("merged", "factored", "mixed")
+        ]
         if fpt:
             row.append(_fraction(r["merged_tokens_per_s"] * fpt / 1e9, ceiling))
         rows.append(row)
     if fpt:
         header.append("merged GFLOP/s (% of matmul ceiling)")
     where = d.get("device_name", d["device"])
-    return [f"**Generation tokens/s** (`{d['command']}`; {where}, {dtype}, torch {d['torch']}):", ""] + _table(
-        header, rows) + ["", "At batch 1 the \"mixed\" row holds one expert, so it takes the merged path and its "
-                         "time includes building W'."]
+    return (
+        [f"**Generation tokens/s** (`{d['command']}`; {where}, {dtype}, torch {d['torch']}):", ""]
+        + _table(header, rows)
+        + [
+            "",
+            'At batch 1 the "mixed" row holds one expert, so it takes the merged path and its '
+            "time includes building W'.",
+        ]
+    )
 
 
 def _first_pass(d: dict) -> list[str]:
-    return [f"**First pass alone** (`{d['command']}`, {d['machine']}; {d['requests']} requests, "
-            f"{d['prompt_tokens']:,} prompt tokens):", ""] + _table(
+    return [
+        f"**First pass alone** (`{d['command']}`, {d['machine']}; {d['requests']} requests, "
+        f"{d['prompt_tokens']:,} prompt tokens):",
+        "",
+    ] + _table(
         ["first pass", "seconds", "ms per request"],
-        [[name, r["seconds"], r["ms_per_request"]] for name, r in d["rows"].items()])
+        [[name, r["seconds"], r["ms_per_request"]] for name, r in d["rows"].items()],
+    )
 
 
 def _train_step(d: dict) -> list[str]:
@@ -224,15 +327,37 @@ def _train_step(d: dict) -> list[str]:
         if fpt and upd and r.get("update_tokens_per_s"):
             dtype = "bfloat16" if r["config"].endswith("bf16") else "float32"
             frac = _fraction(r["update_tokens_per_s"] * fpt / 1e9, _ceiling(d, dtype))
-        rows.append([r["config"], f"{r['trainable_params']:,}", r["step_seconds"], upd if upd is not None else "(in step)",
-                     r.get("update_tokens_per_s", "—"), r.get("tokens_per_s", "—"), frac,
-                     r.get("peak_cuda_mib", r["peak_rss_mib"])])
+        rows.append(
+            [
+                r["config"],
+                f"{r['trainable_params']:,}",
+                r["step_seconds"],
+                upd if upd is not None else "(in step)",
+                r.get("update_tokens_per_s", "—"),
+                r.get("tokens_per_s", "—"),
+                frac,
+                r.get("peak_cuda_mib", r["peak_rss_mib"]),
+            ]
+        )
     mem = "peak CUDA MiB" if any("peak_cuda_mib" in r for r in d["results"]) else "peak RSS MiB"
     where = d.get("device_name") or f"{d['torch_threads']} torch thread(s)"
-    return [f"**One RL step** (`{d['command']}`; {where}; B={d['batch_size']} prompts × K={d['samples_per_prompt']}, "
-            f"{d['max_new_tokens']} new tokens at most; {d['trl']}):", ""] + _table(
-        ["configuration", "trainable", "step s", "update s (median)", "update tokens/s", "generated tokens/s",
-         "update GFLOP/s (% of ceiling)", mem], rows)
+    return [
+        f"**One RL step** (`{d['command']}`; {where}; B={d['batch_size']} prompts × K={d['samples_per_prompt']}, "
+        f"{d['max_new_tokens']} new tokens at most; {d['trl']}):",
+        "",
+    ] + _table(
+        [
+            "configuration",
+            "trainable",
+            "step s",
+            "update s (median)",
+            "update tokens/s",
+            "generated tokens/s",
+            "update GFLOP/s (% of ceiling)",
+            mem,
+        ],
+        rows,
+    )
 
 
 def _matmul(d: dict) -> list[str]:
@@ -240,14 +365,25 @@ def _matmul(d: dict) -> list[str]:
     for e in d["devices"].values():
         sq = {(r["dtype"], r["n"]): r["gflops"] for r in e["square"]}
         sizes = sorted({n for _, n in sq})
-        out += [f"**Matrix-multiply ceiling, {e['device_name']}** (`{e['command']}`):", ""] + _table(
-            ["dtype"] + [f"n={n}" for n in sizes] + ["ceiling GFLOP/s"],
-            [[dt] + [f"{sq.get((dt, n), 0):,.0f}" for n in sizes] + [f"{e['ceiling_gflops'][dt]:,.0f}"]
-             for dt in e["ceiling_gflops"]]) + [""]
+        out += (
+            [f"**Matrix-multiply ceiling, {e['device_name']}** (`{e['command']}`):", ""]
+            + _table(
+                ["dtype"] + [f"n={n}" for n in sizes] + ["ceiling GFLOP/s"],
+                [
+                    [dt] + [f"{sq.get((dt, n), 0):,.0f}" for n in sizes] + [f"{e['ceiling_gflops'][dt]:,.0f}"]
+                    for dt in e["ceiling_gflops"]
+                ],
+            )
+            + [""]
+        )
         shapes = e.get("model_shapes", [])
         if shapes:
-            out += ["Shapes of the default model's MLP (tokens × 576 · 576 × 1536 and back): " + ", ".join(
-                f"{r['dtype']} {r['m']}×{r['k']}·{r['k']}×{r['n']} {r['gflops']:,.0f}" for r in shapes) + " GFLOP/s.", ""]
+            out += [
+                "Shapes of the default model's MLP (tokens × 576 · 576 × 1536 and back): "
+                + ", ".join(f"{r['dtype']} {r['m']}×{r['k']}·{r['k']}×{r['n']} {r['gflops']:,.0f}" for r in shapes)
+                + " GFLOP/s.",
+                "",
+            ]
     return out
 
 
@@ -258,12 +394,23 @@ def _scaling(d: dict) -> list[str]:
         pts = sorted({r[sweep] for r in d["rows"] if r["sweep"] == sweep})
         for method in dict.fromkeys(r["method"] for r in d["rows"]):
             by = {r[sweep]: r for r in d["rows"] if r["sweep"] == sweep and r["method"] == method}
-            rows.append([sweep, method] + [f"{by[p]['step_ms']:.1f} ms / {by[p]['extra_mib']:,.0f} MiB"
-                                           if p in by and by[p]["extra_mib"] is not None else
-                                           f"{by[p]['step_ms']:.1f} ms" if p in by else "—" for p in pts])
-    out = [f"**How an update's cost grows** (`{d['command']}`; {d['device_name']}; {d['layers']}-layer random Llama; "
-           f"fixed point width {mid['width']}, sequence {mid['seq']}, batch {mid['batch']}). Each cell: step time / "
-           "extra memory of training (activations, gradients, optimiser state):", ""]
+            rows.append(
+                [sweep, method]
+                + [
+                    f"{by[p]['step_ms']:.1f} ms / {by[p]['extra_mib']:,.0f} MiB"
+                    if p in by and by[p]["extra_mib"] is not None
+                    else f"{by[p]['step_ms']:.1f} ms"
+                    if p in by
+                    else "—"
+                    for p in pts
+                ]
+            )
+    out = [
+        f"**How an update's cost grows** (`{d['command']}`; {d['device_name']}; {d['layers']}-layer random Llama; "
+        f"fixed point width {mid['width']}, sequence {mid['seq']}, batch {mid['batch']}). Each cell: step time / "
+        "extra memory of training (activations, gradients, optimiser state):",
+        "",
+    ]
     for sweep in ("width", "seq", "batch"):
         pts = sorted({r[sweep] for r in d["rows"] if r["sweep"] == sweep})
         out += _table([f"method \\ {sweep}"] + [str(p) for p in pts], [r[1:] for r in rows if r[0] == sweep]) + [""]
@@ -277,32 +424,53 @@ def _throughput(d: dict) -> list[str]:
     if r is None:
         return []
     tp = r["throughput"]
-    rows = [[name, f"{'shared' if v['share_prompt'] else 'per row'}, {v['autocast']}", v["gen_median"],
-             v["update_median"], v["step_median"], v["completions_per_s"]] for name, v in tp.items() if name != "speedup"]
-    return ([f"### One RL step, before and after prompt sharing (`{d['command']}`)", "",
-             f"{d['batch_size']} prompts × {d['samples_per_prompt']} samples of up to {d['max_new_tokens']} tokens "
-             f"(ARC-Easy, short answers) on {d.get('device_name', d['device'])}; the two layouts alternate in one "
-             f"process, same weights, median of {d['repeats']} rounds after a warm-up round: "
-             f"**{tp['speedup']}×** the completions per second.", ""]
-            + _table(["layout", "prompt encoding, update dtype", "sampling s", "update s", "step s", "completions/s"],
-                     rows))
+    rows = [
+        [
+            name,
+            f"{'shared' if v['share_prompt'] else 'per row'}, {v['autocast']}",
+            v["gen_median"],
+            v["update_median"],
+            v["step_median"],
+            v["completions_per_s"],
+        ]
+        for name, v in tp.items()
+        if name != "speedup"
+    ]
+    return [
+        f"### One RL step, before and after prompt sharing (`{d['command']}`)",
+        "",
+        f"{d['batch_size']} prompts × {d['samples_per_prompt']} samples of up to {d['max_new_tokens']} tokens "
+        f"(ARC-Easy, short answers) on {d.get('device_name', d['device'])}; the two layouts alternate in one "
+        f"process, same weights, median of {d['repeats']} rounds after a warm-up round: "
+        f"**{tp['speedup']}×** the completions per second.",
+        "",
+    ] + _table(["layout", "prompt encoding, update dtype", "sampling s", "update s", "step s", "completions/s"], rows)
 
 
-SPEED = [("matmul_ceiling.json", "python bench/matmul_ceiling.py", _matmul),
-         ("svf_core.json", "python bench/svf_core.py", _svf_core),
-         ("mixed_batch.json", "python bench/mixed_batch.py", _mixed_batch),
-         ("inference_speed.json", "python bench/inference_speed.py", _inference_speed),
-         ("first_pass.json", "python bench/first_pass.py", _first_pass),
-         ("train_step.json", "python bench/train_step.py", _train_step),
-         ("train_step_bf16.json", "python bench/train_step.py --configs svf-merged,svf-merged-bf16,svf-ab ...",
-          _train_step),
-         ("scaling.json", "python bench/scaling.py", _scaling),
-         ("train_step_throughput.json", "python bench/train_step.py --configs svf-throughput --batch-size 4 "
-          "--samples-per-prompt 8 --max-new-tokens 8 --threads 1", _throughput)]
+SPEED = [
+    ("matmul_ceiling.json", "python bench/matmul_ceiling.py", _matmul),
+    ("svf_core.json", "python bench/svf_core.py", _svf_core),
+    ("mixed_batch.json", "python bench/mixed_batch.py", _mixed_batch),
+    ("inference_speed.json", "python bench/inference_speed.py", _inference_speed),
+    ("first_pass.json", "python bench/first_pass.py", _first_pass),
+    ("train_step.json", "python bench/train_step.py", _train_step),
+    ("train_step_bf16.json", "python bench/train_step.py --configs svf-merged,svf-merged-bf16,svf-ab ...", _train_step),
+    ("scaling.json", "python bench/scaling.py", _scaling),
+    (
+        "train_step_throughput.json",
+        "python bench/train_step.py --configs svf-throughput --batch-size 4 "
+        "--samples-per-prompt 8 --max-new-tokens 8 --threads 1",
+        _throughput,
+    ),
+]
 # the same benchmarks on a GPU (sh bench/speed_suite.sh MODEL docs/results/gpu cuda), when one was lent
-GPU = [("gpu/matmul_ceiling.json", _matmul), ("gpu/train_step.json", _train_step),
-       ("gpu/inference_speed.json", _inference_speed), ("gpu/inference_speed_bf16.json", _inference_speed),
-       ("gpu/scaling.json", _scaling)]
+GPU = [
+    ("gpu/matmul_ceiling.json", _matmul),
+    ("gpu/train_step.json", _train_step),
+    ("gpu/inference_speed.json", _inference_speed),
+    ("gpu/inference_speed_bf16.json", _inference_speed),
+    ("gpu/scaling.json", _scaling),
+]
 
 
 def speed_tables(missing: list[str]) -> list[str]:
@@ -348,13 +516,16 @@ def speed_notes(folder: str) -> list[str]:
             svf, lora = by["svf-merged"], by["lora"]
             parts = [f"SVF merged {svf['update_seconds_median'] / lora['update_seconds_median']:.2f}×"]
             if "svf-factored" in by:
-                parts.append(f"SVF factored {by['svf-factored']['update_seconds_median'] / lora['update_seconds_median']:.2f}×")
+                parts.append(
+                    f"SVF factored {by['svf-factored']['update_seconds_median'] / lora['update_seconds_median']:.2f}×"
+                )
             notes.append(
                 f"- RL step update, against LoRA's {lora['update_seconds_median']} s: {', '.join(parts)}. All of them "
                 "back-propagate through every layer; SVF adds the rank-r transform around each MLP matrix "
                 "(factored) or rebuilding W' and its gradient (merged). The update runs "
                 f"{svf['micro_batches']} micro-batches (the trainer's automatic size: 8 completions each, "
-                "whatever the device; `--grad-accum` sets it).")
+                "whatever the device; `--grad-accum` sets it)."
+            )
             if "trl-grpo-lora" in by:
                 trl = by["trl-grpo-lora"]
                 notes.append(
@@ -363,7 +534,8 @@ def speed_notes(folder: str) -> list[str]:
                     f"{t['batch_size'] * t['samples_per_prompt']} completions as one batch (per_device_train_batch_size "
                     f"= B×K), ours {svf['micro_batches']} micro-batches. With GRPOConfig's default gradient checkpointing it held {_peak(trl)} MiB at peak "
                     f"against {_peak(svf)} MiB (SVF merged) and "
-                    f"{_peak(by.get('svf-factored', svf))} MiB (SVF factored).")
+                    f"{_peak(by.get('svf-factored', svf))} MiB (SVF factored)."
+                )
     sc = _load(RESULTS / folder / "scaling.json")
     if sc:
         width = [r for r in sc["rows"] if r["sweep"] == "width"]
@@ -376,14 +548,16 @@ def speed_notes(folder: str) -> list[str]:
                 f"{f['extra_mib'] / full['extra_mib']:.0%} of full fine-tuning's extra memory (LoRA "
                 f"{lo['extra_mib'] / full['extra_mib']:.0%}); the merged path needs "
                 f"{m['extra_mib'] / f['extra_mib']:.2f}× the factored path's memory, for the dense W' and its gradient. "
-                "SVF's extra time is the rank-r transform around each MLP matrix (factored) or rebuilding W' (merged).")
+                "SVF's extra time is the rank-r transform around each MLP matrix (factored) or rebuilding W' (merged)."
+            )
     inf = _load(RESULTS / folder / "inference_speed.json")
     if inf:
         last = inf["rows"][-1]
         notes.append(
             f"- Generation at batch {last['batch']}: merged {last['merged_vs_plain']}× the plain model, factored "
             f"{last['factored_vs_plain']}×, a batch mixing 3 experts {last['mixed_vs_plain']}×; the merged path runs "
-            "the plain model's matmuls on W' (same shapes), the factored path adds two thin matmuls per adapted matrix.")
+            "the plain model's matmuls on W' (same shapes), the factored path adds two thin matmuls per adapted matrix."
+        )
     return notes
 
 
@@ -394,15 +568,19 @@ def headlines() -> list[str]:
     if e:
         for r in e["rows"]:
             where = r["task"] if r["trained_on"] else f"{r['task']} (never trained on)"
-            lines.append(f"- `experts/{r['expert']}` on the {where} test split ({r['n']} items, {r['mode']} answers): "
-                         f"base {_pct(r['base'])} → {_pct(r['with_expert'])} ({100 * r['difference']:+.1f} points, "
-                         f"won {r['won']} / lost {r['lost']}, McNemar p = {r['p_value']:.2g}).")
+            lines.append(
+                f"- `experts/{r['expert']}` on the {where} test split ({r['n']} items, {r['mode']} answers): "
+                f"base {_pct(r['base'])} → {_pct(r['with_expert'])} ({100 * r['difference']:+.1f} points, "
+                f"won {r['won']} / lost {r['lost']}, McNemar p = {r['p_value']:.2g})."
+            )
     q = _load(RESULTS / "quality_table.json")
     if q:
         params = {r["cell"].split("-")[0]: r["trainable_params"] for r in q["rows"] if r["cell"] != "base"}
         if params.get("svf") and params.get("lora"):
-            lines.append(f"- An SVF expert trains {params['svf']:,} numbers; the paper's LoRA baseline (r=16 on q/v) "
-                         f"{params['lora']:,} ({100 * params['svf'] / params['lora']:.1f}% of it).")
+            lines.append(
+                f"- An SVF expert trains {params['svf']:,} numbers; the paper's LoRA baseline (r=16 on q/v) "
+                f"{params['lora']:,} ({100 * params['svf'] / params['lora']:.1f}% of it)."
+            )
         for task in dict.fromkeys(r["task"] for r in q["rows"]):
             rs = {r["cell"]: r for r in q["rows"] if r["task"] == task}
             if "base" in rs and len(rs) > 1:
@@ -413,9 +591,11 @@ def headlines() -> list[str]:
         for name in ("classifier", "probe", "prompt", "fewshot32"):
             c = a["pooled"].get(name)
             if c:
-                lines.append(f"- Self-adaptation, {name}, pooled over the unseen multiple-choice tasks ({c['n']} items): "
-                             f"{_pct(c['accuracy_a'])} → {_pct(c['accuracy_b'])} ({100 * c['difference']:+.1f} points, "
-                             f"exact McNemar p = {c['p_value']:.2g}).")
+                lines.append(
+                    f"- Self-adaptation, {name}, pooled over the unseen multiple-choice tasks ({c['n']} items): "
+                    f"{_pct(c['accuracy_a'])} → {_pct(c['accuracy_b'])} ({100 * c['difference']:+.1f} points, "
+                    f"exact McNemar p = {c['p_value']:.2g})."
+                )
     for name in ("gpu/train_step.json", "train_step.json"):
         t = _load(RESULTS / name)
         if t:
@@ -425,16 +605,20 @@ def headlines() -> list[str]:
                 extra = ""
                 if "trl-grpo-lora" in by:
                     extra = f", TRL GRPOTrainer + LoRA {by['trl-grpo-lora']['step_seconds']} s"
-                lines.append(f"- One RL step ({t['batch_size']}×{t['samples_per_prompt']} completions of up to "
-                             f"{t['max_new_tokens']} tokens) on {where}: SVF {by['svf-merged']['step_seconds']} s, "
-                             f"LoRA in the same loop {by['lora']['step_seconds']} s{extra}.")
+                lines.append(
+                    f"- One RL step ({t['batch_size']}×{t['samples_per_prompt']} completions of up to "
+                    f"{t['max_new_tokens']} tokens) on {where}: SVF {by['svf-merged']['step_seconds']} s, "
+                    f"LoRA in the same loop {by['lora']['step_seconds']} s{extra}."
+                )
     for name in ("gpu/inference_speed.json", "inference_speed.json"):
         i = _load(RESULTS / name)
         if i:
             r = i["rows"][-1]
-            lines.append(f"- Generation at batch {r['batch']} on {i.get('device_name', i['device'])}: SVF merged "
-                         f"{r['merged_vs_plain']}× the plain model's tokens/s, a mixed batch of 3 experts "
-                         f"{r['mixed_vs_plain']}×.")
+            lines.append(
+                f"- Generation at batch {r['batch']} on {i.get('device_name', i['device'])}: SVF merged "
+                f"{r['merged_vs_plain']}× the plain model's tokens/s, a mixed batch of 3 experts "
+                f"{r['mixed_vs_plain']}×."
+            )
     return lines
 
 
@@ -458,9 +642,11 @@ def _verdict(cmp, a_name: str, b_name: str) -> tuple[str, bool]:
         return f"{b_name} = {a_name} {_pct(cmp.accuracy_a)} (won {cmp.won}, lost {cmp.lost})", False
     word = "above" if cmp.difference > 0 else "below"
     sig = cmp.p_value < ALPHA
-    return (f"{b_name} {_pct(cmp.accuracy_b)} {word} {a_name} {_pct(cmp.accuracy_a)} (won {cmp.won}, lost "
-            f"{cmp.lost}, McNemar p = {cmp.p_value:.2g}{'' if sig else '; the test sees ±' + _pct(cmp.detectable)})",
-            sig and cmp.difference > 0)
+    return (
+        f"{b_name} {_pct(cmp.accuracy_b)} {word} {a_name} {_pct(cmp.accuracy_a)} (won {cmp.won}, lost "
+        f"{cmp.lost}, McNemar p = {cmp.p_value:.2g}{'' if sig else '; the test sees ±' + _pct(cmp.detectable)})",
+        sig and cmp.difference > 0,
+    )
 
 
 def claims() -> list[tuple[str, str, str]]:
@@ -470,14 +656,22 @@ def claims() -> list[tuple[str, str, str]]:
     e = _load(RESULTS / "expert_table.json")
     if e:
         own = [r for r in e["rows"] if r["trained_on"]]
-        parts = [f"{r['expert']} on {r['task']} ({r['mode']}, {r['n']} items): {_pct(r['base'])} → "
-                 f"{_pct(r['with_expert'])}, p = {r['p_value']:.2g}" for r in own]
+        parts = [
+            f"{r['expert']} on {r['task']} ({r['mode']}, {r['n']} items): {_pct(r['base'])} → "
+            f"{_pct(r['with_expert'])}, p = {r['p_value']:.2g}"
+            for r in own
+        ]
         by_mode: dict[str, list[bool]] = {}
         for r in own:
             by_mode.setdefault(r["mode"], []).append(r["difference"] > 0 and r["p_value"] < ALPHA)
         verdict = "; ".join(f"{m}: {sum(v)} of {len(v)} experts" for m, v in by_mode.items()) or "not measured yet"
-        out.append(("An RL-trained SVF expert improves its own task (held-out test, paired)", verdict,
-                    "; ".join(parts) + "." if parts else ""))
+        out.append(
+            (
+                "An RL-trained SVF expert improves its own task (held-out test, paired)",
+                verdict,
+                "; ".join(parts) + "." if parts else "",
+            )
+        )
     q = _load(RESULTS / "quality_table.json")
     if q:
         params = {r["cell"].split("-")[0]: r["trainable_params"] for r in q["rows"] if r["cell"] != "base"}
@@ -493,35 +687,67 @@ def claims() -> list[tuple[str, str, str]]:
                 text, won = _verdict(cmp, "LoRA-RL", "SVF-RL")
                 parts.append(f"{task}: {text}")
                 wins += won
-        verdict = ("not measured yet" if not parts else "reproduced" if wins == len(parts)
-                   else "not reproduced at this scale")
+        verdict = (
+            "not measured yet" if not parts else "reproduced" if wins == len(parts) else "not reproduced at this scale"
+        )
         ratio = f"{params['svf'] / params['lora']:.1%}" if params.get("svf") and params.get("lora") else "?"
-        out.append(("SVF-RL beats LoRA on the training tasks with about a tenth of the parameters", verdict,
-                    f"Parameters: SVF {ratio} of LoRA's. " + ("; ".join(parts) + "." if parts else "(RL cells not run yet)")))
+        out.append(
+            (
+                "SVF-RL beats LoRA on the training tasks with about a tenth of the parameters",
+                verdict,
+                f"Parameters: SVF {ratio} of LoRA's. "
+                + ("; ".join(parts) + "." if parts else "(RL cells not run yet)"),
+            )
+        )
     a = _load(RESULTS / "adaptation_table.json")
     if a and a.get("pooled"):
         free = {n: a["pooled"][n] for n in ("prompt", "classifier", "probe") if n in a["pooled"]}
         wins = [n for n, c in free.items() if c["p_value"] < 0.05 and c["difference"] > 0]
-        out.append(("Self-adaptation helps on unseen tasks", ("yes: " + ", ".join(wins)) if wins else "not shown",
-                    "Pooled over the unseen multiple-choice tasks, against base: " + "; ".join(
-                        f"{n} {100 * c['difference']:+.1f} points (p = {c['p_value']:.2g})" for n, c in free.items())
-                    + "."))
+        out.append(
+            (
+                "Self-adaptation helps on unseen tasks",
+                ("yes: " + ", ".join(wins)) if wins else "not shown",
+                "Pooled over the unseen multiple-choice tasks, against base: "
+                + "; ".join(
+                    f"{n} {100 * c['difference']:+.1f} points (p = {c['p_value']:.2g})" for n, c in free.items()
+                )
+                + ".",
+            )
+        )
         fs = a.get("fewshot_vs_best_expert", {})
         if fs:
             c = fs.get("fewshot32") or next(iter(fs.values()))
-            verdict = ("yes" if c["difference"] > 0 and c["p_value"] < 0.05 else
-                       "no" if c["difference"] < 0 and c["p_value"] < 0.05 else "no difference shown")
-            out.append(("Few-shot CEM adaptation is the strongest strategy", verdict,
-                        "; ".join(f"{k} against the best single expert ({v['best_expert']}), pooled: "
-                                  f"{100 * v['difference']:+.1f} points (p = {v['p_value']:.2g})" for k, v in fs.items())
-                        + "."))
+            verdict = (
+                "yes"
+                if c["difference"] > 0 and c["p_value"] < 0.05
+                else "no"
+                if c["difference"] < 0 and c["p_value"] < 0.05
+                else "no difference shown"
+            )
+            out.append(
+                (
+                    "Few-shot CEM adaptation is the strongest strategy",
+                    verdict,
+                    "; ".join(
+                        f"{k} against the best single expert ({v['best_expert']}), pooled: "
+                        f"{100 * v['difference']:+.1f} points (p = {v['p_value']:.2g})"
+                        for k, v in fs.items()
+                    )
+                    + ".",
+                )
+            )
         fps = [e["first_pass"] for t, e in a["tasks"].items() if "first_pass" in e]
         if fps:
             mean = {k: sum(f[f"{k}_fraction"] for f in fps) / len(fps) for k in ("prompt", "classifier", "probe")}
-            out.append(("The first pass is cheap relative to the second",
-                        "yes with the early-layer probe" if mean["probe"] <= 0.3 else "no",
-                        "Mean first-pass / second-pass time over the tasks: " +
-                        ", ".join(f"{k} {v:.0%}" for k, v in mean.items()) + "."))
+            out.append(
+                (
+                    "The first pass is cheap relative to the second",
+                    "yes with the early-layer probe" if mean["probe"] <= 0.3 else "no",
+                    "Mean first-pass / second-pass time over the tasks: "
+                    + ", ".join(f"{k} {v:.0%}" for k, v in mean.items())
+                    + ".",
+                )
+            )
     return out
 
 
@@ -556,28 +782,49 @@ def main() -> None:
     heads = headlines()
     said = claims()
     if said:
-        heads = heads + ["- The paper's claims at this scale (a difference counts when a paired McNemar test gives p < 0.05): "
-                         + "; ".join(f"{claim}: {verdict}" for claim, verdict, _ in said) + "."]
-    text = ["# Results", "",
-            "Generated by `python bench/report.py` from `docs/results/*.json`; each table names the command that",
-            "regenerates its numbers. Model: SmolLM2-135M-Instruct (the bundled default). Quality numbers come from",
-            "2 CPU cores; GPU speed numbers, where shown, from the GPU named in their table.", ""]
+        heads = heads + [
+            "- The paper's claims at this scale (a difference counts when a paired McNemar test gives p < 0.05): "
+            + "; ".join(f"{claim}: {verdict}" for claim, verdict, _ in said)
+            + "."
+        ]
+    text = [
+        "# Results",
+        "",
+        "Generated by `python bench/report.py` from `docs/results/*.json`; each table names the command that",
+        "regenerates its numbers. Model: SmolLM2-135M-Instruct (the bundled default). Quality numbers come from",
+        "2 CPU cores; GPU speed numbers, where shown, from the GPU named in their table.",
+        "",
+    ]
     if heads:
         text += ["## Headline figures", ""] + heads + [""]
     if said:
-        text += ["## The paper's claims at this scale", "",
-                 "A difference counts only where the paired exact McNemar test on the same items (`t2 compare`) gives",
-                 "p < 0.05; the verdicts below are computed from the per-item results by `bench/report.py`, not",
-                 "written by hand.", ""]
+        text += [
+            "## The paper's claims at this scale",
+            "",
+            "A difference counts only where the paired exact McNemar test on the same items (`t2 compare`) gives",
+            "p < 0.05; the verdicts below are computed from the per-item results by `bench/report.py`, not",
+            "written by hand.",
+            "",
+        ]
         text += [f"- **{claim}**: {verdict}. {detail}" for claim, verdict, detail in said] + [""]
-    text += ["## Shipped experts against the base model (paired, whole test splits)", ""] + (experts or ["(not run yet)"])
+    text += ["## Shipped experts against the base model (paired, whole test splits)", ""] + (
+        experts or ["(not run yet)"]
+    )
     text += [""] + (base_mc or []) + [""]
-    text += ["## SVF vs LoRA, SFT vs RL, on the training tasks (held-out parts)", ""] + (quality or ["(not run yet)"]) + [""]
+    text += (
+        ["## SVF vs LoRA, SFT vs RL, on the training tasks (held-out parts)", ""]
+        + (quality or ["(not run yet)"])
+        + [""]
+    )
     text += ["## The shipped experts on their own tasks (longer runs, held-out test parts)", ""]
     text += trained + ["", "![held-out accuracy, base vs expert](results/quality.png)", ""] if trained else []
-    text += ["## Self-adaptation on unseen tasks", "",
-             "Every strategy against the base model on the same items (`python bench/adaptation_table.py`; the "
-             "protocol is in its docstring and docs/adaptation.md).", ""]
+    text += [
+        "## Self-adaptation on unseen tasks",
+        "",
+        "Every strategy against the base model on the same items (`python bench/adaptation_table.py`; the "
+        "protocol is in its docstring and docs/adaptation.md).",
+        "",
+    ]
     text += (adapt or ["(not run yet)"]) + [""]
     if (RESULTS / "adaptation_table.png").is_file():
         text += ["![adaptation table](results/adaptation_table.png)", ""]
@@ -585,17 +832,24 @@ def main() -> None:
     if (RESULTS / "scaling.png").is_file():
         text += ["![step time and memory against width, sequence length and batch, CPU](results/scaling.png)", ""]
     if gpu:
-        text += ["## Speed and memory on a GPU", "",
-                 "Taken with `sh bench/speed_suite.sh /tmp/smollm2-random docs/results/gpu cuda` on a GPU machine",
-                 "without network, on a random-weight copy of the default model's architecture",
-                 "(`python bench/random_model.py --like default --out /tmp/smollm2-random`): speed does not depend on",
-                 "the weights, and random weights never stop early, so every row generates its full length.",
-                 "Raw output: `results/gpu/speed_suite_log.txt` (first pass of the suite: its RL step hit the",
-                 "per-step time limit, and its generation numbers were timed plain-first and are superseded by the",
-                 "round-robin table below) and `results/gpu/train_step_log.txt` (the RL step table).", ""]
+        text += [
+            "## Speed and memory on a GPU",
+            "",
+            "Taken with `sh bench/speed_suite.sh /tmp/smollm2-random docs/results/gpu cuda` on a GPU machine",
+            "without network, on a random-weight copy of the default model's architecture",
+            "(`python bench/random_model.py --like default --out /tmp/smollm2-random`): speed does not depend on",
+            "the weights, and random weights never stop early, so every row generates its full length.",
+            "Raw output: `results/gpu/speed_suite_log.txt` (first pass of the suite: its RL step hit the",
+            "per-step time limit, and its generation numbers were timed plain-first and are superseded by the",
+            "round-robin table below) and `results/gpu/train_step_log.txt` (the RL step table).",
+            "",
+        ]
         text += speed_notes("gpu") + [""] + gpu
         if (RESULTS / "gpu" / "scaling.png").is_file():
-            text += ["![step time and memory against width, sequence length and batch, GPU](results/gpu/scaling.png)", ""]
+            text += [
+                "![step time and memory against width, sequence length and batch, GPU](results/gpu/scaling.png)",
+                "",
+            ]
     if missing:
         text += ["## Not yet measured", ""] + [f"- {m}" for m in missing] + [""]
     from transformer_squared.fileio import write_text
@@ -604,8 +858,11 @@ def main() -> None:
     if bars:
         plot(bars, RESULTS / "quality.png")
     readme = update_readme(heads)
-    print(f"wrote {args.out}" + ("; README headline block updated" if readme else "")
-          + (f"; missing: {', '.join(missing)}" if missing else ""))
+    print(
+        f"wrote {args.out}"
+        + ("; README headline block updated" if readme else "")
+        + (f"; missing: {', '.join(missing)}" if missing else "")
+    )
 
 
 if __name__ == "__main__":

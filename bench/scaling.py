@@ -39,9 +39,16 @@ def tiny_llama(width: int, layers: int, vocab: int, device: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=width, intermediate_size=(8 * width // 3 + 63) // 64 * 64, num_hidden_layers=layers,
-                      num_attention_heads=max(1, width // 64), num_key_value_heads=max(1, width // 64),
-                      vocab_size=vocab, max_position_embeddings=4096, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        hidden_size=width,
+        intermediate_size=(8 * width // 3 + 63) // 64 * 64,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, width // 64),
+        num_key_value_heads=max(1, width // 64),
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
     with torch.device(device):  # initialise on the device: large widths build in seconds on a GPU
         return LlamaForCausalLM(cfg)
 
@@ -56,8 +63,9 @@ def wrap(model, method: str):
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                                                      lora_dropout=0.0))
+        peft_model = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+        )
         return peft_model, [p for p in peft_model.parameters() if p.requires_grad]
     return model, list(model.parameters())
 
@@ -88,8 +96,9 @@ def measure(width: int, seq: int, batch: int, method: str, args) -> dict:
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         logits = net(input_ids=ids).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                                 ids[:, 1:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)
+        )
         loss.backward()
         opt.step()
 
@@ -112,9 +121,17 @@ def measure(width: int, seq: int, batch: int, method: str, args) -> dict:
     else:
         extra = _rss("VmHWM") - before if before is not None else None
     n_params = sum(p.numel() for p in model.parameters())
-    row = {"width": width, "seq": seq, "batch": batch, "method": method, "step_ms": round(1000 * statistics.median(times), 2),
-           "tokens_per_s": round(batch * seq / statistics.median(times), 1), "extra_mib": None if extra is None else round(extra / 2**20, 1),
-           "trainable": sum(p.numel() for p in params), "model_params": n_params}
+    row = {
+        "width": width,
+        "seq": seq,
+        "batch": batch,
+        "method": method,
+        "step_ms": round(1000 * statistics.median(times), 2),
+        "tokens_per_s": round(batch * seq / statistics.median(times), 1),
+        "extra_mib": None if extra is None else round(extra / 2**20, 1),
+        "trainable": sum(p.numel() for p in params),
+        "model_params": n_params,
+    }
     return row
 
 
@@ -148,8 +165,11 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--in-process", action="store_true", help="on CPU, measure every point in this process (faster, "
-                    "but peak memory is then understated)")
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="on CPU, measure every point in this process (faster, but peak memory is then understated)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "scaling.json"))
     args = ap.parse_args()
@@ -162,16 +182,28 @@ def main() -> None:
     mid_w, mid_s, mid_b = widths[len(widths) // 2], seqs[len(seqs) // 2], batches[len(batches) // 2]
     name = device_name(args.device)
     print(f"device: {args.device} ({name}); middle point width {mid_w}, seq {mid_s}, batch {mid_b}", flush=True)
-    sweeps = {"width": [(w, mid_s, mid_b) for w in widths], "seq": [(mid_w, s, mid_b) for s in seqs],
-              "batch": [(mid_w, mid_s, b) for b in batches]}
+    sweeps = {
+        "width": [(w, mid_s, mid_b) for w in widths],
+        "seq": [(mid_w, s, mid_b) for s in seqs],
+        "batch": [(mid_w, mid_s, b) for b in batches],
+    }
     from transformer_squared.fileio import write_json
 
-    cmd = (f"python bench/scaling.py --device {args.device} --widths {' '.join(map(str, widths))} "
-           f"--seqs {' '.join(map(str, seqs))} --batches {' '.join(map(str, batches))} --layers {args.layers}")
+    cmd = (
+        f"python bench/scaling.py --device {args.device} --widths {' '.join(map(str, widths))} "
+        f"--seqs {' '.join(map(str, seqs))} --batches {' '.join(map(str, batches))} --layers {args.layers}"
+    )
     rows: list[dict] = []
-    data = {"command": cmd, "device": args.device, "device_name": name, "torch": torch.__version__,
-            "layers": args.layers, "vocab": args.vocab, "middle": {"width": mid_w, "seq": mid_s, "batch": mid_b},
-            "rows": rows}
+    data = {
+        "command": cmd,
+        "device": args.device,
+        "device_name": name,
+        "torch": torch.__version__,
+        "layers": args.layers,
+        "vocab": args.vocab,
+        "middle": {"width": mid_w, "seq": mid_s, "batch": mid_b},
+        "rows": rows,
+    }
     out = Path(args.out)
     done: dict[tuple, dict] = {}
     for sweep, points in sweeps.items():

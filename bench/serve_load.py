@@ -34,8 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = ("import sys\nfrom transformer_squared import cli\n"
-          "'serve' in cli.COMMAND_MODULES or cli.COMMAND_MODULES.append('serve')\nsys.exit(cli.main())")
+LAUNCH = (
+    "import sys\nfrom transformer_squared import cli\n"
+    "'serve' in cli.COMMAND_MODULES or cli.COMMAND_MODULES.append('serve')\nsys.exit(cli.main())"
+)
 QUESTIONS = [
     "What is 17 times 23? Answer with the number.",
     "Write a Python function that reverses a string.",
@@ -47,8 +49,9 @@ QUESTIONS = [
 
 
 def _post(url: str, body: dict, timeout: float = 600) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -100,6 +103,7 @@ def make_random_experts(model: str, folder: Path, count: int) -> list[Path]:
 
 def run_phase(base: str, bodies: list[dict], concurrency: int) -> dict:
     """Send ``bodies`` from ``concurrency`` threads; status counts, latency percentiles, throughput."""
+
     def one(body: dict) -> tuple[int, float, int, str | None]:
         t = time.perf_counter()
         code, data = _post(base + "/v1/chat/completions", body)
@@ -121,14 +125,23 @@ def run_phase(base: str, bodies: list[dict], concurrency: int) -> dict:
     for r in ok:
         experts[r[3] or "base"] = experts.get(r[3] or "base", 0) + 1
     return {
-        "requests": len(bodies), "concurrency": concurrency, "statuses": statuses, "answered_by": experts,
-        "wall_s": round(wall, 2), "requests_per_s": round(len(ok) / wall, 2),
+        "requests": len(bodies),
+        "concurrency": concurrency,
+        "statuses": statuses,
+        "answered_by": experts,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(ok) / wall, 2),
         "completion_tokens_per_s": round(sum(r[2] for r in ok) / wall, 1),
-        "latency_s": {"p50": round(_percentile(lat, 0.5), 3), "p95": round(_percentile(lat, 0.95), 3),
-                      "max": round(max(lat), 3) if lat else None,
-                      "mean": round(statistics.fmean(lat), 3) if lat else None},
-        "all_latency_s": {"p50": round(_percentile([r[1] for r in results], 0.5), 3),
-                          "p95": round(_percentile([r[1] for r in results], 0.95), 3)},
+        "latency_s": {
+            "p50": round(_percentile(lat, 0.5), 3),
+            "p95": round(_percentile(lat, 0.95), 3),
+            "max": round(max(lat), 3) if lat else None,
+            "mean": round(statistics.fmean(lat), 3) if lat else None,
+        },
+        "all_latency_s": {
+            "p50": round(_percentile([r[1] for r in results], 0.5), 3),
+            "p95": round(_percentile([r[1] for r in results], 0.95), 3),
+        },
     }
 
 
@@ -156,14 +169,34 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     tmp = Path(tempfile.mkdtemp(prefix="t2-serve-bench-"))
     t0 = time.perf_counter()
-    experts = [Path(e) for e in args.experts] if args.experts is not None else \
-        make_random_experts(args.model, tmp, args.random_experts)
+    experts = (
+        [Path(e) for e in args.experts]
+        if args.experts is not None
+        else make_random_experts(args.model, tmp, args.random_experts)
+    )
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-c", LAUNCH, "serve", "--model", args.model, "--port", str(port), "--no-progress",
-           "--adapt", args.adapt if experts else "none", "--max-batch", str(args.max_batch),
-           "--queue-size", str(args.queue_size), "--max-tokens-limit", str(max(args.max_tokens, 64)),
-           "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-c",
+        LAUNCH,
+        "serve",
+        "--model",
+        args.model,
+        "--port",
+        str(port),
+        "--no-progress",
+        "--adapt",
+        args.adapt if experts else "none",
+        "--max-batch",
+        str(args.max_batch),
+        "--queue-size",
+        str(args.queue_size),
+        "--max-tokens-limit",
+        str(max(args.max_tokens, 64)),
+        "--log-level",
+        "warning",
+    ]
     if experts:
         cmd += ["--experts", *map(str, experts)]
     if args.threads:
@@ -187,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server up in {startup:.1f}s: {health['model']} experts={names} strategy={health['strategy']}")
 
         def body(i: int) -> dict:
-            b = {"model": health["model"], "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                 "max_tokens": args.max_tokens, "temperature": 0}
+            b = {
+                "model": health["model"],
+                "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                "max_tokens": args.max_tokens,
+                "temperature": 0,
+            }
             mode = i % 4
             if mode == 1 and names:
                 b["model"] = names[0]
@@ -225,23 +262,43 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "command": "python bench/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": health["model"], "experts": names, "strategy": health["strategy"],
-        "settings": {k: getattr(args, k) for k in ("requests", "concurrency", "sequential", "burst", "max_tokens",
-                                                    "max_batch", "queue_size", "threads")},
-        "machine": {"cpus": os.cpu_count(), "server_torch_threads": health.get("threads"), "torch": torch.__version__,
-                    "python": platform.python_version(), "device": "cpu",
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "model": health["model"],
+        "experts": names,
+        "strategy": health["strategy"],
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "requests",
+                "concurrency",
+                "sequential",
+                "burst",
+                "max_tokens",
+                "max_batch",
+                "queue_size",
+                "threads",
+            )
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "server_torch_threads": health.get("threads"),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": "cpu",
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
         "startup_s": round(startup, 1),
         "phases": phases,
         "server_stats": final["stats"],
     }
     write_json(args.out, report)
     seq, con = phases["sequential"], phases["concurrent"]
-    print(f"\nsequential: {seq['requests_per_s']} req/s, p50 {seq['latency_s']['p50']}s | "
-          f"concurrent x{args.concurrency}: {con['requests_per_s']} req/s, p50 {con['latency_s']['p50']}s, "
-          f"p95 {con['latency_s']['p95']}s, mean batch {con['mean_batch_rows']} rows | "
-          f"burst {args.burst}: {phases['burst']['statuses']}\nwrote {args.out}")
+    print(
+        f"\nsequential: {seq['requests_per_s']} req/s, p50 {seq['latency_s']['p50']}s | "
+        f"concurrent x{args.concurrency}: {con['requests_per_s']} req/s, p50 {con['latency_s']['p50']}s, "
+        f"p95 {con['latency_s']['p95']}s, mean batch {con['mean_batch_rows']} rows | "
+        f"burst {args.burst}: {phases['burst']['statuses']}\nwrote {args.out}"
+    )
     return 0
 
 

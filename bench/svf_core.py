@@ -99,10 +99,12 @@ def main() -> None:
 
     def train_step(path):
         svf.path = path
+
         def step():
             for p in svf.parameters():
                 p.grad = None
             model(ids).logits[:, -64:].float().logsumexp(-1).sum().backward()
+
         return step
 
     t_train_merged = timeit(train_step("merged"), max(2, args.repeats // 2))
@@ -115,18 +117,29 @@ def main() -> None:
     res = {
         "command": f"python bench/svf_core.py --model {args.model} --tokens {args.tokens} --repeats {args.repeats}",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "matrices": len(svf.layers), "trainable_parameters": svf.num_trainable_parameters(),
-        "svd_all_seconds": round(t_svd, 3), "wrap_with_cached_svd_seconds": round(t_cached, 3),
+        "matrices": len(svf.layers),
+        "trainable_parameters": svf.num_trainable_parameters(),
+        "svd_all_seconds": round(t_svd, 3),
+        "wrap_with_cached_svd_seconds": round(t_cached, 3),
         "svd_one_matrix_seconds": round(t_one_svd, 4),
         "merge_all_seconds": round(t_merge, 4),
-        "forward_seconds": {"plain": round(t_plain, 4), "svf_merged_cached": round(t_merged, 4),
-                            "svf_factored": round(t_factored, 4)},
+        "forward_seconds": {
+            "plain": round(t_plain, 4),
+            "svf_merged_cached": round(t_merged, 4),
+            "svf_factored": round(t_factored, 4),
+        },
         "forward_ratio_vs_plain": {"merged": round(t_merged / t_plain, 3), "factored": round(t_factored / t_plain, 3)},
         "train_step_seconds": {"merged": round(t_train_merged, 4), "factored": round(t_train_factored, 4)},
-        "rss_after_forward_mib": {"plain": round(rss_plain, 1), "svf_mlp": round(rss_svf, 1),
-                                  "ratio": round(rss_svf / rss_plain, 3)},
-        "peak_rss_mib": {"plain": round(peak_plain, 1), "svf_mlp": round(peak_svf, 1),
-                         "note": "dominated by transformers' loading, identical for both"},
+        "rss_after_forward_mib": {
+            "plain": round(rss_plain, 1),
+            "svf_mlp": round(rss_svf, 1),
+            "ratio": round(rss_svf / rss_plain, 3),
+        },
+        "peak_rss_mib": {
+            "plain": round(peak_plain, 1),
+            "svf_mlp": round(peak_svf, 1),
+            "note": "dominated by transformers' loading, identical for both",
+        },
         "this_process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(res, indent=2))

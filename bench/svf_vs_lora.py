@@ -41,20 +41,34 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 
 PROTOCOL = {
-    "steps": 40, "batch_size": 16, "eval_every": 20, "channel": "cloze", "norm": "token",
+    "steps": 40,
+    "batch_size": 16,
+    "eval_every": 20,
+    "channel": "cloze",
+    "norm": "token",
     "common": "--clip 0 --kl-coef 0 --autocast bf16 --val-limit 0 --checkpoint-every 10 --no-eval-at-start",
     "test_limit": None,
 }
 # --smoke: every stage on tiny settings, into a scratch folder (checks the pipeline, measures nothing)
-SMOKE = {"steps": 2, "batch_size": 2, "eval_every": 2, "channel": "cloze", "norm": "token",
-         "common": "--clip 0 --kl-coef 0 --val-limit 8 --checkpoint-every 1 --no-eval-at-start",
-         "test_limit": 8}
+SMOKE = {
+    "steps": 2,
+    "batch_size": 2,
+    "eval_every": 2,
+    "channel": "cloze",
+    "norm": "token",
+    "common": "--clip 0 --kl-coef 0 --val-limit 8 --checkpoint-every 1 --no-eval-at-start",
+    "test_limit": 8,
+}
 METHODS = {
     "svf": {"args": ["--method", "svf"], "lrs": ["1e-3", "3e-3", "1e-2"]},
-    "lora16": {"args": ["--method", "lora", "--lora-rank", "16", "--lora-alpha", "32",
-                        "--lora-targets", "q_proj,v_proj"], "lrs": ["1e-4", "3e-4", "1e-3"]},
-    "lora1": {"args": ["--method", "lora", "--lora-rank", "1", "--lora-alpha", "2",
-                       "--lora-targets", "q_proj,v_proj"], "lrs": ["3e-4", "1e-3", "3e-3"]},
+    "lora16": {
+        "args": ["--method", "lora", "--lora-rank", "16", "--lora-alpha", "32", "--lora-targets", "q_proj,v_proj"],
+        "lrs": ["1e-4", "3e-4", "1e-3"],
+    },
+    "lora1": {
+        "args": ["--method", "lora", "--lora-rank", "1", "--lora-alpha", "2", "--lora-targets", "q_proj,v_proj"],
+        "lrs": ["3e-4", "1e-3", "3e-3"],
+    },
 }
 OBJECTIVES = ["exact", "sft"]
 SEEDS = [0, 1]
@@ -64,8 +78,13 @@ def t2(*args: str, log: Path) -> None:
     with open(log, "a") as fh:
         fh.write("$ t2 " + " ".join(args) + "\n")
         fh.flush()
-        subprocess.run([sys.executable, "-m", "transformer_squared.cli", *args], check=True, cwd=ROOT,
-                       stdout=fh, stderr=subprocess.STDOUT)
+        subprocess.run(
+            [sys.executable, "-m", "transformer_squared.cli", *args],
+            check=True,
+            cwd=ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def best_val(run: Path, steps: int) -> tuple[float, int] | None:
@@ -106,8 +125,23 @@ def main() -> None:
 
     def evaluate(out: Path, *weights: str) -> None:
         if not out.is_file():
-            t2("eval", "--task", args.task, "--mode", "loglik", "--channel", p["channel"], "--norm", p["norm"],
-               *weights, *limit, "--no-progress", "--out", str(out), log=log)
+            t2(
+                "eval",
+                "--task",
+                args.task,
+                "--mode",
+                "loglik",
+                "--channel",
+                p["channel"],
+                "--norm",
+                p["norm"],
+                *weights,
+                *limit,
+                "--no-progress",
+                "--out",
+                str(out),
+                log=log,
+            )
 
     base = reports / "base.json"
     evaluate(base)
@@ -124,10 +158,34 @@ def main() -> None:
                 if best_val(run, p["steps"]) is None:
                     resume = ["--resume"] if (run / "checkpoint").exists() else ["--overwrite"]
                     t = time.perf_counter()
-                    t2("train", "--task", args.task, "--out", str(run), "--objective", objective, "--channel",
-                       p["channel"], "--norm", p["norm"], "--steps", str(p["steps"]), "--batch-size",
-                       str(p["batch_size"]), "--eval-every", str(p["eval_every"]), "--lr", lr, "--seed", str(seed),
-                       *p["common"].split(), *spec["args"], "--no-progress", *resume, log=log)
+                    t2(
+                        "train",
+                        "--task",
+                        args.task,
+                        "--out",
+                        str(run),
+                        "--objective",
+                        objective,
+                        "--channel",
+                        p["channel"],
+                        "--norm",
+                        p["norm"],
+                        "--steps",
+                        str(p["steps"]),
+                        "--batch-size",
+                        str(p["batch_size"]),
+                        "--eval-every",
+                        str(p["eval_every"]),
+                        "--lr",
+                        lr,
+                        "--seed",
+                        str(seed),
+                        *p["common"].split(),
+                        *spec["args"],
+                        "--no-progress",
+                        *resume,
+                        log=log,
+                    )
                     (run / "bench_wall_seconds.txt").write_text(f"{time.perf_counter() - t:.0f}\n")
                 return run
 
@@ -145,12 +203,20 @@ def main() -> None:
                 t2("compare", str(base), str(report), "--json", str(cmp), log=log)
                 c = json.loads(cmp.read_text())
                 params = json.loads((run / "train_config.json").read_text())["trainable_params"]
-                entry["seeds"][str(seed)] = {"val": best_val(run, p["steps"])[0], "test": c["accuracy_b"],
-                                             "base": c["accuracy_a"], "difference": c["difference"],
-                                             "ci95": c.get("ci95"), "detectable": c.get("detectable"), "p_value": c["p_value"], "won": c["won"],
-                                             "lost": c["lost"], "n": c["n"], "trainable_params": params,
-                                             "report": str(report.relative_to(results.parent) if not args.smoke
-                                                           else report)}
+                entry["seeds"][str(seed)] = {
+                    "val": best_val(run, p["steps"])[0],
+                    "test": c["accuracy_b"],
+                    "base": c["accuracy_a"],
+                    "difference": c["difference"],
+                    "ci95": c.get("ci95"),
+                    "detectable": c.get("detectable"),
+                    "p_value": c["p_value"],
+                    "won": c["won"],
+                    "lost": c["lost"],
+                    "n": c["n"],
+                    "trainable_params": params,
+                    "report": str(report.relative_to(results.parent) if not args.smoke else report),
+                }
                 write_cell(cell_file, entry, results, p)
     # SVF against each LoRA, same objective and seed, paired (whatever pairs exist so far)
     for objective in OBJECTIVES:
@@ -200,18 +266,25 @@ def ci(interval: list[float] | None) -> str:
 
 
 def render(table: dict) -> str:
-    lines = ["| method | objective | trainable | lr (chosen on val) | seed | val | test | vs base (points) [95% CI] "
-             "| won / lost | p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | objective | trainable | lr (chosen on val) | seed | val | test | vs base (points) [95% CI] "
+        "| won / lost | p |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for cell, e in table["cells"].items():
         method, objective = cell.rsplit("-", 1)
         for seed, r in sorted(e.get("seeds", {}).items()):
-            lines.append(f"| {method} | {objective} | {r['trainable_params']:,} | {e.get('lr', '?')} | {seed} | "
-                         f"{r['val']:.1%} | {r['test']:.1%} | {100 * r['difference']:+.1f} {ci(r.get('ci95'))} | "
-                         f"{r['won']} / {r['lost']} | {r['p_value']:.2g} |")
+            lines.append(
+                f"| {method} | {objective} | {r['trainable_params']:,} | {e.get('lr', '?')} | {seed} | "
+                f"{r['val']:.1%} | {r['test']:.1%} | {100 * r['difference']:+.1f} {ci(r.get('ci95'))} | "
+                f"{r['won']} / {r['lost']} | {r['p_value']:.2g} |"
+            )
     for key, c in table.get("svf_vs_lora", {}).items():
-        lines.append(f"\nSVF vs {key}: {100 * c['difference']:+.1f} points {ci(c.get('ci95'))} (SVF won {c['won']}, "
-                     f"lost {c['lost']}, exact McNemar p = {c['p_value']:.2g}; the test sees about "
-                     f"±{100 * c['detectable']:.1f} points)")
+        lines.append(
+            f"\nSVF vs {key}: {100 * c['difference']:+.1f} points {ci(c.get('ci95'))} (SVF won {c['won']}, "
+            f"lost {c['lost']}, exact McNemar p = {c['p_value']:.2g}; the test sees about "
+            f"±{100 * c['detectable']:.1f} points)"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -63,8 +63,10 @@ CONFIGS = {
 # prompt in the update, float32) and after (each prompt prefilled once for its K samples and
 # encoded once in the update, bf16 autocast); z is restored after every step so both see the
 # same weights. Reported as completions per second.
-THROUGHPUT_VARIANTS = {"before": dict(share_prompt=False, autocast="none", gen_prompts=None),
-                       "after": dict(share_prompt=True, autocast="bf16", gen_prompts=1)}
+THROUGHPUT_VARIANTS = {
+    "before": dict(share_prompt=False, autocast="none", gen_prompts=None),
+    "after": dict(share_prompt=True, autocast="bf16", gen_prompts=1),
+}
 # svf-ab: one process, the same completions, updates alternating between these variants
 # (round-robin, first round discarded), so machine load affects them alike.
 AB_VARIANTS = [("merged", "none"), ("factored", "none"), ("merged", "bf16"), ("factored", "bf16")]
@@ -83,28 +85,58 @@ def child(spec: dict) -> dict:
         return trl_child(spec)
     out = tempfile.mkdtemp(prefix="t2-bench-")
     t0 = time.perf_counter()
-    cfg = TrainConfig(task=spec["task"], model=spec["model"], out=out, batch_size=spec["batch_size"],
-                      samples_per_prompt=spec["k"], max_new_tokens=spec["max_new_tokens"], eval_every=0,
-                      progress=False, overwrite=True, device=spec.get("device", "cpu"),
-                      gen_prompts=spec["batch_size"], **opts)  # one generate call for all B×K rows, as TRL does
+    cfg = TrainConfig(
+        task=spec["task"],
+        model=spec["model"],
+        out=out,
+        batch_size=spec["batch_size"],
+        samples_per_prompt=spec["k"],
+        max_new_tokens=spec["max_new_tokens"],
+        eval_every=0,
+        progress=False,
+        overwrite=True,
+        device=spec.get("device", "cpu"),
+        gen_prompts=spec["batch_size"],
+        **opts,
+    )  # one generate call for all B×K rows, as TRL does
     trainer = Trainer(cfg)
     load_s = time.perf_counter() - t0
-    res: dict = {"config": spec["config"], "trainable_params": trainer.trainable_params, "load_seconds": round(load_s, 2),
-                 "micro_batches": trainer.local_prompts // trainer.micro_prompts}
+    res: dict = {
+        "config": spec["config"],
+        "trainable_params": trainer.trainable_params,
+        "load_seconds": round(load_s, 2),
+        "micro_batches": trainer.local_prompts // trainer.micro_prompts,
+    }
     replay = spec.get("replay")
     if replay and Path(replay).exists():
         data = json.loads(Path(replay).read_text())
         items = [trainer.item_at(g) for g in range(cfg.batch_size)]
-        ro = Rollout(1, items, data["prompt_ids"], data["completion_ids"], data["texts"],
-                     torch.tensor(data["rewards"]), cfg.samples_per_prompt, data["finished"])
+        ro = Rollout(
+            1,
+            items,
+            data["prompt_ids"],
+            data["completion_ids"],
+            data["texts"],
+            torch.tensor(data["rewards"]),
+            cfg.samples_per_prompt,
+            data["finished"],
+        )
         res["generation"] = "replayed from svf-merged"
     else:
         ro = trainer.rollout(1)
         res.update(gen_seconds=round(ro.gen_seconds, 2), reward_seconds=round(ro.reward_seconds, 3))
         if replay:
-            Path(replay).write_text(json.dumps({"prompt_ids": ro.prompt_ids, "completion_ids": ro.completion_ids,
-                                                "texts": ro.texts, "rewards": ro.rewards.tolist(),
-                                                "finished": ro.finished}))
+            Path(replay).write_text(
+                json.dumps(
+                    {
+                        "prompt_ids": ro.prompt_ids,
+                        "completion_ids": ro.completion_ids,
+                        "texts": ro.texts,
+                        "rewards": ro.rewards.tolist(),
+                        "finished": ro.finished,
+                    }
+                )
+            )
     res["completion_tokens"] = ro.num_tokens
     res["teacher_forced_tokens"] = ro.num_tokens + sum(len(p) for p in ro.prompt_ids) * ro.k
     res["reward_mean"] = float(ro.rewards.mean())
@@ -196,25 +228,51 @@ def trl_child(spec: dict) -> dict:
                 logged.append(dict(logs))
 
     k = spec["k"]
-    cfg = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="t2-trl-"), per_device_train_batch_size=spec["batch_size"] * k,
-                     num_generations=k, max_completion_length=spec["max_new_tokens"], beta=0.1, temperature=1.0,
-                     learning_rate=5e-4, max_steps=1 + spec["repeats"], logging_steps=1, report_to="none",
-                     save_strategy="no", use_cpu=not device.startswith("cuda"), bf16=False, seed=0,
-                     shuffle_dataset=False, disable_dropout=True, dataloader_num_workers=0)
+    cfg = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="t2-trl-"),
+        per_device_train_batch_size=spec["batch_size"] * k,
+        num_generations=k,
+        max_completion_length=spec["max_new_tokens"],
+        beta=0.1,
+        temperature=1.0,
+        learning_rate=5e-4,
+        max_steps=1 + spec["repeats"],
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=not device.startswith("cuda"),
+        bf16=False,
+        seed=0,
+        shuffle_dataset=False,
+        disable_dropout=True,
+        dataloader_num_workers=0,
+    )
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok,
-                          peft_config=lora, callbacks=[Clock()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=cfg,
+        train_dataset=data,
+        processing_class=tok,
+        peft_config=lora,
+        callbacks=[Clock()],
+    )
     load_s = time.perf_counter() - t0
     trainer.train()
     timed = steps[1:] or steps
     lengths = [lg["completions/mean_length"] for lg in logged if "completions/mean_length" in lg]
     completion_tokens = round(statistics.mean(lengths[1:] or lengths) * spec["batch_size"] * k) if lengths else None
     median = statistics.median(timed)
-    res = {"config": spec["config"], "trl_version": trl.__version__,
-           "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-           "load_seconds": round(load_s, 2), "step_seconds_all": [round(t, 3) for t in steps],
-           "step_seconds": round(median, 3), "completion_tokens": completion_tokens,
-           "reward_mean": next((lg["reward"] for lg in logged if "reward" in lg), None)}
+    res = {
+        "config": spec["config"],
+        "trl_version": trl.__version__,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "load_seconds": round(load_s, 2),
+        "step_seconds_all": [round(t, 3) for t in steps],
+        "step_seconds": round(median, 3),
+        "completion_tokens": completion_tokens,
+        "reward_mean": next((lg["reward"] for lg in logged if "reward" in lg), None),
+    }
     res.update(_peak_memory(spec))
     return res
 
@@ -257,9 +315,13 @@ def throughput(trainer, repeats: int) -> dict:
     res = {}
     for name, v in out.items():
         med = statistics.median(v["step"])
-        res[name] = {"step_median": round(med, 2), "gen_median": round(statistics.median(v["gen"]), 2),
-                     "update_median": round(statistics.median(v["update"]), 2),
-                     "completions_per_s": round(rows / med, 3), **THROUGHPUT_VARIANTS[name]}
+        res[name] = {
+            "step_median": round(med, 2),
+            "gen_median": round(statistics.median(v["gen"]), 2),
+            "update_median": round(statistics.median(v["update"]), 2),
+            "completions_per_s": round(rows / med, 3),
+            **THROUGHPUT_VARIANTS[name],
+        }
     res["speedup"] = round(res["after"]["completions_per_s"] / res["before"]["completions_per_s"], 2)
     return res
 
@@ -325,16 +387,25 @@ def main() -> None:
     if "trl-grpo-lora" in names and not trl:
         names.remove("trl-grpo-lora")
     for name in names:
-        spec = {"config": name, "model": args.model, "task": args.task, "batch_size": args.batch_size,
-                "k": args.samples_per_prompt, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-                "threads": args.threads, "device": device, "replay": str(replay) if name.startswith("svf") and name != "svf-throughput" else None}
+        spec = {
+            "config": name,
+            "model": args.model,
+            "task": args.task,
+            "batch_size": args.batch_size,
+            "k": args.samples_per_prompt,
+            "max_new_tokens": args.max_new_tokens,
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "device": device,
+            "replay": str(replay) if name.startswith("svf") and name != "svf-throughput" else None,
+        }
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
             sys.exit(1)
-        res = json.loads(lines[-1][len("RESULT "):])
+        res = json.loads(lines[-1][len("RESULT ") :])
         res["wall_seconds"] = round(time.perf_counter() - t, 1)
         results.append(res)
         print(f"{name}: {json.dumps(res)}", flush=True)
@@ -348,24 +419,32 @@ def main() -> None:
         r["step_seconds"] = round(g + rw + r["update_seconds_median"], 2)
         r["tokens_per_s"] = round(r["completion_tokens"] / r["step_seconds"], 1)
         r["update_tokens_per_s"] = round(r["teacher_forced_tokens"] / r["update_seconds_median"], 1)
-    print(f"\n{'config':18} {'params':>9} {'gen s':>9} {'update s':>9} {'step s':>7} {'tok/s':>6} "
-          f"{'upd tok/s':>9} {'peak MiB':>12}")
+    print(
+        f"\n{'config':18} {'params':>9} {'gen s':>9} {'update s':>9} {'step s':>7} {'tok/s':>6} "
+        f"{'upd tok/s':>9} {'peak MiB':>12}"
+    )
     for r in results:
-        print(f"{r['config']:18} {r['trainable_params']:>9,} {r.get('gen_seconds', '(in step)' if r['config'].startswith('trl') else '(replay)')!s:>9} "
-              f"{r.get('update_seconds_median', '-')!s:>9} {r['step_seconds']:>7} {r['tokens_per_s']!s:>6} "
-              f"{r.get('update_tokens_per_s', '-')!s:>9} {r.get('peak_cuda_mib', r['peak_rss_mib']):>12}")
+        print(
+            f"{r['config']:18} {r['trainable_params']:>9,} {r.get('gen_seconds', '(in step)' if r['config'].startswith('trl') else '(replay)')!s:>9} "
+            f"{r.get('update_seconds_median', '-')!s:>9} {r['step_seconds']:>7} {r['tokens_per_s']!s:>6} "
+            f"{r.get('update_tokens_per_s', '-')!s:>9} {r.get('peak_cuda_mib', r['peak_rss_mib']):>12}"
+        )
     for r in results:
         if "bf16_vs_fp32" in r:
             print(f"bf16 autocast vs fp32: {r['bf16_vs_fp32']}")
         if "throughput" in r:
             tp = r["throughput"]
-            print(f"completions/s, whole steps alternated in one process: before {tp['before']['completions_per_s']} "
-                  f"(gen {tp['before']['gen_median']} s + update {tp['before']['update_median']} s), after "
-                  f"{tp['after']['completions_per_s']} (gen {tp['after']['gen_median']} s + update "
-                  f"{tp['after']['update_median']} s): {tp['speedup']}x")
+            print(
+                f"completions/s, whole steps alternated in one process: before {tp['before']['completions_per_s']} "
+                f"(gen {tp['before']['gen_median']} s + update {tp['before']['update_median']} s), after "
+                f"{tp['after']['completions_per_s']} (gen {tp['after']['gen_median']} s + update "
+                f"{tp['after']['update_median']} s): {tp['speedup']}x"
+            )
         if "ab" in r:
-            print("update seconds, variants alternated in one process (median / min): " + ", ".join(
-                f"{k} {v['median']} / {v['min']}" for k, v in r["ab"].items()))
+            print(
+                "update seconds, variants alternated in one process (median / min): "
+                + ", ".join(f"{k} {v['median']} / {v['min']}" for k, v in r["ab"].items())
+            )
     # model FLOPs per teacher-forced token of an update: forward with grad (2 per Linear weight),
     # backward to the activations (2 more; frozen weights need no weight gradient) and the KL's
     # base-model forward (2 more); attention scores, norms and the tiny z / LoRA gradients left out
@@ -374,16 +453,28 @@ def main() -> None:
     plain, _ = load_model(args.model, progress=False)
     linear = sum(m.weight.numel() for m in plain.modules() if isinstance(m, torch.nn.Linear))
     del plain
-    note = ("TRL GRPOTrainer + LoRA measured (config trl-grpo-lora)" if any(r["config"].startswith("trl") for r in results)
-            else "trl is not installed: no GRPOTrainer comparison" if not trl else "trl-grpo-lora not asked for")
+    note = (
+        "TRL GRPOTrainer + LoRA measured (config trl-grpo-lora)"
+        if any(r["config"].startswith("trl") for r in results)
+        else "trl is not installed: no GRPOTrainer comparison"
+        if not trl
+        else "trl-grpo-lora not asked for"
+    )
     print(note)
     report = {
         "command": "python bench/train_step.py " + " ".join(sys.argv[1:]),
-        "device": device, "device_name": where, "model": args.model, "task": args.task, "batch_size": args.batch_size,
-        "samples_per_prompt": args.samples_per_prompt, "max_new_tokens": args.max_new_tokens,
-        "repeats": args.repeats, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                             "load_average_at_end": os.getloadavg()},
-        "torch_threads": args.threads or "default", "trl": note, "update_flops_per_token": 6 * linear,
+        "device": device,
+        "device_name": where,
+        "model": args.model,
+        "task": args.task,
+        "batch_size": args.batch_size,
+        "samples_per_prompt": args.samples_per_prompt,
+        "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "torch_threads": args.threads or "default",
+        "trl": note,
+        "update_flops_per_token": 6 * linear,
         "results": results,
     }
     sys.path.insert(0, str(ROOT / "src"))

@@ -134,9 +134,15 @@ def test_cem_never_returns_worse_than_the_uniform_mixture(setup):
     # log-likelihood is at least the uniform mixture's (which is always a candidate)
     assert ll_best >= ll_uniform - 1e-6
     assert mixture.meta["fewshot"]["shots"] == [s.id for s in shots]
-    per_matrix, _ = cem_search(svf, tok, task, experts, shots,
-                               CEMConfig(population=4, iterations=1, per_matrix=True, max_new_tokens=1),
-                               progress=False)
+    per_matrix, _ = cem_search(
+        svf,
+        tok,
+        task,
+        experts,
+        shots,
+        CEMConfig(population=4, iterations=1, per_matrix=True, max_new_tokens=1),
+        progress=False,
+    )
     assert len(per_matrix.meta["mixture"]["weights"]) == 3
 
 
@@ -150,8 +156,16 @@ def test_loglik_two_pass_scores_each_item_as_its_expert_alone(setup):
     items = task.load("test")[:6]
     plan = [experts[0], None, experts[1], experts[0], experts[2], None]
     by_id = {it.id: e for it, e in zip(items, plan, strict=True)}
-    summary, rows = evaluate_loglik(svf.model, tok, task, items, batch_size=6, progress=False, svf=svf,
-                                    choose_experts=lambda batch: [by_id[it.id] for it in batch])
+    summary, rows = evaluate_loglik(
+        svf.model,
+        tok,
+        task,
+        items,
+        batch_size=6,
+        progress=False,
+        svf=svf,
+        choose_experts=lambda batch: [by_id[it.id] for it in batch],
+    )
     assert z_is_identity(svf)
     assert summary.extra["first_pass_seconds"] >= 0 and summary.extra["second_pass_seconds"] > 0
     alone = {}
@@ -179,8 +193,16 @@ def test_cem_loglik_fitness_is_the_expected_accuracy(setup):
     experts = experts_for(svf, scale=3.0)
     task = get_task("arc_easy")
     # options the tiny word-level tokenizer tells apart (ARC's real words are all unknown to it)
-    shots = [Item(id=f"s{i}", question="q", answer="ABCD"[i], reference="",
-                  data={"stem": f"w{3 + i} w4", "choices": ["w5 w6", "w7", "w8 w9 w10", "w11"]}) for i in range(4)]
+    shots = [
+        Item(
+            id=f"s{i}",
+            question="q",
+            answer="ABCD"[i],
+            reference="",
+            data={"stem": f"w{3 + i} w4", "choices": ["w5 w6", "w7", "w8 w9 w10", "w11"]},
+        )
+        for i in range(4)
+    ]
     cfg = CEMConfig(population=4, iterations=2, batch_size=4, seed=0, mode="loglik")
     mixture, history = cem_search(svf, tok, task, experts, shots, cfg, progress=False)
     assert z_is_identity(svf) and len(history) == 2
@@ -212,32 +234,120 @@ def test_eval_adapt_cli(tiny_model_dir, tmp_path, capsys):
     svf = SVFModel(model)
     dirs = _save(experts_for(svf), tmp_path)
     out = tmp_path / "r.json"
-    assert main(["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--adapt", "prompt",
-                 "--experts", *dirs, "--limit", "4", "--max-new-tokens", "2", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--task",
+                "arc_easy",
+                "--model",
+                str(tiny_model_dir),
+                "--adapt",
+                "prompt",
+                "--experts",
+                *dirs,
+                "--limit",
+                "4",
+                "--max-new-tokens",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["adapt"] == "prompt" and sum(report["routed"].values()) == 4
     assert report["extra"]["first_pass_seconds"] > 0 and report["extra"]["second_pass_seconds"] > 0
     out_ll = tmp_path / "ll.json"
-    assert main(["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--adapt", "prompt", "--mode", "loglik",
-                 "--experts", *dirs, "--limit", "4", "--out", str(out_ll), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--task",
+                "arc_easy",
+                "--model",
+                str(tiny_model_dir),
+                "--adapt",
+                "prompt",
+                "--mode",
+                "loglik",
+                "--experts",
+                *dirs,
+                "--limit",
+                "4",
+                "--out",
+                str(out_ll),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out_ll.read_text())
     assert report["extra"]["mode"] == "loglik" and sum(report["routed"].values()) == 4
     rows = [json.loads(x) for x in (tmp_path / "ll.json.items.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all("expert" in r and "logp" in r for r in rows)
     out2 = tmp_path / "f.json"
-    assert main(["eval", "--task", "arc_challenge", "--model", str(tiny_model_dir), "--adapt", "fewshot",
-                 "--experts", *dirs, "--limit", "5", "--shots", "2", "--cem-population", "3", "--cem-iterations", "1",
-                 "--max-new-tokens", "2", "--out", str(out2), "--mixture-out", str(tmp_path / "mix"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--task",
+                "arc_challenge",
+                "--model",
+                str(tiny_model_dir),
+                "--adapt",
+                "fewshot",
+                "--experts",
+                *dirs,
+                "--limit",
+                "5",
+                "--shots",
+                "2",
+                "--cem-population",
+                "3",
+                "--cem-iterations",
+                "1",
+                "--max-new-tokens",
+                "2",
+                "--out",
+                str(out2),
+                "--mixture-out",
+                str(tmp_path / "mix"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out2.read_text())
-    assert not set(report["shots"]) & {json.loads(x)["id"] for x in
-                                      (tmp_path / "f.json.items.jsonl").read_text().splitlines()}
+    assert not set(report["shots"]) & {
+        json.loads(x)["id"] for x in (tmp_path / "f.json.items.jsonl").read_text().splitlines()
+    }
     assert Expert.load(tmp_path / "mix").meta["task"] == "arc_challenge"
-    assert main(["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--adapt", "fewshot",
-                 "--experts", *dirs, "--shots", "100000", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--task",
+                "arc_easy",
+                "--model",
+                str(tiny_model_dir),
+                "--adapt",
+                "fewshot",
+                "--experts",
+                *dirs,
+                "--shots",
+                "100000",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "fewshot asked for 100000 examples" in capsys.readouterr().err
-    assert main(["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--adapt", "prompt",
-                 "--no-progress"]) == 2
+    assert (
+        main(["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--adapt", "prompt", "--no-progress"]) == 2
+    )
 
 
 def test_demo_runs_on_a_tiny_model(tiny_model_dir, tmp_path):
@@ -251,8 +361,9 @@ def test_demo_runs_on_a_tiny_model(tiny_model_dir, tmp_path):
     clf = experts_for(svf, tasks=("classify",))[0]
     clf.save(tmp_path / "experts" / "classify")
     lines: list[str] = []
-    results = run_demo(tmp_path / "experts", per_task=1, model_name=str(tiny_model_dir), max_new_tokens=2,
-                       print_fn=lines.append)
+    results = run_demo(
+        tmp_path / "experts", per_task=1, model_name=str(tiny_model_dir), max_new_tokens=2, print_fn=lines.append
+    )
     assert set(results) == {"base", "prompt", "classifier"}
     assert all(r["n"] == 3 for r in results.values())
     assert any("→" in line for line in lines)

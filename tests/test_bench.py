@@ -68,14 +68,29 @@ def test_quality_table_runs_the_same_protocol_for_svf_and_lora(tmp_path):
 
 def _quality_json() -> dict:
     def row(task, cell, correct, n, params, secs):
-        return {"task": task, "cell": cell, "n": n, "correct": correct, "accuracy": correct / n,
-                "ci95": [max(0.0, correct / n - 0.1), min(1.0, correct / n + 0.1)], "trainable_params": params,
-                "train_seconds": secs}
+        return {
+            "task": task,
+            "cell": cell,
+            "n": n,
+            "correct": correct,
+            "accuracy": correct / n,
+            "ci95": [max(0.0, correct / n - 0.1), min(1.0, correct / n + 0.1)],
+            "trainable_params": params,
+            "train_seconds": secs,
+        }
 
-    return {"command": "python bench/quality_table.py", "machine": "test", "seed": 0, "lr": {"svf": "2e-3"},
-            "protocol": {"arc_easy": {"limit": 10, "sft": "--steps 1", "rl": "--steps 1"}},
-            "rows": [row("arc_easy", "base", 3, 10, 0, 0.0), row("arc_easy", "svf-sft", 4, 10, 100, 12.0),
-                     row("arc_easy", "lora-sft", 2, 10, 2000, 15.0)]}
+    return {
+        "command": "python bench/quality_table.py",
+        "machine": "test",
+        "seed": 0,
+        "lr": {"svf": "2e-3"},
+        "protocol": {"arc_easy": {"limit": 10, "sft": "--steps 1", "rl": "--steps 1"}},
+        "rows": [
+            row("arc_easy", "base", 3, 10, 0, 0.0),
+            row("arc_easy", "svf-sft", 4, 10, 100, 12.0),
+            row("arc_easy", "lora-sft", 2, 10, 2000, 15.0),
+        ],
+    }
 
 
 def test_report_builds_tables_and_headlines_from_json(tmp_path, monkeypatch):
@@ -120,13 +135,37 @@ def test_report_train_step_table_shows_trl_and_the_ceiling_fraction(tmp_path, mo
     (results / ("gpu" if device == "cuda" else "") / "matmul_ceiling.json").write_text(json.dumps(ceiling))
     monkeypatch.setattr(report, "RESULTS", results)
     extra = {"peak_cuda_mib": 7} if device == "cuda" else {}
-    d = {"command": "python bench/train_step.py", "device": device, "device_name": "dev", "torch_threads": 1,
-         "batch_size": 2, "samples_per_prompt": 2, "max_new_tokens": 8, "trl": "measured",
-         "update_flops_per_token": 1e9,
-         "results": [{"config": "svf-merged", "trainable_params": 10, "step_seconds": 2.0, "update_seconds_median": 1.0,
-                      "update_tokens_per_s": 50.0, "tokens_per_s": 4.0, "peak_rss_mib": 5, **extra},
-                     {"config": "trl-grpo-lora", "trainable_params": 20, "step_seconds": 3.0, "tokens_per_s": 2.0,
-                      "peak_rss_mib": 6, **extra}]}
+    d = {
+        "command": "python bench/train_step.py",
+        "device": device,
+        "device_name": "dev",
+        "torch_threads": 1,
+        "batch_size": 2,
+        "samples_per_prompt": 2,
+        "max_new_tokens": 8,
+        "trl": "measured",
+        "update_flops_per_token": 1e9,
+        "results": [
+            {
+                "config": "svf-merged",
+                "trainable_params": 10,
+                "step_seconds": 2.0,
+                "update_seconds_median": 1.0,
+                "update_tokens_per_s": 50.0,
+                "tokens_per_s": 4.0,
+                "peak_rss_mib": 5,
+                **extra,
+            },
+            {
+                "config": "trl-grpo-lora",
+                "trainable_params": 20,
+                "step_seconds": 3.0,
+                "tokens_per_s": 2.0,
+                "peak_rss_mib": 6,
+                **extra,
+            },
+        ],
+    }
     text = "\n".join(report._train_step(d))
     assert mem_key in text and "50.0 (50.0%)" in text  # 50 tokens/s × 1 GFLOP/token = half the 100 GFLOP/s ceiling
     assert "| trl-grpo-lora | 20 | 3.0 | (in step) |" in text
@@ -139,8 +178,16 @@ def test_report_claims_are_paired_mcnemar_verdicts(tmp_path, monkeypatch, svf_co
     from transformer_squared.evaluation import wilson_interval
 
     def row(cell, correct, params):
-        return {"task": "t", "cell": cell, "n": 20, "correct": correct, "accuracy": correct / 20,
-                "ci95": list(wilson_interval(correct, 20)), "trainable_params": params, "train_seconds": 1.0}
+        return {
+            "task": "t",
+            "cell": cell,
+            "n": 20,
+            "correct": correct,
+            "accuracy": correct / 20,
+            "ci95": list(wilson_interval(correct, 20)),
+            "trainable_params": params,
+            "train_seconds": 1.0,
+        }
 
     results = tmp_path / "results"
     (results / "quality").mkdir(parents=True)
@@ -149,7 +196,8 @@ def test_report_claims_are_paired_mcnemar_verdicts(tmp_path, monkeypatch, svf_co
     for cell, k in (("lora-rl", 2), ("svf-rl", svf_correct)):  # the first k items right; svf's ⊇ lora's
         (results / "quality" / f"t-{cell}.json").write_text(json.dumps({"task": "t", "split": "test"}))
         (results / "quality" / f"t-{cell}.json.items.jsonl").write_text(
-            "".join(json.dumps({"id": str(i), "correct": i < k}) + "\n" for i in range(20)))
+            "".join(json.dumps({"id": str(i), "correct": i < k}) + "\n" for i in range(20))
+        )
     monkeypatch.setattr(report, "RESULTS", results)
     claim, said, detail = report.claims()[0]
     # 9/20 vs 2/20: the Wilson intervals [25.8, 65.8] and [2.8, 30.1] overlap, but 7 won and 0 lost on the
@@ -162,12 +210,19 @@ def test_quality_table_reads_what_each_run_learned_from(tmp_path):
     import quality_table as qt
 
     sft = tmp_path / "sft.jsonl"
-    sft.write_text("\n".join(json.dumps({"step": i, "loss": 1.0, "nll_per_token": v})
-                             for i, v in enumerate([2.0, 2.0, 2.0, 1.5, 1.0, 1.0, 1.0], start=1)))
+    sft.write_text(
+        "\n".join(
+            json.dumps({"step": i, "loss": 1.0, "nll_per_token": v})
+            for i, v in enumerate([2.0, 2.0, 2.0, 1.5, 1.0, 1.0, 1.0], start=1)
+        )
+    )
     assert qt.training_signal(sft) == {"nll_first": 2.0, "nll_last": 1.0}
     rl = tmp_path / "rl.jsonl"
-    rows = [{"step": 0, "val_accuracy": 0.0}, {"step": 1, "loss": 0.0, "reward_mean": -1.0, "grad_norm": 0.0},
-            {"step": 2, "loss": 0.3, "reward_mean": -0.5, "grad_norm": 0.7}]
+    rows = [
+        {"step": 0, "val_accuracy": 0.0},
+        {"step": 1, "loss": 0.0, "reward_mean": -1.0, "grad_norm": 0.0},
+        {"step": 2, "loss": 0.3, "reward_mean": -0.5, "grad_norm": 0.7},
+    ]
     rl.write_text("\n".join(json.dumps(r) for r in rows))
     assert qt.training_signal(rl) == {"reward_mean": -0.75, "steps": 2, "steps_with_gradient": 1}
     assert qt.training_signal(tmp_path / "missing.jsonl") == {}

@@ -28,12 +28,15 @@ def test_info_on_a_local_folder(tiny_model_dir, capsys):
     assert "model.layers.1.mlp.down_proj" in text
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["info", "--model", "no-such-model"], "unknown model 'no-such-model'"),
-    (["info", "--model", "{tiny}", "--targets", "nothing_here"], "matched no module"),
-    (["info", "--model", "{tiny}", "--dtype", "float7"], "unknown dtype"),
-    (["expert", "show", "/nonexistent/expert"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["info", "--model", "{tiny}", "--targets", "nothing_here"], "matched no module"),
+        (["info", "--model", "{tiny}", "--dtype", "float7"], "unknown dtype"),
+        (["expert", "show", "/nonexistent/expert"], "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(argv, message, tiny_model_dir, capsys):
     argv = [a.replace("{tiny}", str(tiny_model_dir)) for a in argv]
     assert main(argv) == 2
@@ -60,7 +63,11 @@ def test_expert_show_and_mix(tiny_model_dir, tmp_path, capsys):
 
 def test_console_script_exit_code(tmp_path):
     """The installed entry point turns a user mistake into exit code 2 and one stderr line."""
-    proc = subprocess.run([sys.executable, "-m", "transformer_squared.cli", "info", "--model", "nope"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "transformer_squared.cli", "info", "--model", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("t2 info: error: unknown model")

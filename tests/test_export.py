@@ -80,24 +80,77 @@ def test_export_cli(tmp_path, tiny_model_dir, capsys):
     model, _ = load_model(str(tiny_model_dir), progress=False)
     e = expert_on(SVFModel(model))
     e.save(tmp_path / "e")
-    assert main(["export", "lora", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "e"),
-                 "--out", str(tmp_path / "l")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "lora",
+                "--model",
+                str(tiny_model_dir),
+                "--expert",
+                str(tmp_path / "e"),
+                "--out",
+                str(tmp_path / "l"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert (tmp_path / "l" / "adapter_model.safetensors").is_file()
     assert "relative error total 0.000e+00" in out and "logits of the adapter" in out
-    assert main(["export", "merged", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "e"),
-                 "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "merged",
+                "--model",
+                str(tiny_model_dir),
+                "--expert",
+                str(tmp_path / "e"),
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "m" / "config.json").is_file()
     other = Expert.load(tmp_path / "e")
     other.meta["matrix_fingerprints"] = {k: "0" * 16 for k in other.z}
     other.save(tmp_path / "bad")
-    assert main(["export", "lora", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "bad"),
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "lora",
+                "--model",
+                str(tiny_model_dir),
+                "--expert",
+                str(tmp_path / "bad"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "trained on other weights" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     # --transfer is the explicit way past the fingerprint check
-    assert main(["export", "lora", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "bad"),
-                 "--out", str(tmp_path / "x"), "--transfer"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "lora",
+                "--model",
+                str(tiny_model_dir),
+                "--expert",
+                str(tmp_path / "bad"),
+                "--out",
+                str(tmp_path / "x"),
+                "--transfer",
+            ]
+        )
+        == 0
+    )
 
 
 def test_export_refuses_an_existing_folder_unless_overwrite(tmp_path, tiny_model_dir, capsys):
@@ -106,8 +159,16 @@ def test_export_refuses_an_existing_folder_unless_overwrite(tmp_path, tiny_model
     e.save(tmp_path / "e")
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "keep.txt").write_text("mine")
-    args = ["export", "merged", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "e"),
-            "--out", str(tmp_path / "m")]
+    args = [
+        "export",
+        "merged",
+        "--model",
+        str(tiny_model_dir),
+        "--expert",
+        str(tmp_path / "e"),
+        "--out",
+        str(tmp_path / "m"),
+    ]
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "m" / "keep.txt").read_text() == "mine"
@@ -121,8 +182,23 @@ def test_lora_rank_out_of_range_is_a_one_line_error(rank, tmp_path, tiny_model_d
     model, _ = load_model(str(tiny_model_dir), progress=False)
     e = expert_on(SVFModel(model))  # tiny llama MLP matrices are 32x48 / 48x32: min(m, n) = 32
     e.save(tmp_path / "e")
-    assert main(["export", "lora", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "e"),
-                 "--rank", str(rank), "--out", str(tmp_path / "l")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "lora",
+                "--model",
+                str(tiny_model_dir),
+                "--expert",
+                str(tmp_path / "e"),
+                "--rank",
+                str(rank),
+                "--out",
+                str(tmp_path / "l"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--rank must be between 1 and 32" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "l").exists()
@@ -173,11 +249,26 @@ def test_export_merged_mixture_cli(tmp_path, tiny_model_dir):
     a, b = expert_on(svf, seed=1), expert_on(svf, seed=2)
     a.save(tmp_path / "a")
     b.save(tmp_path / "b")
-    assert main(["export", "merged", "--model", str(tiny_model_dir), "--mix", f"{tmp_path / 'a'}=0.7",
-                 f"{tmp_path / 'b'}=0.3", "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "merged",
+                "--model",
+                str(tiny_model_dir),
+                "--mix",
+                f"{tmp_path / 'a'}=0.7",
+                f"{tmp_path / 'b'}=0.3",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     svf.apply(Expert.mix([a, b], [0.7, 0.3]))
     want = logits(model)
-    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), want,
-                               rtol=1e-5, atol=1e-5)
-    assert main(["export", "merged", "--model", str(tiny_model_dir), "--mix", "nonumber",
-                 "--out", str(tmp_path / "m2")]) == 2
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m")), want, rtol=1e-5, atol=1e-5)
+    assert (
+        main(["export", "merged", "--model", str(tiny_model_dir), "--mix", "nonumber", "--out", str(tmp_path / "m2")])
+        == 2
+    )

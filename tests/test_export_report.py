@@ -18,16 +18,42 @@ def test_cli_prints_what_it_wrote_and_its_size(tmp_path, tiny_model_dir, capsys,
     model, _ = load_model(str(tiny_model_dir), progress=False)
     expert_on(SVFModel(model)).save(tmp_path / "e")
     monkeypatch.setattr(cli_export, "VLLM_MAX_LORA_RANK", 4)  # the tiny model's full rank is above it
-    assert main(["export", "lora", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "e"),
-                 "--out", str(tmp_path / "l")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "lora",
+                "--model",
+                str(tiny_model_dir),
+                "--expert",
+                str(tmp_path / "e"),
+                "--out",
+                str(tmp_path / "l"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     files = folder_files(tmp_path / "l")
     total = sum(size for _, size in files)
     assert f"{tmp_path / 'l'}: {len(files)} files, {human_size(total)}" in out
     assert "adapter_model.safetensors" in out and "adapter_config.json" in out
     assert "the largest LoRA rank vLLM serves; for vLLM export with --rank 4 or less" in out
-    assert main(["export", "merged", "--model", str(tiny_model_dir), "--expert", str(tmp_path / "e"),
-                 "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "merged",
+                "--model",
+                str(tiny_model_dir),
+                "--expert",
+                str(tmp_path / "e"),
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"{tmp_path / 'm'}: " in out and "model.safetensors" in out
 

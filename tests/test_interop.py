@@ -74,8 +74,10 @@ def test_import_cli_round_trip(tmp_path, tiny_model_dir, capsys):
     model, _ = load_model(str(tiny_model_dir), progress=False)
     raw = raw_vectors(model)
     torch.save(torch.nn.ParameterList([torch.nn.Parameter(v) for v in raw]).state_dict(), tmp_path / "z.pt")
-    assert main(["import", "sakana", str(tmp_path / "z.pt"), "--model", str(tiny_model_dir),
-                 "--out", str(tmp_path / "e")]) == 0
+    assert (
+        main(["import", "sakana", str(tmp_path / "z.pt"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "e")])
+        == 0
+    )
     assert "imported 6 vectors" in capsys.readouterr().out
     want = logits(reference_adapted(model, raw))
     expert = Expert.load(tmp_path / "e")
@@ -83,8 +85,10 @@ def test_import_cli_round_trip(tmp_path, tiny_model_dir, capsys):
     svf.apply(expert)
     torch.testing.assert_close(logits(model), want, rtol=1e-4, atol=1e-4)
     # the folder exists now: refused without --overwrite
-    assert main(["import", "sakana", str(tmp_path / "z.pt"), "--model", str(tiny_model_dir),
-                 "--out", str(tmp_path / "e")]) == 2
+    assert (
+        main(["import", "sakana", str(tmp_path / "z.pt"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "e")])
+        == 2
+    )
     assert "already exists" in capsys.readouterr().err
 
 
@@ -169,8 +173,15 @@ def test_transfer_refuses_other_shapes(tmp_path):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     svf_a = SVFModel(tiny_model("llama"))
-    cfg = LlamaConfig(vocab_size=128, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     wider = SVFModel(AutoModelForCausalLM.from_config(cfg))
     with pytest.raises(T2Error, match="has 6 vectors but the model has 8 target matrices"):
         svf_a.to_expert("a").transfer(SVFModel(tiny_model("llama", seed=2), targets="attn"))
@@ -183,8 +194,12 @@ def test_transfer_refuses_other_shapes(tmp_path):
 def test_transfer_cli(tmp_path, tiny_model_dir, capsys):
     svf_a = SVFModel(tiny_model("llama", seed=7))
     svf_a.to_expert("a").save(tmp_path / "a")
-    assert main(["transfer", "--expert", str(tmp_path / "a"), "--model", str(tiny_model_dir),
-                 "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            ["transfer", "--expert", str(tmp_path / "a"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "b")]
+        )
+        == 0
+    )
     assert "paired in layer order" in capsys.readouterr().out
     model, _ = load_model(str(tiny_model_dir), progress=False)
     SVFModel(model).apply(Expert.load(tmp_path / "b"))  # strict: now keyed for this model

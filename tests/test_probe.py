@@ -62,8 +62,9 @@ def test_fit_probe_separates_separable_data():
 def test_router_trains_saves_loads_and_routes(tmp_path):
     model, tok = tiny_model("llama"), tiny_tokenizer()
     svf = SVFModel(model)
-    router, val_acc = train_probe_router(model, tok, _requests(40, 0), _requests(20, 1), layers=(1, 2),
-                                         max_tokens=16, progress=False)
+    router, val_acc = train_probe_router(
+        model, tok, _requests(40, 0), _requests(20, 1), layers=(1, 2), max_tokens=16, progress=False
+    )
     assert set(val_acc) == {1, 2} and router.layer in (1, 2) and router.labels == ["high", "low"]
     assert val_acc[router.layer] >= max(val_acc.values()) - 0.005
     test = _requests(20, 2)

@@ -124,7 +124,7 @@ HUMANEVAL_GOOD = """    for i, a in enumerate(numbers):
     return False
 """
 HUMANEVAL_BAD = "    return False\n"
-HUMANEVAL_TEST = '''
+HUMANEVAL_TEST = """
 
 METADATA = {"author": "jt", "dataset": "test"}
 
@@ -133,7 +133,7 @@ def check(candidate):
     assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True
     assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False
     assert candidate([1.0, 2.0, 5.9, 4.0, 5.0], 0.95) == True
-'''
+"""
 
 
 def test_humaneval_check_candidate_passes_and_fails() -> None:
@@ -452,7 +452,14 @@ def test_socket_past_the_guard_has_no_network(listener) -> None:
 
 @pytest.mark.parametrize(
     "exit_call",
-    ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "quit()", "exit()", "raise SystemExit", "import os\nos.abort()"],
+    [
+        "import sys\nsys.exit(0)",
+        "import os\nos._exit(0)",
+        "quit()",
+        "exit()",
+        "raise SystemExit",
+        "import os\nos.abort()",
+    ],
 )
 def test_exit_before_tests_does_not_pass(exit_call: str) -> None:
     result = run(ADD_BAD + exit_call + "\n", ADD_TESTS)
@@ -542,7 +549,14 @@ def test_check_many_runs_in_parallel_and_keeps_order() -> None:
     results = check_many(jobs, limits=limits, max_workers=2)
     elapsed = time.monotonic() - start
     assert [r.status for r in results] == [
-        "passed", "timeout", "failed", "passed", "timeout", "exited", "failed", "passed",
+        "passed",
+        "timeout",
+        "failed",
+        "passed",
+        "timeout",
+        "exited",
+        "failed",
+        "passed",
     ]
     assert [r.passed for r in results] == [True, False, False, True, False, False, False, True]
     assert elapsed < 8.0  # far below 8 jobs x 2 s run one after another

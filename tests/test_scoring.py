@@ -11,9 +11,11 @@ from transformer_squared.scoring import OptionScores, encode_continuations, scor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-GROUPS = [([5, 6, 7, 8], [[9], [10, 11, 12], [13, 14]]),
-          ([20, 21], [[22, 23], [24]]),
-          ([30, 31, 32, 33, 34, 35], [[36, 37, 38, 39]])]
+GROUPS = [
+    ([5, 6, 7, 8], [[9], [10, 11, 12], [13, 14]]),
+    ([20, 21], [[22, 23], [24]]),
+    ([30, 31, 32, 33, 34, 35], [[36, 37, 38, 39]]),
+]
 
 
 def reference(model, groups):

@@ -32,12 +32,33 @@ def parts():
     return model, tok, svf, experts
 
 
-def _job(loop, text: str, pin=None, *, chat: bool = True, max_tokens: int = 5, stream: bool = False, n: int = 1,
-         stop: list[str] | None = None, strategy: str = "none") -> Job:
-    job = Job(route_texts=[text], n=n, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None,
-              stop=stop or [], pin=pin, strategy=strategy, stream=stream,
-              messages=[{"role": "user", "content": text}] if chat else None, texts=None if chat else [text],
-              loop=loop)
+def _job(
+    loop,
+    text: str,
+    pin=None,
+    *,
+    chat: bool = True,
+    max_tokens: int = 5,
+    stream: bool = False,
+    n: int = 1,
+    stop: list[str] | None = None,
+    strategy: str = "none",
+) -> Job:
+    job = Job(
+        route_texts=[text],
+        n=n,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        top_p=1.0,
+        seed=None,
+        stop=stop or [],
+        pin=pin,
+        strategy=strategy,
+        stream=stream,
+        messages=[{"role": "user", "content": text}] if chat else None,
+        texts=None if chat else [text],
+        loop=loop,
+    )
     if stream:
         job.events = asyncio.Queue()
     else:

@@ -76,8 +76,12 @@ def test_cli_compare(tmp_path, capsys):
     assert "answer modes" in capsys.readouterr().err
     assert main(["compare", str(a), str(tmp_path / "missing.json")]) == 2
     # the same mode but another channel is not like with like either
-    ll2 = _report(tmp_path, "ll2", [{"id": str(i), "correct": True} for i in range(12)],
-                  extra={"mode": "loglik", "channel": "letter"})
+    ll2 = _report(
+        tmp_path,
+        "ll2",
+        [{"id": str(i), "correct": True} for i in range(12)],
+        extra={"mode": "loglik", "channel": "letter"},
+    )
     assert main(["compare", str(ll), str(ll2)]) == 2
     assert "answer modes" in capsys.readouterr().err
     # a per-item file that holds more items than its report counts (an --out reused with another --limit)

@@ -114,7 +114,11 @@ MATH_CASES = [  # (completion, gold, correct?)
     ("nested: $\\boxed{\\frac{2^{10}}{\\sqrt{4}}}$", "512", True),
     ("$\\boxed{2\\frac{1}{2}}$", "\\frac52", True),
     ("$\\boxed{3+4i}$", "4i+3", True),
-    ("$\\boxed{\\begin{pmatrix} 1/5 \\\\ -3/5 \\end{pmatrix}}$", "\\begin{pmatrix} \\frac15 \\\\ -\\frac35 \\end{pmatrix}", True),
+    (
+        "$\\boxed{\\begin{pmatrix} 1/5 \\\\ -3/5 \\end{pmatrix}}$",
+        "\\begin{pmatrix} \\frac15 \\\\ -\\frac35 \\end{pmatrix}",
+        True,
+    ),
     ("$\\boxed{(-\\infty,3/7]\\cup[0.6,\\infty)}$", "(-\\infty, \\frac{3}{7}] \\cup [\\frac{3}{5}, \\infty)", True),
     ("First I get \\boxed{5}, but correcting: \\boxed{6}", "6", True),
     ("First I get \\boxed{5}, but correcting: \\boxed{6}", "5", False),
@@ -133,8 +137,10 @@ def test_math_is_correct(completion, gold, ok):
     assert task.is_correct(item, completion) is ok
 
 
-@pytest.mark.parametrize("completion", ["", "We cannot determine the value.", "The answer is 5.",
-                                        "Let x be the number of apples; then 2x + 3 = 11."])
+@pytest.mark.parametrize(
+    "completion",
+    ["", "We cannot determine the value.", "The answer is 5.", "Let x be the number of apples; then 2x + 3 = 11."],
+)
 def test_math_no_boxed_answer(completion):
     assert extract_math_answer(completion) is None
     assert not get_task("math").is_correct(Item(id="m", question="q", answer="5"), completion)
@@ -186,9 +192,9 @@ ARC_CASES = [
 ]
 ARC_NONE = [
     "",
-    "A plant needs sunlight to grow.",            # "A" is an article, not a choice
+    "A plant needs sunlight to grow.",  # "A" is an article, not a choice
     "Friction produces heat when surfaces rub.",
-    "It could be dry palms or wet palms.",        # two options named: no guess
+    "It could be dry palms or wet palms.",  # two options named: no guess
     "(A) is possible but (B) is also possible.",  # marked letters disagree
     "The answer is unclear.",
     "Both B and C seem plausible.",
@@ -224,43 +230,83 @@ def test_arc_is_correct_numeric_labels_and_letter_range():
 
 CODE_CASES = [  # (completion, entry point, expected code or a substring check)
     ("```python\ndef add(a, b):\n    return a + b\n```", "add", "def add(a, b):\n    return a + b"),
-    ("Here is the function:\n\n```python\ndef add(a, b):\n    return a + b\n```\nIt adds numbers.", "add",
-     "def add(a, b):\n    return a + b"),
+    (
+        "Here is the function:\n\n```python\ndef add(a, b):\n    return a + b\n```\nIt adds numbers.",
+        "add",
+        "def add(a, b):\n    return a + b",
+    ),
     ("```py\ndef add(a, b):\n    return a + b\n```", "add", "def add(a, b):\n    return a + b"),
     ("```\ndef add(a, b):\n    return a + b\n```", "add", "def add(a, b):\n    return a + b"),
-    ("```Python\nimport math\ndef root(x):\n    return math.sqrt(x)\n```", "root", "import math\ndef root(x):\n    return math.sqrt(x)"),
-    ("```python\nprint(add(1, 2))\n```\n```python\ndef add(a, b):\n    return a + b\n```", "add",
-     "def add(a, b):\n    return a + b"),
-    ("```python\ndef helper(x):\n    return x\n```\nthen\n```python\ndef add(a, b):\n    return helper(a) + b\n```",
-     "add", "def add(a, b):\n    return helper(a) + b"),
-    ("```bash\npip install numpy\n```\n```python\ndef add(a, b):\n    return a + b\n```", "add",
-     "def add(a, b):\n    return a + b"),
+    (
+        "```Python\nimport math\ndef root(x):\n    return math.sqrt(x)\n```",
+        "root",
+        "import math\ndef root(x):\n    return math.sqrt(x)",
+    ),
+    (
+        "```python\nprint(add(1, 2))\n```\n```python\ndef add(a, b):\n    return a + b\n```",
+        "add",
+        "def add(a, b):\n    return a + b",
+    ),
+    (
+        "```python\ndef helper(x):\n    return x\n```\nthen\n```python\ndef add(a, b):\n    return helper(a) + b\n```",
+        "add",
+        "def add(a, b):\n    return helper(a) + b",
+    ),
+    (
+        "```bash\npip install numpy\n```\n```python\ndef add(a, b):\n    return a + b\n```",
+        "add",
+        "def add(a, b):\n    return a + b",
+    ),
     ("```python\ndef add(a, b):\n    return a + b", "add", "def add(a, b):\n    return a + b"),  # unclosed fence
     ("def add(a, b):\n    return a + b\n\nThis function returns the sum.", "add", "def add(a, b):\n    return a + b"),
     ("Sure! Here it is:\ndef add(a, b):\n    return a + b", "add", "def add(a, b):\n    return a + b"),
-    ("import re\ndef words(s):\n    return re.findall(r'\\w+', s)\nExplanation: uses a regex.", "words",
-     "import re\ndef words(s):\n    return re.findall(r'\\w+', s)"),
+    (
+        "import re\ndef words(s):\n    return re.findall(r'\\w+', s)\nExplanation: uses a regex.",
+        "words",
+        "import re\ndef words(s):\n    return re.findall(r'\\w+', s)",
+    ),
     ("    return a + b\n\nThe body above adds.", "add", "    return a + b"),
-    ("    total = 0\n    for x in xs:\n        total += x\n    return total\n", "sum_all",
-     "    total = 0\n    for x in xs:\n        total += x\n    return total"),
+    (
+        "    total = 0\n    for x in xs:\n        total += x\n    return total\n",
+        "sum_all",
+        "    total = 0\n    for x in xs:\n        total += x\n    return total",
+    ),
     ("```python\nclass Solver:\n    pass\n```", None, "class Solver:\n    pass"),
     ("```python3\ndef add(a,b): return a+b\n```", "add", "def add(a,b): return a+b"),
-    ("```python\nimport os\n\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))\n```", "add",
-     "import os\n\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))"),
-    ("@cache\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n", "fib",
-     "@cache\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)"),
-    ("from typing import List\n\ndef f(x: List[int]) -> int:\n    return sum(x)\n\nExample: f([1, 2]) returns 3.", "f",
-     "from typing import List\n\ndef f(x: List[int]) -> int:\n    return sum(x)"),
+    (
+        "```python\nimport os\n\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))\n```",
+        "add",
+        "import os\n\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))",
+    ),
+    (
+        "@cache\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+        "fib",
+        "@cache\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)",
+    ),
+    (
+        "from typing import List\n\ndef f(x: List[int]) -> int:\n    return sum(x)\n\nExample: f([1, 2]) returns 3.",
+        "f",
+        "from typing import List\n\ndef f(x: List[int]) -> int:\n    return sum(x)",
+    ),
     ("\treturn x * 2\n", "double", "\treturn x * 2"),
-    ("```python\ndef add(a, b):\n    return a + b\n```\n\n```python\nassert add(1, 2) == 3\n```", "add",
-     "def add(a, b):\n    return a + b"),
+    (
+        "```python\ndef add(a, b):\n    return a + b\n```\n\n```python\nassert add(1, 2) == 3\n```",
+        "add",
+        "def add(a, b):\n    return a + b",
+    ),
     ("```python\n\n\ndef add(a, b):\n    return a + b\n\n\n```", "add", "def add(a, b):\n    return a + b"),
     ("```python\ndef helper():\n    return 1\n```\n```python\nx = helper()\n```", "add", "def helper():\n    return 1"),
     ("```python\nresult = [i * i for i in range(3)]\n```", None, "result = [i * i for i in range(3)]"),
-    ("Solution:\n```python\ndef add(a, b):\n    # sum\n    return a + b\n```", "add",
-     "def add(a, b):\n    # sum\n    return a + b"),
-    ("class Stack:\n    def __init__(self):\n        self.items = []\n\nUse it like a list.", None,
-     "class Stack:\n    def __init__(self):\n        self.items = []"),
+    (
+        "Solution:\n```python\ndef add(a, b):\n    # sum\n    return a + b\n```",
+        "add",
+        "def add(a, b):\n    # sum\n    return a + b",
+    ),
+    (
+        "class Stack:\n    def __init__(self):\n        self.items = []\n\nUse it like a list.",
+        None,
+        "class Stack:\n    def __init__(self):\n        self.items = []",
+    ),
 ]
 
 
@@ -269,15 +315,19 @@ def test_extract_code(completion, entry, expected):
     assert extract_code(completion, entry) == expected
 
 
-@pytest.mark.parametrize("completion", ["", "   ", "I cannot write this function.", "```text\nnot code\n```",
-                                        "The function should add two numbers."])
+@pytest.mark.parametrize(
+    "completion",
+    ["", "   ", "I cannot write this function.", "```text\nnot code\n```", "The function should add two numbers."],
+)
 def test_extract_code_none(completion):
     assert extract_code(completion, "add") is None
 
 
 def test_humaneval_program_assembly():
-    prompt = ('from typing import List\n\n\ndef helper(x):\n    return x\n\n\n'
-              'def total(xs: List[int]) -> int:\n    """Sum."""\n')
+    prompt = (
+        "from typing import List\n\n\ndef helper(x):\n    return x\n\n\n"
+        'def total(xs: List[int]) -> int:\n    """Sum."""\n'
+    )
     body = "    return sum(helper(x) for x in xs)"
     assert humaneval_program(prompt, body, "total") == prompt + body + "\n"
     unindented = "return sum(xs)"
@@ -324,8 +374,16 @@ CLASSIFY_CASES = [
     ("$\\boxed{math}$", "math"),
     ("\\boxed{reasoning}.", "reasoning"),
 ]
-CLASSIFY_NONE = ["", "\\boxed{biology}", "This request is about numbers and programs.", "\\boxed{}",
-                 "I would say it is math or code.", "\\boxed{math, code}", "Let me solve it: 2+2=4.", "\\boxed{4}"]
+CLASSIFY_NONE = [
+    "",
+    "\\boxed{biology}",
+    "This request is about numbers and programs.",
+    "\\boxed{}",
+    "I would say it is math or code.",
+    "\\boxed{math, code}",
+    "Let me solve it: 2+2=4.",
+    "\\boxed{4}",
+]
 
 
 @pytest.mark.parametrize("completion,expected", CLASSIFY_CASES)

@@ -40,15 +40,29 @@ class ParityTask(Task):
     domain = "others"
     max_new_tokens = 4
 
-    def __init__(self, n_train: int = 16, n_val: int = 6, nan: bool = False, raise_on: frozenset = frozenset(),
-                 name: str = "parity", splits: tuple = ("train", "val")) -> None:
+    def __init__(
+        self,
+        n_train: int = 16,
+        n_val: int = 6,
+        nan: bool = False,
+        raise_on: frozenset = frozenset(),
+        name: str = "parity",
+        splits: tuple = ("train", "val"),
+    ) -> None:
         super().__init__("offline")
         self.name = name
         rng = random.Random(0)
 
         def make(prefix: str, n: int) -> list[Item]:
-            return [Item(id=f"{prefix}{i}", question=" ".join(f"w{rng.randrange(5, 128)}" for _ in range(3)),
-                         answer="even", reference="w10 w12") for i in range(n)]
+            return [
+                Item(
+                    id=f"{prefix}{i}",
+                    question=" ".join(f"w{rng.randrange(5, 128)}" for _ in range(3)),
+                    answer="even",
+                    reference="w10 w12",
+                )
+                for i in range(n)
+            ]
 
         self.data = {s: make(s, n_train if s == "train" else n_val) for s in splits}
         self.nan, self.raise_on = nan, raise_on
@@ -80,26 +94,38 @@ class ParityTask(Task):
 
 
 def config(tmp_path, **kw) -> TrainConfig:
-    base = dict(task="parity", out=str(tmp_path / "run"), steps=2, batch_size=4, samples_per_prompt=4,
-                eval_every=0, checkpoint_every=0, progress=False, lr=1e-2)
+    base = dict(
+        task="parity",
+        out=str(tmp_path / "run"),
+        steps=2,
+        batch_size=4,
+        samples_per_prompt=4,
+        eval_every=0,
+        checkpoint_every=0,
+        progress=False,
+        lr=1e-2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def tiny_trainer(tmp_path, task=None, **kw) -> Trainer:
-    return Trainer(config(tmp_path, **kw), model=tiny_model("llama"), tokenizer=tiny_tokenizer(),
-                   task=task or ParityTask())
+    return Trainer(
+        config(tmp_path, **kw), model=tiny_model("llama"), tokenizer=tiny_tokenizer(), task=task or ParityTask()
+    )
 
 
 # --------------------------------------------------------------------------- the math
 def test_advantages_on_hand_made_rewards():
     r = torch.tensor([[1.0, -1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 1.0]])
     assert torch.equal(compute_advantages(r, "none"), r)
-    torch.testing.assert_close(compute_advantages(r, "mean"),
-                               torch.tensor([[1.5, -0.5, -0.5, -0.5], [0.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(
+        compute_advantages(r, "mean"), torch.tensor([[1.5, -0.5, -0.5, -0.5], [0.0, 0.0, 0.0, 0.0]])
+    )
     # leave-one-out: r_k − mean of the other three
-    torch.testing.assert_close(compute_advantages(r, "loo"),
-                               torch.tensor([[2.0, -2 / 3, -2 / 3, -2 / 3], [0.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(
+        compute_advantages(r, "loo"), torch.tensor([[2.0, -2 / 3, -2 / 3, -2 / 3], [0.0, 0.0, 0.0, 0.0]])
+    )
     with pytest.raises(T2Error):
         compute_advantages(torch.ones(2, 1), "mean")
 
@@ -120,7 +146,8 @@ def test_token_logprobs_mask_prompt_and_padding():
     assert torch.equal(token_logprobs(garbage, targets, mask), lp)
     # temperature scores the tempered distribution
     assert token_logprobs(logits, targets, mask, 2.0)[0, 0] == pytest.approx(
-        F.log_softmax(logits[0, 0] / 2, -1)[1].item())
+        F.log_softmax(logits[0, 0] / 2, -1)[1].item()
+    )
 
 
 def test_policy_loss_on_hand_made_numbers():
@@ -157,13 +184,14 @@ def test_make_batch_matches_unpadded_forwards():
     assert batch.input_ids.tolist() == [[5, 6, 7, 8, 11, 2, 1], [1, 1, 9, 10, 12, 13, 14]]
     assert batch.mask.tolist() == [[1, 1, 0], [1, 1, 1]]
     with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids).logits[:, -4:-1]
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits[:, -4:-1]
         lp = token_logprobs(logits, batch.targets, batch.mask)
         for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-            alone = F.log_softmax(model(torch.tensor([p + c])).logits[0, len(p) - 1:-1], -1)
+            alone = F.log_softmax(model(torch.tensor([p + c])).logits[0, len(p) - 1 : -1], -1)
             want = alone[torch.arange(len(c)), torch.tensor(c)]
-            torch.testing.assert_close(lp[i, :len(c)], want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(lp[i, : len(c)], want, rtol=1e-5, atol=1e-5)
 
 
 def test_safe_rewards_scores_a_raising_checker_as_wrong():
@@ -229,15 +257,18 @@ def test_a_raising_reward_function_is_logged_and_training_goes_on(tmp_path):
     assert len(lines) == 32 and "exploded" in json.loads(lines[0])["error"]
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(batch_size=0), "--batch-size must be at least 1"),
-    (dict(samples_per_prompt=0), "--samples-per-prompt must be at least 1"),
-    (dict(baseline="mean", samples_per_prompt=1), "needs --samples-per-prompt 2"),
-    (dict(temperature=0.0), "identical"),
-    (dict(grad_accum=3), "--grad-accum 3 must divide"),
-    (dict(method="dora"), "--method 'dora' is not one of"),
-    (dict(lr=float("nan")), "--lr must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(batch_size=0), "--batch-size must be at least 1"),
+        (dict(samples_per_prompt=0), "--samples-per-prompt must be at least 1"),
+        (dict(baseline="mean", samples_per_prompt=1), "needs --samples-per-prompt 2"),
+        (dict(temperature=0.0), "identical"),
+        (dict(grad_accum=3), "--grad-accum 3 must divide"),
+        (dict(method="dora"), "--method 'dora' is not one of"),
+        (dict(lr=float("nan")), "--lr must be a finite number"),
+    ],
+)
 def test_bad_options_are_one_line_errors(tmp_path, kw, message):
     with pytest.raises(T2Error, match=message) as exc:
         tiny_trainer(tmp_path, **kw)
@@ -248,8 +279,9 @@ def test_batch_must_split_evenly_over_processes(tmp_path, monkeypatch):
     from transformer_squared.training import distributed
     from transformer_squared.training import trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "setup_distributed",
-                        lambda device: (distributed.DistInfo(rank=0, world=3), device))
+    monkeypatch.setattr(
+        trainer_module, "setup_distributed", lambda device: (distributed.DistInfo(rank=0, world=3), device)
+    )
     with pytest.raises(T2Error, match="--batch-size 4 is not divisible by the 3 processes"):
         tiny_trainer(tmp_path)
 
@@ -266,8 +298,7 @@ def test_resume_refuses_another_model_task_or_options(tmp_path):
     with pytest.raises(T2Error, match="already holds a training run"):
         tiny_trainer(tmp_path)
     with pytest.raises(T2Error, match="was made with model 'tiny-llama'"):
-        Trainer(config(tmp_path, resume=True), model=tiny_model(seed=1), tokenizer=tiny_tokenizer(),
-                task=ParityTask())
+        Trainer(config(tmp_path, resume=True), model=tiny_model(seed=1), tokenizer=tiny_tokenizer(), task=ParityTask())
     with pytest.raises(T2Error, match="trains task 'parity'"):
         tiny_trainer(tmp_path, resume=True, task=ParityTask(name="other"))
     with pytest.raises(T2Error, match="--lr 0.01 \\(now 0.5\\)"):
@@ -278,8 +309,12 @@ def test_resume_refuses_another_model_task_or_options(tmp_path):
 
 # --------------------------------------------------------------------------- outputs, baselines
 def test_outputs_expert_metrics_plot_and_best_on_val(tmp_path):
-    result = train(config(tmp_path, steps=3, eval_every=2, checkpoint_every=2),
-                   model=tiny_model(), tokenizer=tiny_tokenizer(), task=ParityTask())
+    result = train(
+        config(tmp_path, steps=3, eval_every=2, checkpoint_every=2),
+        model=tiny_model(),
+        tokenizer=tiny_tokenizer(),
+        task=ParityTask(),
+    )
     out = tmp_path / "run"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
@@ -302,8 +337,12 @@ def test_lora_rl_and_sft_steps_report_parameter_counts(tmp_path):
 
     for objective in ("rl", "sft"):
         model = tiny_model()
-        result = train(config(tmp_path / objective, method="lora", objective=objective),
-                       model=model, tokenizer=tiny_tokenizer(), task=ParityTask())
+        result = train(
+            config(tmp_path / objective, method="lora", objective=objective),
+            model=model,
+            tokenizer=tiny_tokenizer(),
+            task=ParityTask(),
+        )
         # rank 16 on q_proj (32→32) and v_proj (32→16) in 2 layers: 2·(16·32+32·16 + 16·32+16·16)
         assert result.trainable_params == 3584
         out = tmp_path / objective / "run"
@@ -318,8 +357,12 @@ def test_lora_rl_and_sft_steps_report_parameter_counts(tmp_path):
 
 
 def test_svf_sft_lowers_the_reference_nll(tmp_path):
-    result = train(config(tmp_path, objective="sft", steps=4, lr=5e-2, clip=0.0),
-                   model=tiny_model(), tokenizer=tiny_tokenizer(), task=ParityTask())
+    result = train(
+        config(tmp_path, objective="sft", steps=4, lr=5e-2, clip=0.0),
+        model=tiny_model(),
+        tokenizer=tiny_tokenizer(),
+        task=ParityTask(),
+    )
     nll = [r["nll_per_token"] for r in result.history]
     assert result.trainable_params == 192 and nll[-1] < nll[0]
 
@@ -343,13 +386,40 @@ def test_cli_train_on_a_tiny_model_folder(tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "arc.jsonl"
     with open(data, "w") as f:
         for i, split in enumerate(["train"] * 8 + ["val"] * 3 + ["test"] * 3):
-            f.write(json.dumps({"question": " ".join(f"w{rng.randrange(5, 128)}" for _ in range(3)),
-                                "choices": [f"w{rng.randrange(5, 128)}" for _ in range(4)],
-                                "answerKey": "ABCD"[i % 4], "split": split}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "question": " ".join(f"w{rng.randrange(5, 128)}" for _ in range(3)),
+                        "choices": [f"w{rng.randrange(5, 128)}" for _ in range(4)],
+                        "answerKey": "ABCD"[i % 4],
+                        "split": split,
+                    }
+                )
+                + "\n"
+            )
     out = tmp_path / "expert"
-    argv = ["train", "--task", "arc_easy", "--source", str(data), "--model", str(tiny_model_dir), "--out", str(out),
-            "--steps", "2", "--batch-size", "2", "--samples-per-prompt", "2", "--max-new-tokens", "4",
-            "--eval-every", "2", "--no-progress"]
+    argv = [
+        "train",
+        "--task",
+        "arc_easy",
+        "--source",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--samples-per-prompt",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--eval-every",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "trainable parameters" in capsys.readouterr().out
     expert = Expert.load(out)
@@ -365,8 +435,16 @@ def test_one_rl_step_on_the_default_model(default_model, tmp_path):
     model, tokenizer = default_model
     from transformer_squared.tasks import get_task
 
-    cfg = TrainConfig(task="arc_easy", out=str(tmp_path / "run"), steps=1, batch_size=1, samples_per_prompt=2,
-                      max_new_tokens=8, eval_every=0, progress=False)
+    cfg = TrainConfig(
+        task="arc_easy",
+        out=str(tmp_path / "run"),
+        steps=1,
+        batch_size=1,
+        samples_per_prompt=2,
+        max_new_tokens=8,
+        eval_every=0,
+        progress=False,
+    )
     result = train(cfg, model=model, tokenizer=tokenizer, task=get_task("arc_easy"))
     row = result.history[-1]
     assert result.trainable_params == 51_840 and not row["skipped"] and row["grad_norm"] > 0
@@ -383,10 +461,10 @@ def test_model_selection_breaks_accuracy_ties_by_reference_loglik():
     t.policy = SimpleNamespace(state=lambda: {"step": len(saved)}, save=lambda *a: saved.append(a))
     t.out, t._name, t._summary = "out", (lambda: "x"), (lambda: {})
     assert t._consider_best(0, 0.0, -1.5)
-    assert not t._consider_best(10, 0.0, -1.6)   # same accuracy, references less likely
-    assert t._consider_best(20, 0.0, -1.2)       # same accuracy, references more likely
-    assert not t._consider_best(30, 0.0, None)   # no references: ties keep the earlier weights
-    assert t._consider_best(40, 0.1, -3.0)       # accuracy first
+    assert not t._consider_best(10, 0.0, -1.6)  # same accuracy, references less likely
+    assert t._consider_best(20, 0.0, -1.2)  # same accuracy, references more likely
+    assert not t._consider_best(30, 0.0, None)  # no references: ties keep the earlier weights
+    assert t._consider_best(40, 0.1, -3.0)  # accuracy first
     assert not t._consider_best(50, 0.05, -0.1)
     assert (t.best_step, t.best_val, len(saved)) == (40, 0.1, 3)
 
@@ -398,9 +476,17 @@ def _mc_file(tmp_path, n_train=8, n_val=4, seed=0):
     words = [f"w{i}" for i in range(30, 128)]
     with open(path, "w") as f:
         for i, split in enumerate(["train"] * n_train + ["val"] * n_val + ["test"] * 2):
-            f.write(json.dumps({"question": " ".join(rng.choice(words) for _ in range(3)),
-                                "choices": [" ".join(rng.choice(words) for _ in range(1 + j % 2)) for j in range(4)],
-                                "answerKey": "ABCD"[i % 4], "split": split}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "question": " ".join(rng.choice(words) for _ in range(3)),
+                        "choices": [" ".join(rng.choice(words) for _ in range(1 + j % 2)) for j in range(4)],
+                        "answerKey": "ABCD"[i % 4],
+                        "split": split,
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -447,8 +533,18 @@ def test_exact_objective_raises_expected_reward_and_logs_learning_signals(tmp_pa
     from transformer_squared.tasks import get_task
 
     task = get_task("arc_easy", source=str(_mc_file(tmp_path)))
-    trainer = tiny_trainer(tmp_path, task=task, objective="exact", batch_size=8, kl_coef=0.1, clip=0.0, lr=5e-2,
-                           steps=6, eval_every=3, val_limit=None)
+    trainer = tiny_trainer(
+        tmp_path,
+        task=task,
+        objective="exact",
+        batch_size=8,
+        kl_coef=0.1,
+        clip=0.0,
+        lr=5e-2,
+        steps=6,
+        eval_every=3,
+        val_limit=None,
+    )
     result = trainer.run()
     rows = [r for r in result.history if r["step"] > 0]
     assert rows[-1]["reward_mean"] > rows[0]["reward_mean"]  # same 8 items every step (one epoch per step)
@@ -508,8 +604,18 @@ def test_sft_in_an_answer_channel_raises_the_gold_options_likelihood(tmp_path):
     from transformer_squared.tasks import get_task
 
     task = get_task("arc_easy", source=str(_mc_file(tmp_path)))
-    trainer = tiny_trainer(tmp_path, task=task, objective="sft", channel="cloze", batch_size=8, clip=0.0, lr=5e-2,
-                           steps=4, eval_every=4, val_limit=None)
+    trainer = tiny_trainer(
+        tmp_path,
+        task=task,
+        objective="sft",
+        channel="cloze",
+        batch_size=8,
+        clip=0.0,
+        lr=5e-2,
+        steps=4,
+        eval_every=4,
+        val_limit=None,
+    )
     result = trainer.run()
     rows = [r for r in result.history if r["step"] > 0]
     assert rows[-1]["gold_logprob"] > rows[0]["gold_logprob"] and rows[-1]["pg_loss"] < rows[0]["pg_loss"]
@@ -553,8 +659,9 @@ def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp
     ckpt = load_checkpoint(folder)
     old = dict(ckpt.state)
     old["config"] = {k: v for k, v in old["config"].items() if k not in ("channel", "norm")}
-    save_checkpoint(folder, state=old, trainable=ckpt.trainable, best=ckpt.best, optimizer=ckpt.optimizer,
-                    scheduler=ckpt.scheduler)
+    save_checkpoint(
+        folder, state=old, trainable=ckpt.trainable, best=ckpt.best, optimizer=ckpt.optimizer, scheduler=ckpt.scheduler
+    )
     resumed = tiny_trainer(tmp_path, steps=2, checkpoint_every=1, resume=True)
     assert resumed.step == 1
 
@@ -564,8 +671,21 @@ def test_the_former_modules_still_import():
     from transformer_squared import lora, models, rl, training
 
     assert rl.Trainer is training.Trainer and rl.TrainConfig is training.TrainConfig and rl.train is training.train
-    assert set(rl.__all__) >= {"Batch", "DistInfo", "Rollout", "SVFPolicy", "TrainResult", "compute_advantages",
-                               "kl_full", "kl_k3", "make_batch", "policy_loss", "safe_rewards", "sample_seed",
-                               "token_logprobs", "write_plot"}
+    assert set(rl.__all__) >= {
+        "Batch",
+        "DistInfo",
+        "Rollout",
+        "SVFPolicy",
+        "TrainResult",
+        "compute_advantages",
+        "kl_full",
+        "kl_k3",
+        "make_batch",
+        "policy_loss",
+        "safe_rewards",
+        "sample_seed",
+        "token_logprobs",
+        "write_plot",
+    }
     assert all(hasattr(rl, name) for name in rl.__all__)
     assert lora.LoRAPolicy is training.LoRAPolicy and lora.apply_adapter is models.apply_adapter

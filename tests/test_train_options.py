@@ -19,8 +19,10 @@ import pytest
 from transformer_squared import training
 from transformer_squared.cli import main
 
-README_TRAIN = ("train --task arc_easy --out {out} --steps 40 --batch-size 8 -k 4 --baseline mean "
-                "--kl-coef 0.1 --max-new-tokens 8 --eval-every 10 --val-limit 100")
+README_TRAIN = (
+    "train --task arc_easy --out {out} --steps 40 --batch-size 8 -k 4 --baseline mean "
+    "--kl-coef 0.1 --max-new-tokens 8 --eval-every 10 --val-limit 100"
+)
 
 
 @pytest.fixture
@@ -33,8 +35,9 @@ def runs(monkeypatch):
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / training.CONFIG_NAME).write_text(json.dumps({"task": config.task, "config": config.to_dict()}))
-        return SimpleNamespace(out=out, best_val_accuracy=0.5, best_step=10, steps=config.steps, seconds=1.0,
-                               trainable_params=1)
+        return SimpleNamespace(
+            out=out, best_val_accuracy=0.5, best_step=10, steps=config.steps, seconds=1.0, trainable_params=1
+        )
 
     monkeypatch.setattr(training, "train", fake_train)
     return seen
@@ -103,7 +106,9 @@ def test_options_from_dataclass_fields():
     p = argparse.ArgumentParser()
     add_dataclass_arguments(p, _Opts, [f.name for f in dataclasses.fields(_Opts)])
     assert config_from_args(p.parse_args([]), _Opts) == _Opts()
-    got = config_from_args(p.parse_args("--mode b --limit 3 --rate 2 --names p,q, --no-fast --loud -k 5".split()), _Opts)
+    got = config_from_args(
+        p.parse_args("--mode b --limit 3 --rate 2 --names p,q, --no-fast --loud -k 5".split()), _Opts
+    )
     assert got == _Opts(mode="b", limit=3, rate=2.0, names=["p", "q"], fast=False, loud=True, k=5)
     assert "{a,b}" in p.format_help() and "which mode" in p.format_help()
     with pytest.raises(SystemExit):

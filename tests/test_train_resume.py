@@ -42,8 +42,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_config(tmp_path: Path, model_dir: Path, name: str, **kw) -> dict:
-    base = dict(task="parity", model=str(model_dir), out=str(tmp_path / name), steps=4, batch_size=4,
-                samples_per_prompt=2, eval_every=2, checkpoint_every=2, progress=False, lr=1e-2, kl_coef=0.1)
+    base = dict(
+        task="parity",
+        model=str(model_dir),
+        out=str(tmp_path / name),
+        steps=4,
+        batch_size=4,
+        samples_per_prompt=2,
+        eval_every=2,
+        checkpoint_every=2,
+        progress=False,
+        lr=1e-2,
+        kl_coef=0.1,
+    )
     base.update(kw)
     return base
 
@@ -62,8 +73,13 @@ def test_resume_after_kill_9_ends_with_the_same_z(tiny_model_dir, tmp_path):
     script.write_text(SCRIPT)
     cfg = run_config(tmp_path, tiny_model_dir, "killed")
     # killed after step 3: the checkpoint is from step 2, metrics.jsonl already has a row for step 3
-    proc = subprocess.run([sys.executable, str(script), json.dumps(cfg), "3", str(tmp_path / "unused.pt")],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(cfg), "3", str(tmp_path / "unused.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     out = Path(cfg["out"])
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2
@@ -85,9 +101,24 @@ def test_two_gloo_processes_equal_one_process(tiny_model_dir, tmp_path):
     script.write_text(SCRIPT)
     cfg = run_config(tmp_path, tiny_model_dir, "two")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", str(script), json.dumps(cfg), "-1", str(tmp_path / "z.pt")],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(script),
+            json.dumps(cfg),
+            "-1",
+            str(tmp_path / "z.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = torch.load(tmp_path / "z.pt")
     assert_same_z(two, single.state, 1e-5)

@@ -27,9 +27,22 @@ def _svf():
 
 
 def _args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, num_generations=4,
-                max_completion_length=6, max_steps=2, learning_rate=0.05, beta=0.1, logging_steps=1,
-                report_to="none", use_cpu=True, save_strategy="no", bf16=False, seed=0, disable_tqdm=True)
+    base = dict(
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=0.05,
+        beta=0.1,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        bf16=False,
+        seed=0,
+        disable_tqdm=True,
+    )
     base.update(kw)
     return GRPOConfig(**base)
 
@@ -45,8 +58,9 @@ def test_grpo_trains_only_z_with_the_base_as_reference(tmp_path, one_thread):
         seen.append({"n": len(completions), "answer": list(answer), "prompts": list(columns["prompts"])})
         return [float(a in c) + 0.1 * len(c.split()) for c, a in zip(completions, answer, strict=True)]
 
-    trainer = SVFGRPOTrainer(svf, reward_funcs=reward, args=_args(tmp_path), train_dataset=ds,
-                             processing_class=tiny_tokenizer())
+    trainer = SVFGRPOTrainer(
+        svf, reward_funcs=reward, args=_args(tmp_path), train_dataset=ds, processing_class=tiny_tokenizer()
+    )
     assert isinstance(trainer.ref_model, SVFReference) and trainer.beta == 0.1
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all(n.endswith(".z") for n in trainable)
@@ -94,8 +108,13 @@ def test_grpo_trains_only_z_with_the_base_as_reference(tmp_path, one_thread):
 def test_beta_zero_builds_no_reference(tmp_path):
     svf = _svf()
     ds = datasets.Dataset.from_list([{"prompt": "w5 w6"}] * 4)
-    trainer = SVFGRPOTrainer(svf, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-                             args=_args(tmp_path, beta=0.0), train_dataset=ds, processing_class=tiny_tokenizer())
+    trainer = SVFGRPOTrainer(
+        svf,
+        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+        args=_args(tmp_path, beta=0.0),
+        train_dataset=ds,
+        processing_class=tiny_tokenizer(),
+    )
     assert trainer.ref_model is None
 
 

@@ -47,6 +47,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AdaptiveModel", "Expert", "Item", "Parameterization", "SVFLinear", "SVFModel", "T2Error", "Task",
-           "TaskProtocol", "TrainConfig", "TrainResult", "__version__", "evaluate", "get_task", "load_model",
-           "train"]
+__all__ = [
+    "AdaptiveModel",
+    "Expert",
+    "Item",
+    "Parameterization",
+    "SVFLinear",
+    "SVFModel",
+    "T2Error",
+    "Task",
+    "TaskProtocol",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "evaluate",
+    "get_task",
+    "load_model",
+    "train",
+]

@@ -34,6 +34,7 @@ STRATEGIES = ("none", "oracle", "prompt", "classifier", "probe", "fewshot")
 PAPER_DOMAINS = ("math", "code", "reasoning")
 OTHERS = "others"
 
+
 def _task_domains() -> dict[str, str]:
     from .tasks import DOMAINS
 
@@ -90,9 +91,17 @@ class AdaptiveModel:
         router: the early-layer probe (``strategy="probe"``; see :class:`~transformer_squared.probe.ProbeRouter`).
     """
 
-    def __init__(self, svf, tokenizer, experts: Sequence[Expert], strategy: str = "prompt",
-                 classifier: Expert | None = None, mixture: Expert | None = None,
-                 min_label_mass: float = 0.01, router=None) -> None:
+    def __init__(
+        self,
+        svf,
+        tokenizer,
+        experts: Sequence[Expert],
+        strategy: str = "prompt",
+        classifier: Expert | None = None,
+        mixture: Expert | None = None,
+        min_label_mass: float = 0.01,
+        router=None,
+    ) -> None:
         if strategy not in STRATEGIES:
             raise T2Error(f"unknown adaptation strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
         experts = list(experts)
@@ -106,8 +115,10 @@ class AdaptiveModel:
             e.check_compatible(svf, strict=True)
             label = expert_domain(e)
             if label in self.experts or label == OTHERS:
-                raise T2Error(f"two experts claim the domain {label!r} ({self.experts.get(label, e).name!r} "
-                              f"and {e.name!r}); give one a different meta 'domain'")
+                raise T2Error(
+                    f"two experts claim the domain {label!r} ({self.experts.get(label, e).name!r} "
+                    f"and {e.name!r}); give one a different meta 'domain'"
+                )
             self.experts[label] = e
         if strategy == "classifier":
             if classifier is None:
@@ -150,8 +161,11 @@ class AdaptiveModel:
             out = []
             for lab in self.labels:
                 joint = tok("\\boxed{" + lab, add_special_tokens=False)["input_ids"]
-                ids = joint[len(prefix):] if joint[: len(prefix)] == prefix else \
-                    tok(lab, add_special_tokens=False)["input_ids"]
+                ids = (
+                    joint[len(prefix) :]
+                    if joint[: len(prefix)] == prefix
+                    else tok(lab, add_special_tokens=False)["input_ids"]
+                )
                 if not ids:
                     raise T2Error(f"label {lab!r} tokenizes to nothing")
                 out.append(ids)
@@ -172,7 +186,7 @@ class AdaptiveModel:
         tok.padding_side = "left"
         try:
             for s in range(0, len(prompts), batch_size):
-                chunk = prompts[s:s + batch_size]
+                chunk = prompts[s : s + batch_size]
                 if distinct:
                     enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                     logp = torch.log_softmax(last_logits(model, enc).float(), dim=-1)
@@ -191,8 +205,10 @@ class AdaptiveModel:
         pairs = [(pid, ids) for pid in prompt_ids for ids in label_ids]
         sums, _ = continuation_logprobs(self.svf.model, tok.pad_token_id, pairs, device)
         n_labels = len(self.labels)
-        return [_with_mass({lab: math.exp(sums[i * n_labels + j].item()) for j, lab in enumerate(self.labels)})
-                for i in range(len(prompts))]
+        return [
+            _with_mass({lab: math.exp(sums[i * n_labels + j].item()) for j, lab in enumerate(self.labels)})
+            for i in range(len(prompts))
+        ]
 
     def _classifier_weights(self, texts: Sequence[str]):
         """The classifier's weights for one first pass, the caller's z left as it was.
@@ -202,8 +218,9 @@ class AdaptiveModel:
         (on the default model, 2 CPU cores: merging all 90 matrices 0.86 s, the factored path
         ~0.6 ms more per prompt token than merged; even at ~1,400 tokens).
         """
-        n_tokens = sum(len(ids) for ids in self.tokenizer(self._classify_prompts(texts),
-                                                          add_special_tokens=False)["input_ids"])
+        n_tokens = sum(
+            len(ids) for ids in self.tokenizer(self._classify_prompts(texts), add_special_tokens=False)["input_ids"]
+        )
         if n_tokens >= self.merge_min_tokens:
             return self.svf.applied(self.classifier)  # merged, the caller's z restored after
         return self.svf.rows([self.classifier])
@@ -255,17 +272,31 @@ class AdaptiveModel:
         return routes
 
     # -- the second pass -------------------------------------------------------------------
-    def generate(self, texts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 8,
-                 temperature: float = 0.0, domains: Sequence[str | None] | None = None):
+    def generate(
+        self,
+        texts: Sequence[str],
+        *,
+        max_new_tokens: int = 256,
+        batch_size: int = 8,
+        temperature: float = 0.0,
+        domains: Sequence[str | None] | None = None,
+    ):
         """Route, then answer every request in one mixed-expert batch: [(Route, Generation)]."""
         from .generation import generate
         from .tasks.base import render_prompt
 
         routes = self.route(texts, domains)
         prompts = [render_prompt([{"role": "user", "content": t}], self.tokenizer) for t in texts]
-        gens = generate(self.svf.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, temperature=temperature, svf=self.svf,
-                        experts=[r.expert for r in routes])
+        gens = generate(
+            self.svf.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            temperature=temperature,
+            svf=self.svf,
+            experts=[r.expert for r in routes],
+        )
         return list(zip(routes, gens, strict=True))
 
 
@@ -299,8 +330,16 @@ class CEMConfig:
     norm: str = "token"
 
 
-def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence, config: CEMConfig | None = None,
-               progress: bool = True, log: Callable[[dict], None] | None = None) -> tuple[Expert, list[dict]]:
+def cem_search(
+    svf,
+    tokenizer,
+    task,
+    experts: Sequence[Expert],
+    shots: Sequence,
+    config: CEMConfig | None = None,
+    progress: bool = True,
+    log: Callable[[dict], None] | None = None,
+) -> tuple[Expert, list[dict]]:
     """Find mixing weights α for ``experts`` that do best on ``shots`` (labelled items).
 
     In ``generate`` mode each candidate α is scored by the number of shots answered correctly
@@ -349,8 +388,16 @@ def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence,
         if cfg.mode == "loglik":
             cache[key] = _expected_accuracy(svf.model, tokenizer, task, list(shots), cfg)
             return cache[key]
-        summary, _ = evaluate(svf.model, tokenizer, task, list(shots), split="fewshot", batch_size=cfg.batch_size,
-                              max_new_tokens=cfg.max_new_tokens, progress=False)
+        summary, _ = evaluate(
+            svf.model,
+            tokenizer,
+            task,
+            list(shots),
+            split="fewshot",
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            progress=False,
+        )
         ll = mean_reference_loglik(svf, tokenizer, task, list(shots), cfg.batch_size) or 0.0
         cache[key] = (float(summary.correct), ll)
         return cache[key]
@@ -371,11 +418,19 @@ def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence,
             if best is None or top > best[0]:
                 best = (top, samples[order[0]].clone())
             if cfg.mode == "loglik":
-                row = {"iteration": it, "best_expected": round(best[0][0], 4), "best_correct": best[0][1],
-                       "iter_best_expected": round(top[0], 4)}
+                row = {
+                    "iteration": it,
+                    "best_expected": round(best[0][0], 4),
+                    "best_correct": best[0][1],
+                    "iter_best_expected": round(top[0], 4),
+                }
             else:
-                row = {"iteration": it, "best_correct": best[0][0], "best_loglik": round(best[0][1], 4),
-                       "iter_best_correct": top[0]}
+                row = {
+                    "iteration": it,
+                    "best_correct": best[0][0],
+                    "best_loglik": round(best[0][1], 4),
+                    "iter_best_correct": top[0],
+                }
             row["mean_alpha"] = mean.mean(-1).tolist() if cfg.per_matrix else mean.tolist()
             history.append(row)
             if log:
@@ -391,12 +446,17 @@ def cem_search(svf, tokenizer, task, experts: Sequence[Expert], shots: Sequence,
     mixture = Expert.mix(experts, best[1], name=f"fewshot-{task.name}")
     mixture.meta["task"] = task.name
     mixture.meta["domain"] = f"fewshot-{task.name}"
-    fitness = ({"expected_accuracy": best[0][0], "correct": best[0][1]} if cfg.mode == "loglik"
-               else {"correct": best[0][0], "loglik": best[0][1]})
-    mixture.meta["fewshot"] = {"shots": [str(s.id) for s in shots], **fitness,
-                               "config": {k_: (list(v) if isinstance(v, tuple) else v)
-                                          for k_, v in cfg.__dict__.items()},
-                               "history": history}
+    fitness = (
+        {"expected_accuracy": best[0][0], "correct": best[0][1]}
+        if cfg.mode == "loglik"
+        else {"correct": best[0][0], "loglik": best[0][1]}
+    )
+    mixture.meta["fewshot"] = {
+        "shots": [str(s.id) for s in shots],
+        **fitness,
+        "config": {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in cfg.__dict__.items()},
+        "history": history,
+    }
     return mixture, history
 
 

@@ -22,8 +22,15 @@ from .errors import T2Error
 log = logging.getLogger("transformer_squared")
 
 
-def train(config: Any = None, *, task: Any = None, model: Any = None, tokenizer: Any = None,
-          on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> Any:
+def train(
+    config: Any = None,
+    *,
+    task: Any = None,
+    model: Any = None,
+    tokenizer: Any = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> Any:
     """Train an SVF expert (or the LoRA baseline); return the :class:`~transformer_squared.training.TrainResult`.
 
     ``config``: a :class:`~transformer_squared.training.TrainConfig` (or None); ``options``: TrainConfig

@@ -22,8 +22,13 @@ def find_experts(folder: str | Path) -> dict[str, Path]:
     return found
 
 
-def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name: str = "default",
-             max_new_tokens: int | None = 192, print_fn=print) -> dict:
+def run_demo(
+    experts_dir: str | Path = "experts",
+    per_task: int = 4,
+    model_name: str = "default",
+    max_new_tokens: int | None = 192,
+    print_fn=print,
+) -> dict:
     """Run the demo and return its numbers (also printed)."""
     from .adapt import AdaptiveModel
     from .evaluation import evaluate
@@ -42,11 +47,14 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
     classifier = Expert.load(found["classify"]) if "classify" in found else None
     t0 = time.perf_counter()
     model, tok = load_model(model_name, progress=True)
-    svf = SVFModel(model, targets=task_experts[0].meta.get("targets", "mlp"),
-                   parameterization=task_experts[0].parameterization)
-    print_fn(f"loaded {name_of(model, model_name)} and {len(task_experts)} experts "
-             f"({', '.join(e.name for e in task_experts)}{', classifier' if classifier else ''}) "
-             f"in {time.perf_counter() - t0:.1f}s; each expert is {task_experts[0].num_parameters():,} numbers")
+    svf = SVFModel(
+        model, targets=task_experts[0].meta.get("targets", "mlp"), parameterization=task_experts[0].parameterization
+    )
+    print_fn(
+        f"loaded {name_of(model, model_name)} and {len(task_experts)} experts "
+        f"({', '.join(e.name for e in task_experts)}{', classifier' if classifier else ''}) "
+        f"in {time.perf_counter() - t0:.1f}s; each expert is {task_experts[0].num_parameters():,} numbers"
+    )
     items, owner = [], {}
     for name in DEMO_TASKS:
         task = get_task(name)
@@ -63,8 +71,9 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
             per = sum(done_s) / len(done_s)
             left = f"; about {per * (len(strategies) - index + 1):.0f}s left at {per:.0f}s per strategy so far"
         _say(print_fn, f"\n[{index}/{len(strategies)}] {label}: answering {len(items)} questions{left}")
-        am = AdaptiveModel(svf, tok, task_experts if strategy != "none" else [], strategy=strategy,
-                           classifier=classifier)
+        am = AdaptiveModel(
+            svf, tok, task_experts if strategy != "none" else [], strategy=strategy, classifier=classifier
+        )
         rows, first, second = [], 0.0, 0.0
         for name in DEMO_TASKS:
             task = get_task(name)
@@ -78,9 +87,17 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
                 return [r.expert for r in routes]
 
             t_task = time.perf_counter()
-            summary, rs = evaluate(model, tok, task, batch, batch_size=len(batch),
-                                   max_new_tokens=min(max_new_tokens or task.max_new_tokens, task.max_new_tokens),
-                                   svf=svf, choose_experts=choose, progress=False)
+            summary, rs = evaluate(
+                model,
+                tok,
+                task,
+                batch,
+                batch_size=len(batch),
+                max_new_tokens=min(max_new_tokens or task.max_new_tokens, task.max_new_tokens),
+                svf=svf,
+                choose_experts=choose,
+                progress=False,
+            )
             _say(print_fn, f"      {name}: {len(batch)} questions in {time.perf_counter() - t_task:.1f}s")
             first += summary.extra["first_pass_seconds"]
             second += summary.extra["second_pass_seconds"]
@@ -97,8 +114,10 @@ def run_demo(experts_dir: str | Path = "experts", per_task: int = 4, model_name:
             print_fn(f"  {mark} [{name:8s} → {route.describe():24s}] {q}")
     print_fn("\nsummary (held-out test questions; see docs/tasks.md for how the splits were made):")
     for label, r in results.items():
-        print_fn(f"  {label:10s} {r['correct']:2d}/{r['n']} correct   first pass {r['first_pass_s']:5.1f}s   "
-                 f"second pass {r['second_pass_s']:6.1f}s")
+        print_fn(
+            f"  {label:10s} {r['correct']:2d}/{r['n']} correct   first pass {r['first_pass_s']:5.1f}s   "
+            f"second pass {r['second_pass_s']:6.1f}s"
+        )
     print_fn(f"\ntotal {time.perf_counter() - t_start:.0f}s")
     return results
 
@@ -113,9 +132,11 @@ def estimate(per_task: int, tasks: int) -> str:
     """The line the demo starts with: what it does and roughly how long it takes here."""
     n = per_task * tasks
     minutes = max(1, round(DEMO_S_PER_QUESTION * n / 60))
-    return (f"t2 demo: {n} held-out questions ({per_task} each from {tasks} tasks) answered by the base model, "
-            f"--adapt prompt and --adapt classifier; about {minutes} min on 2 idle CPU cores, more when other jobs "
-            "share them. Each pass prints its time as it finishes.")
+    return (
+        f"t2 demo: {n} held-out questions ({per_task} each from {tasks} tasks) answered by the base model, "
+        f"--adapt prompt and --adapt classifier; about {minutes} min on 2 idle CPU cores, more when other jobs "
+        "share them. Each pass prints its time as it finishes."
+    )
 
 
 def _say(print_fn, text: str) -> None:

@@ -57,8 +57,10 @@ class EvalSummary:
 
     def line(self) -> str:
         lo, hi = self.ci95
-        return (f"{self.task}/{self.split}: {self.accuracy:.1%} ({self.correct}/{self.n}), "
-                f"95% CI [{lo:.1%}, {hi:.1%}]; {self.items_per_s:.2f} items/s, {self.tokens_per_s:.1f} tokens/s")
+        return (
+            f"{self.task}/{self.split}: {self.accuracy:.1%} ({self.correct}/{self.n}), "
+            f"95% CI [{lo:.1%}, {hi:.1%}]; {self.items_per_s:.2f} items/s, {self.tokens_per_s:.1f} tokens/s"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -121,30 +123,46 @@ def evaluate(
     done = _read_done(path) if path else {}
     todo = [it for it in items if str(it.id) not in done]
     rows: list[dict] = [done[str(it.id)] for it in items if str(it.id) in done]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
-               desc=desc or f"eval {task.name}/{split}", unit="item", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(items),
+        initial=len(items) - len(todo),
+        disable=not progress,
+        desc=desc or f"eval {task.name}/{split}",
+        unit="item",
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
     new_tokens = 0
     first_pass = second_pass = 0.0
     correct_so_far = sum(bool(r["correct"]) for r in rows)
     try:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            batch = todo[start : start + batch_size]
             prompts = [task.prompt(it, tokenizer) for it in batch]
             t_first = time.perf_counter()
             experts = list(choose_experts(batch)) if choose_experts is not None else None
             first_pass += time.perf_counter() - t_first
             t_second = time.perf_counter()
-            gens = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=batch_size,
-                            svf=svf if experts is not None else None, experts=experts)
+            gens = generate(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=max_new,
+                batch_size=batch_size,
+                svf=svf if experts is not None else None,
+                experts=experts,
+            )
             second_pass += time.perf_counter() - t_second
             completions = [g.text for g in gens]
             oks = task.correct_many(batch, completions)
             new_rows = []
             for i, (it, g, ok) in enumerate(zip(batch, gens, oks, strict=True)):
                 row = {
-                    "id": str(it.id), "prompt": prompts[i], "completion": g.text,
-                    "extracted": _extract(task, it, g.text), "correct": bool(ok),
+                    "id": str(it.id),
+                    "prompt": prompts[i],
+                    "completion": g.text,
+                    "extracted": _extract(task, it, g.text),
+                    "correct": bool(ok),
                     "reward": task.reward_correct if ok else task.reward_wrong,
                     "num_tokens": g.num_tokens,
                 }
@@ -161,13 +179,29 @@ def evaluate(
             bar.set_postfix(acc=f"{correct_so_far / max(1, len(rows)):.1%}")
     finally:
         bar.close()
-    summary = _summarise(task, split, items, rows, len(todo), time.perf_counter() - t0, new_tokens,
-                         {"first_pass_seconds": round(first_pass, 3), "second_pass_seconds": round(second_pass, 3)})
+    summary = _summarise(
+        task,
+        split,
+        items,
+        rows,
+        len(todo),
+        time.perf_counter() - t0,
+        new_tokens,
+        {"first_pass_seconds": round(first_pass, 3), "second_pass_seconds": round(second_pass, 3)},
+    )
     return summary, rows
 
 
-def _summarise(task, split: str, items: Sequence, rows: list[dict], n_new: int, seconds: float,
-               new_tokens: int, extra: dict[str, Any]) -> EvalSummary:
+def _summarise(
+    task,
+    split: str,
+    items: Sequence,
+    rows: list[dict],
+    n_new: int,
+    seconds: float,
+    new_tokens: int,
+    extra: dict[str, Any],
+) -> EvalSummary:
     """The summary of an evaluation's rows (sorted in place into the items' order)."""
     n = len(rows)
     k = sum(bool(r["correct"]) for r in rows)
@@ -178,10 +212,18 @@ def _summarise(task, split: str, items: Sequence, rows: list[dict], n_new: int, 
     order = {str(it.id): i for i, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(str(r["id"]), 0))
     return EvalSummary(
-        task=task.name, split=split, n=n, correct=k, accuracy=k / n, ci95=wilson_interval(k, n),
-        seconds=round(seconds, 3), items_per_s=(n_new / seconds) if seconds > 0 and n_new else 0.0,
-        tokens_per_s=(new_tokens / seconds) if seconds > 0 else 0.0, generated_tokens=new_tokens,
-        provenance=str(info.get("provenance", "")), extra=extra,
+        task=task.name,
+        split=split,
+        n=n,
+        correct=k,
+        accuracy=k / n,
+        ci95=wilson_interval(k, n),
+        seconds=round(seconds, 3),
+        items_per_s=(n_new / seconds) if seconds > 0 and n_new else 0.0,
+        tokens_per_s=(new_tokens / seconds) if seconds > 0 else 0.0,
+        generated_tokens=new_tokens,
+        provenance=str(info.get("provenance", "")),
+        extra=extra,
     )
 
 
@@ -230,8 +272,9 @@ def evaluate_loglik(
     if not items:
         raise T2Error("nothing to evaluate: the item list is empty")
     if not is_multiple_choice(task):
-        raise T2Error(f"--mode loglik scores the options of multiple-choice tasks; {task.name!r} has none "
-                      "(use --mode generate)")
+        raise T2Error(
+            f"--mode loglik scores the options of multiple-choice tasks; {task.name!r} has none (use --mode generate)"
+        )
     if channel not in CHANNELS:
         raise T2Error(f"unknown answer channel {channel!r}; use one of: {', '.join(CHANNELS)}")
     if norm not in NORMS:
@@ -243,8 +286,14 @@ def evaluate_loglik(
     if choose_experts is not None and svf is None:
         raise T2Error("choose_experts needs the SVF model (svf=...) to apply the chosen experts")
     path, todo, rows = _resume(items, items_jsonl)
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
-               desc=desc or f"loglik {task.name}/{split} [{channel}]", unit="item", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(items),
+        initial=len(items) - len(todo),
+        disable=not progress,
+        desc=desc or f"loglik {task.name}/{split} [{channel}]",
+        unit="item",
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
     first_pass = second_pass = 0.0
 
@@ -255,7 +304,7 @@ def evaluate_loglik(
     try:
         with torch.no_grad():
             for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
+                batch = todo[start : start + batch_size]
                 experts = None
                 if choose_experts is not None:
                     t_first = time.perf_counter()
@@ -271,13 +320,20 @@ def evaluate_loglik(
                 for i, (it, sc) in enumerate(zip(batch, scores, strict=True)):
                     gold = task.gold_index(it)
                     picks = {n: int(torch.argmax(sc.normalised(n)).item()) for n in NORMS}
-                    new_rows.append({
-                        "id": str(it.id), "gold": gold, "channel": channel, "norm": norm,
-                        "logp": [round(float(v), 5) for v in sc.logp], "n_tokens": sc.n_tokens.tolist(),
-                        "n_chars": sc.n_chars.tolist(), "pred": picks,
-                        "correct_by_norm": {n: picks[n] == gold for n in NORMS},
-                        "correct": picks[norm] == gold,
-                    })
+                    new_rows.append(
+                        {
+                            "id": str(it.id),
+                            "gold": gold,
+                            "channel": channel,
+                            "norm": norm,
+                            "logp": [round(float(v), 5) for v in sc.logp],
+                            "n_tokens": sc.n_tokens.tolist(),
+                            "n_chars": sc.n_chars.tolist(),
+                            "pred": picks,
+                            "correct_by_norm": {n: picks[n] == gold for n in NORMS},
+                            "correct": picks[norm] == gold,
+                        }
+                    )
                     if experts is not None:
                         new_rows[-1]["expert"] = None if experts[i] is None else experts[i].name
                 if path:

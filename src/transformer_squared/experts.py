@@ -66,8 +66,10 @@ class Expert:
         return sum(v.numel() for v in self.z.values())
 
     def __repr__(self) -> str:
-        return (f"Expert({self.name!r}, matrices={len(self.z)}, parameters={self.num_parameters():,}, "
-                f"task={self.meta.get('task')!r})")
+        return (
+            f"Expert({self.name!r}, matrices={len(self.z)}, parameters={self.num_parameters():,}, "
+            f"task={self.meta.get('task')!r})"
+        )
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -97,27 +99,34 @@ class Expert:
         if strict:
             for name in layers:
                 if name not in self.z:
-                    raise T2Error(f"expert {self.name!r} has no vector for matrix {name!r}; it was made "
-                                  "with other targets or another architecture")
+                    raise T2Error(
+                        f"expert {self.name!r} has no vector for matrix {name!r}; it was made "
+                        "with other targets or another architecture"
+                    )
             extra = [n for n in mine if n not in layers]
             if extra:
-                raise T2Error(f"expert {self.name!r} adapts {extra[0]!r}, which this model does not "
-                              "target; wrap the model with the expert's targets")
+                raise T2Error(
+                    f"expert {self.name!r} adapts {extra[0]!r}, which this model does not "
+                    "target; wrap the model with the expert's targets"
+                )
             pairs = [(n, n) for n in layers]
         elif set(mine) == set(layers):  # same module names (same architecture): pair by name
             pairs = [(n, n) for n in layers]
         else:
             if len(mine) != len(layers):
-                raise T2Error(f"expert {self.name!r} has {len(mine)} vectors but the model has "
-                              f"{len(layers)} target matrices")
+                raise T2Error(
+                    f"expert {self.name!r} has {len(mine)} vectors but the model has {len(layers)} target matrices"
+                )
             pairs = list(zip(layers, mine, strict=True))
         fps = self.meta.get("matrix_fingerprints") or {}
         for layer_name, expert_name in pairs:
             want = layers[layer_name].rank
             got = self.z[expert_name].numel()
             if want != got:
-                raise T2Error(f"expert {self.name!r}: matrix {layer_name!r} has rank {want} but the "
-                              f"expert's vector has length {got}; it is for another model")
+                raise T2Error(
+                    f"expert {self.name!r}: matrix {layer_name!r} has rank {want} but the "
+                    f"expert's vector has length {got}; it is for another model"
+                )
             if strict and fps and expert_name in fps and fps[expert_name] != svf.matrix_fingerprints[layer_name]:
                 raise T2Error(
                     f"expert {self.name!r} was trained on other weights: matrix {layer_name!r} differs "
@@ -127,8 +136,10 @@ class Expert:
         if strict:
             mine_p = self.parameterization
             if mine_p.kind != svf.parameterization.kind or mine_p.max_mult != svf.parameterization.max_mult:
-                raise T2Error(f"expert {self.name!r} uses the {mine_p.kind!r} parameterization but the "
-                              f"model is wrapped with {svf.parameterization.kind!r}")
+                raise T2Error(
+                    f"expert {self.name!r} uses the {mine_p.kind!r} parameterization but the "
+                    f"model is wrapped with {svf.parameterization.kind!r}"
+                )
         return {layer_name: self.z[expert_name] for layer_name, expert_name in pairs}
 
     def transfer(self, svf: SVFModel, name: str | None = None) -> Expert:
@@ -141,24 +152,27 @@ class Expert:
         """
         z = self.check_compatible(svf, strict=False)
         if self.parameterization.kind != svf.parameterization.kind:
-            raise T2Error(f"expert {self.name!r} uses the {self.parameterization.kind!r} parameterization "
-                          f"but the model is wrapped with {svf.parameterization.kind!r}")
+            raise T2Error(
+                f"expert {self.name!r} uses the {self.parameterization.kind!r} parameterization "
+                f"but the model is wrapped with {svf.parameterization.kind!r}"
+            )
         meta = {k: v for k, v in self.meta.items() if k not in ("matrix_fingerprints", "fingerprint")}
         meta.update(
             name=name or self.name,
             base_model=model_name(svf.model),
             fingerprint=svf.fingerprint,
             matrix_fingerprints=dict(svf.matrix_fingerprints),
-            transferred_from={"base_model": self.meta.get("base_model"),
-                              "fingerprint": self.meta.get("fingerprint"),
-                              "matrices": list(self.z)},
+            transferred_from={
+                "base_model": self.meta.get("base_model"),
+                "fingerprint": self.meta.get("fingerprint"),
+                "matrices": list(self.z),
+            },
         )
         return Expert(dict(z), meta)
 
     # -- mixing -------------------------------------------------------------------------------
     @staticmethod
-    def mix(experts: Sequence[Expert], weights: Sequence[float] | torch.Tensor,
-            name: str = "mixture") -> Expert:
+    def mix(experts: Sequence[Expert], weights: Sequence[float] | torch.Tensor, name: str = "mixture") -> Expert:
         """z' = 1 + Σ_k α_k (z_k − 1): a mixture of the experts' *changes* to the base model.
 
         One weight per expert (K,) or per expert per matrix (K, L). α = 0 is the base model and a
@@ -173,8 +187,10 @@ class Expert:
         names = list(experts[0].z)
         for e in experts[1:]:
             if list(e.z) != names or any(e.z[n].shape != experts[0].z[n].shape for n in names):
-                raise T2Error(f"experts {experts[0].name!r} and {e.name!r} adapt different matrices; "
-                              "only experts with the same targets can be mixed")
+                raise T2Error(
+                    f"experts {experts[0].name!r} and {e.name!r} adapt different matrices; "
+                    "only experts with the same targets can be mixed"
+                )
             if e.parameterization != experts[0].parameterization:
                 raise T2Error(f"experts {experts[0].name!r} and {e.name!r} use different parameterizations")
         alpha = torch.as_tensor(weights, dtype=torch.float32)
@@ -195,10 +211,14 @@ class Expert:
                 s = base + sum(alpha[i, j] * (torch.sigmoid(e.z[n]) - base) for i, e in enumerate(experts))
                 z[n] = torch.logit(s.clamp(1e-6, 1 - 1e-6))
         meta = {k_: v for k_, v in experts[0].meta.items() if k_ not in ("task", "training", "name")}
-        meta.update(name=name, task=None, mixture={
-            "experts": [e.name for e in experts],
-            "weights": alpha[:, 0].tolist() if bool((alpha == alpha[:, :1]).all()) else alpha.tolist(),
-        })
+        meta.update(
+            name=name,
+            task=None,
+            mixture={
+                "experts": [e.name for e in experts],
+                "weights": alpha[:, 0].tolist() if bool((alpha == alpha[:, :1]).all()) else alpha.tolist(),
+            },
+        )
         return Expert(z, meta)
 
     # -- files --------------------------------------------------------------------------------
@@ -207,8 +227,9 @@ class Expert:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(self.z, str(tmp), metadata={"format": "transformer_squared.expert",
-                                                  "version": str(FORMAT_VERSION)})
+            save_file(
+                self.z, str(tmp), metadata={"format": "transformer_squared.expert", "version": str(FORMAT_VERSION)}
+            )
         config = dict(self.meta)
         config["format_version"] = FORMAT_VERSION
         config["num_parameters"] = self.num_parameters()
@@ -242,12 +263,13 @@ class Expert:
         if isinstance(shapes, dict):
             if set(shapes) != set(z):
                 missing = sorted(set(shapes) ^ set(z))[0]
-                raise T2Error(f"{str(directory)!r}: {CONFIG_NAME} and {WEIGHTS_NAME} disagree about "
-                              f"matrix {missing!r}; the expert was edited or half-copied")
+                raise T2Error(
+                    f"{str(directory)!r}: {CONFIG_NAME} and {WEIGHTS_NAME} disagree about "
+                    f"matrix {missing!r}; the expert was edited or half-copied"
+                )
             for n, size in shapes.items():
                 if z[n].numel() != size:
-                    raise T2Error(f"{str(directory)!r}: matrix {n!r} should have {size} values, "
-                                  f"found {z[n].numel()}")
+                    raise T2Error(f"{str(directory)!r}: matrix {n!r} should have {size} values, found {z[n].numel()}")
             # safetensors files list tensors in sorted-name order ("layers.10" before "layers.2",
             # down_proj before gate_proj); the JSON keeps the model's layer order, which
             # cross-model transfer pairs by, so restore it.
@@ -286,12 +308,12 @@ class Expert:
             return cls.load(path)
         if not is_repo_id(str(name_or_path)):
             raise T2Error(f"expert {str(name_or_path)!r} is neither a folder nor a Hub repo id like 'org/name'")
-        folder = download_expert(str(name_or_path), revision=revision,
-                                 files=(CONFIG_NAME, WEIGHTS_NAME, "README.md"))
+        folder = download_expert(str(name_or_path), revision=revision, files=(CONFIG_NAME, WEIGHTS_NAME, "README.md"))
         return cls.load(folder)
 
-    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                    commit_message: str | None = None) -> str:
+    def push_to_hub(
+        self, repo_id: str, *, private: bool | None = None, token: str | None = None, commit_message: str | None = None
+    ) -> str:
         """Upload this expert (with its model card) to the Hub repo ``repo_id``; the commit URL."""
         import tempfile
 
@@ -299,8 +321,14 @@ class Expert:
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "expert", repo_id=repo_id)
-            return push_folder(folder, repo_id, private=private, token=token,
-                               commit_message=commit_message or f"Upload SVF expert {self.name}")
+            return push_folder(
+                folder,
+                repo_id,
+                private=private,
+                token=token,
+                commit_message=commit_message or f"Upload SVF expert {self.name}",
+            )
+
 
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):

@@ -69,21 +69,31 @@ def base_model_id(svf, expert: Expert) -> str | None:
 def _export_info(svf, expert: Expert, kind: str) -> dict:
     from .models import DEFAULT_MODEL_NAME, model_name
 
-    info = {"kind": kind, "expert": expert.name, "base_model": expert.meta.get("base_model"),
-            "base_model_name_or_path": base_model_id(svf, expert), "mixture": expert.meta.get("mixture")}
+    info = {
+        "kind": kind,
+        "expert": expert.name,
+        "base_model": expert.meta.get("base_model"),
+        "base_model_name_or_path": base_model_id(svf, expert),
+        "mixture": expert.meta.get("mixture"),
+    }
     bundled = DEFAULT_MODEL_NAME in (expert.meta.get("base_model"), model_name(svf.model, None))
     if bundled and kind == "merged":
-        info["base_weights"] = ("the bundled Q4_1 GGUF of SmolLM2-135M-Instruct, dequantised, with the expert merged "
-                                "in: exact for the expert, and not the Hub model's weights")
+        info["base_weights"] = (
+            "the bundled Q4_1 GGUF of SmolLM2-135M-Instruct, dequantised, with the expert merged "
+            "in: exact for the expert, and not the Hub model's weights"
+        )
     elif bundled:
-        info["base_weights"] = ("the expert was made on the bundled Q4_1 GGUF of SmolLM2-135M-Instruct, dequantised; "
-                                "applied to the Hub weights it is an approximation (their weights differ by the "
-                                "quantisation error)")
+        info["base_weights"] = (
+            "the expert was made on the bundled Q4_1 GGUF of SmolLM2-135M-Instruct, dequantised; "
+            "applied to the Hub weights it is an approximation (their weights differ by the "
+            "quantisation error)"
+        )
     return info
 
 
-def export_merged(svf, expert: Expert, out: str | os.PathLike, tokenizer=None, strict: bool = True,
-                  overwrite: bool = False) -> Path:
+def export_merged(
+    svf, expert: Expert, out: str | os.PathLike, tokenizer=None, strict: bool = True, overwrite: bool = False
+) -> Path:
     """Write the model with ``expert`` merged into its weights (``save_pretrained`` format).
 
     The folder loads with plain ``AutoModelForCausalLM.from_pretrained``. It is written under a
@@ -126,8 +136,15 @@ def lora_factors(layer, g: torch.Tensor, rank: int | None) -> tuple[torch.Tensor
     return b_k.contiguous(), a_k.contiguous(), float(s[rank:].norm()), float(s.norm())
 
 
-def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = None, strict: bool = True,
-                overwrite: bool = False, input_ids: torch.Tensor | None = None) -> dict:
+def export_lora(
+    svf,
+    expert: Expert,
+    out: str | os.PathLike,
+    rank: int | None = None,
+    strict: bool = True,
+    overwrite: bool = False,
+    input_ids: torch.Tensor | None = None,
+) -> dict:
     """Write a PEFT LoRA adapter equivalent to ``expert`` (exact when ``rank`` is None / full).
 
     Returns a report: the rank, the relative error ‖ΔW − ΔW_R‖/‖ΔW‖ per matrix
@@ -141,8 +158,10 @@ def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = 
     z = expert.check_compatible(svf, strict=strict)
     smallest = min(layer.rank for layer in svf.layers.values())
     if rank is not None and not 1 <= rank <= smallest:
-        raise T2Error(f"--rank must be between 1 and {smallest} (the smallest min(m, n) of the target "
-                      f"matrices); got {rank}. Leave it out for the exact full-rank adapter")
+        raise T2Error(
+            f"--rank must be between 1 and {smallest} (the smallest min(m, n) of the target "
+            f"matrices); got {rank}. Leave it out for the exact full-rank adapter"
+        )
     want_logits = None
     if input_ids is not None:
         with svf.applied(expert, strict=strict), torch.no_grad():
@@ -160,8 +179,15 @@ def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = 
     fan_in_fan_out = any(t for _, _, t in factors.values())
     model = svf.unwrap()
     try:
-        config = LoraConfig(r=k, lora_alpha=k, lora_dropout=0.0, bias="none", target_modules=names,
-                            fan_in_fan_out=fan_in_fan_out, init_lora_weights=False)
+        config = LoraConfig(
+            r=k,
+            lora_alpha=k,
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=names,
+            fan_in_fan_out=fan_in_fan_out,
+            init_lora_weights=False,
+        )
         peft_model = get_peft_model(model, config)
         state = {}
         for name, (b, a, _) in factors.items():
@@ -172,9 +198,14 @@ def export_lora(svf, expert: Expert, out: str | os.PathLike, rank: int | None = 
             state[f"base_model.model.{name}.lora_A.weight"] = pad_a
             state[f"base_model.model.{name}.lora_B.weight"] = pad_b
         set_peft_model_state_dict(peft_model, state)
-        report = {**_export_info(svf, expert, "lora"), "rank": k, "matrices": len(names),
-                  "max_relative_error": max(errors.values()),
-                  "total_relative_error": (sq_err / sq_norm) ** 0.5 if sq_norm > 0 else 0.0, "errors": errors}
+        report = {
+            **_export_info(svf, expert, "lora"),
+            "rank": k,
+            "matrices": len(names),
+            "max_relative_error": max(errors.values()),
+            "total_relative_error": (sq_err / sq_norm) ** 0.5 if sq_norm > 0 else 0.0,
+            "errors": errors,
+        }
         if want_logits is not None:
             with torch.no_grad():
                 device = next(peft_model.parameters()).device

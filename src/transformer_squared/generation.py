@@ -63,8 +63,9 @@ def is_greedy(temperature: float, top_p: float = 1.0) -> bool:
 
 def generate_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
     """``model.generate`` options: sampling at ``temperature`` and ``top_p`` (top-k off), or greedy."""
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
+    kwargs = dict(
+        max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
     if is_greedy(temperature, top_p):
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
@@ -95,8 +96,13 @@ def decode_row(row: Sequence[int], tokenizer, stop: Sequence[str] | None = None)
             break
     text = tokenizer.decode(ids, skip_special_tokens=True)
     cut = stop_index(text, stop)
-    return Generation(text=text if cut is None else text[:cut], num_tokens=len(ids),
-                      finished=bool(ids) and ids[-1] in ends, token_ids=ids, stopped=cut is not None)
+    return Generation(
+        text=text if cut is None else text[:cut],
+        num_tokens=len(ids),
+        finished=bool(ids) and ids[-1] in ends,
+        token_ids=ids,
+        stopped=cut is not None,
+    )
 
 
 @contextlib.contextmanager
@@ -153,13 +159,16 @@ def generate(
     try:
         with seeded(seed, device):  # seeded sampling without disturbing the caller's random state
             for start in range(0, len(prompts), batch_size):
-                chunk = list(prompts[start:start + batch_size])
+                chunk = list(prompts[start : start + batch_size])
                 enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                ctx = svf.weights_for(experts[start:start + batch_size]) if experts is not None \
+                ctx = (
+                    svf.weights_for(experts[start : start + batch_size])
+                    if experts is not None
                     else contextlib.nullcontext()
+                )
                 with torch.no_grad(), ctx:
                     seqs = model.generate(**enc, **gen_kwargs)
-                out += [decode_row(row, tokenizer, stop) for row in seqs[:, enc["input_ids"].shape[1]:].tolist()]
+                out += [decode_row(row, tokenizer, stop) for row in seqs[:, enc["input_ids"].shape[1] :].tolist()]
                 if progress is not None:
                     progress(len(chunk))
     finally:
@@ -167,8 +176,17 @@ def generate(
     return out
 
 
-def sample_group(model, tokenizer, prompt: str, k: int, *, max_new_tokens: int = 256, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[Generation]:
+def sample_group(
+    model,
+    tokenizer,
+    prompt: str,
+    k: int,
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[Generation]:
     """``k`` sampled completions of one prompt, with the prompt encoded once.
 
     The prompt (all but its last token) is run once, its KV cache is repeated ``k`` times, and
@@ -181,22 +199,38 @@ def sample_group(model, tokenizer, prompt: str, k: int, *, max_new_tokens: int =
     device = _device(model)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
     if ids.shape[1] < 2:  # nothing to cache
-        return generate(model, tokenizer, [prompt] * k, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_p=top_p, batch_size=k, seed=seed)
+        return generate(
+            model,
+            tokenizer,
+            [prompt] * k,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            batch_size=k,
+            seed=seed,
+        )
     gen_kwargs = generate_kwargs(tokenizer, max_new_tokens, temperature, top_p)
     with seeded(seed, device), torch.no_grad():
         cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
         cache.batch_repeat_interleave(k)
         rows = ids.repeat(k, 1)
         cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        seqs = model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), **{cache_kw: cache},
-                              **gen_kwargs)
-    return [decode_row(row, tokenizer) for row in seqs[:, ids.shape[1]:].tolist()]
+        seqs = model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), **{cache_kw: cache}, **gen_kwargs)
+    return [decode_row(row, tokenizer) for row in seqs[:, ids.shape[1] :].tolist()]
 
 
-def generate_stream(model, tokenizer, prompt: str, on_text: Callable[[str], None], *, max_new_tokens: int = 256,
-                    temperature: float = 0.0, top_p: float = 1.0, stop: Sequence[str] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> Generation:
+def generate_stream(
+    model,
+    tokenizer,
+    prompt: str,
+    on_text: Callable[[str], None],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generation:
     """One completion of one prompt, its text handed to ``on_text`` in pieces as it is decoded.
 
     The same options and result as :func:`generate` for one row (run it inside
@@ -242,7 +276,7 @@ def generate_stream(model, tokenizer, prompt: str, on_text: Callable[[str], None
             else:
                 safe = len(text.rstrip("\ufffd")) - hold  # an incomplete character waits
             if safe > self.sent:
-                on_text(text[self.sent:safe])
+                on_text(text[self.sent : safe])
                 self.sent = safe
 
     streamer = _Pieces()
@@ -254,8 +288,12 @@ def generate_stream(model, tokenizer, prompt: str, on_text: Callable[[str], None
 
     enc = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(_device(model))
     with torch.no_grad():
-        model.generate(**enc, **generate_kwargs(tokenizer, max_new_tokens, temperature, top_p), streamer=streamer,
-                       stopping_criteria=StoppingCriteriaList([_Halt()]))
+        model.generate(
+            **enc,
+            **generate_kwargs(tokenizer, max_new_tokens, temperature, top_p),
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Halt()]),
+        )
     gen = decode_row(streamer.ids, tokenizer, stops)
     gen.stopped = gen.stopped or streamer.stopped
     return gen

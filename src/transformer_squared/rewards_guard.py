@@ -71,7 +71,10 @@ def bounded_correct_many(
     if hasattr(task, "job") or _IN_WORKER or not hasattr(os, "fork"):
         if hasattr(task, "job"):
             return [bool(x) for x in task.correct_many(items, completions)]
-        return [_check_one(task, item, text, i, on_problem) for i, (item, text) in enumerate(zip(items, completions, strict=True))]
+        return [
+            _check_one(task, item, text, i, on_problem)
+            for i, (item, text) in enumerate(zip(items, completions, strict=True))
+        ]
 
     warm_up = getattr(task, "warm_up", None)
     if callable(warm_up):  # slow first imports happen here, once, and every fork inherits them
@@ -81,8 +84,12 @@ def bounded_correct_many(
             log.warning("reward task warm-up failed: %s: %s", type(exc).__name__, exc)
 
     def problem(index: int, reason: str) -> None:
-        log.warning("reward check of sample %d (%s) gave the wrong-answer reward: %s", index,
-                    getattr(items[index], "id", index), reason)
+        log.warning(
+            "reward check of sample %d (%s) gave the wrong-answer reward: %s",
+            index,
+            getattr(items[index], "id", index),
+            reason,
+        )
         if on_problem is not None:
             on_problem(index, reason)
 
@@ -132,7 +139,7 @@ def _spawn(task: Any, items: list[Any], completions: list[str], start: int) -> t
                 record = struct.pack("<BH", verdict, len(message)) + message
                 view = memoryview(record)
                 while view:
-                    view = view[os.write(writer, view):]
+                    view = view[os.write(writer, view) :]
         except BaseException:  # noqa: BLE001 - the parent sees the missing records
             code = 1
         finally:

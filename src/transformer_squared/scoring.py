@@ -29,9 +29,9 @@ Group = tuple[list[int], list[list[int]]]  # (context ids, [continuation ids, ..
 class OptionScores:
     """Scores of one group's continuations: Σ_t log p, token counts and character counts."""
 
-    logp: torch.Tensor        # (n,) summed log-probability of each continuation (float32)
-    n_tokens: torch.Tensor    # (n,) tokens in each continuation
-    n_chars: torch.Tensor     # (n,) characters in each continuation's text (lm-eval's acc_norm unit)
+    logp: torch.Tensor  # (n,) summed log-probability of each continuation (float32)
+    n_tokens: torch.Tensor  # (n,) tokens in each continuation
+    n_chars: torch.Tensor  # (n,) characters in each continuation's text (lm-eval's acc_norm unit)
 
     def normalised(self, norm: str) -> torch.Tensor:
         """The per-option score that picks an answer: ``sum``, per ``token`` mean, or per ``char``."""
@@ -61,7 +61,7 @@ def encode_continuations(tokenizer, context: str, continuations: Sequence[str]) 
     conts = []
     for text in continuations:
         whole = list(tokenizer(context + text, add_special_tokens=False)["input_ids"])
-        cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else []
+        cont = whole[len(ctx) :] if whole[: len(ctx)] == ctx else []
         if not cont:
             cont = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         if not cont:
@@ -82,8 +82,8 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -117,13 +117,14 @@ def score_groups(model, groups: Sequence[Group], pad_id: int, *, share_prefix: b
     flat = (lp * mask).sum(dim=1)
     out, start = [], 0
     for _, conts in groups:
-        out.append(flat[start:start + len(conts)])
+        out.append(flat[start : start + len(conts)])
         start += len(conts)
     return out
 
 
-def continuation_token_logprobs(model, groups: Sequence[Group], pad_id: int, *, share_prefix: bool = True,
-                                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def continuation_token_logprobs(
+    model, groups: Sequence[Group], pad_id: int, *, share_prefix: bool = True, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log p of each continuation token, (R, L) float32 with a (R, L) mask, rows in group order.
 
     R is the number of continuations over all groups and L the longest one; ``temperature`` > 0
@@ -187,12 +188,13 @@ def _row_logprobs(model, groups, rows_group, rows_cont, targets, pad_id, device,
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = width + 1
-    logits = model(**kwargs).logits[:, -(width + 1):-1]
+    logits = model(**kwargs).logits[:, -(width + 1) : -1]
     return _gather_logp(_scaled(logits, scale), targets)
 
 
-def score_options(model, tokenizer, requests: Sequence[Sequence[tuple[str, str]]], *, batch_size: int = 16,
-                  share_prefix: bool = True) -> list[OptionScores]:
+def score_options(
+    model, tokenizer, requests: Sequence[Sequence[tuple[str, str]]], *, batch_size: int = 16, share_prefix: bool = True
+) -> list[OptionScores]:
     """Scores of each item's options, where an item is a list of (context, continuation) pairs.
 
     Options of one item usually share their context (a question and its answers); where they do
@@ -202,7 +204,7 @@ def score_options(model, tokenizer, requests: Sequence[Sequence[tuple[str, str]]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[OptionScores] = []
     for b0 in range(0, len(requests), batch_size):
-        chunk = requests[b0:b0 + batch_size]
+        chunk = requests[b0 : b0 + batch_size]
         groups: list[Group] = []
         where: list[list[tuple[int, int]]] = []  # per item, per option: (group, index in group)
         for pairs in chunk:
@@ -233,19 +235,23 @@ def score_options(model, tokenizer, requests: Sequence[Sequence[tuple[str, str]]
 class Batch:
     """Prompts left-padded and completions right-padded, so every completion starts at one column."""
 
-    input_ids: torch.Tensor       # (n, P + C)
+    input_ids: torch.Tensor  # (n, P + C)
     attention_mask: torch.Tensor  # (n, P + C)
-    position_ids: torch.Tensor    # (n, P + C), as generation computed them
-    targets: torch.Tensor         # (n, C) completion tokens
-    mask: torch.Tensor            # (n, C) 1.0 on real completion tokens
+    position_ids: torch.Tensor  # (n, P + C), as generation computed them
+    targets: torch.Tensor  # (n, C) completion tokens
+    mask: torch.Tensor  # (n, C) 1.0 on real completion tokens
 
     @property
     def completion_len(self) -> int:
         return self.targets.shape[1]
 
 
-def make_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_id: int,
-               device: torch.device | str = "cpu") -> Batch:
+def make_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device | str = "cpu",
+) -> Batch:
     """Lay out prompt + completion rows for one teacher-forced forward (see :class:`Batch`)."""
     if len(prompt_ids) != len(completion_ids) or not prompt_ids:
         raise ValueError("need one completion per prompt, and at least one row")
@@ -259,17 +265,18 @@ def make_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Seq
     for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
         start = p_len - len(p)
         ids[i, start:p_len] = torch.tensor(list(p), dtype=torch.long)
-        attn[i, start:p_len + len(c)] = 1
+        attn[i, start : p_len + len(c)] = 1
         if c:
-            ids[i, p_len:p_len + len(c)] = torch.tensor(list(c), dtype=torch.long)
-            targets[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-            mask[i, :len(c)] = 1.0
+            ids[i, p_len : p_len + len(c)] = torch.tensor(list(c), dtype=torch.long)
+            targets[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+            mask[i, : len(c)] = 1.0
     pos = (attn.cumsum(dim=1) - 1).clamp(min=0)
     return Batch(ids.to(device), attn.to(device), pos.to(device), targets.to(device), mask.to(device))
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """log π(target) at each position (N, T) in float32; masked positions are exactly 0.
 
     ``temperature`` > 0 scores the tempered distribution the samples were drawn from.
@@ -290,10 +297,11 @@ def continuation_logprobs(model, pad_id: int, pairs: Sequence[tuple[list[int], l
     layout, with position ids that skip the left padding).
     """
     batch = make_batch([p for p, _ in pairs], [c for _, c in pairs], pad_id, device)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids).logits
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).logits
     prompt_len = batch.input_ids.shape[1] - batch.completion_len
-    lp = token_logprobs(logits[:, prompt_len - 1:-1], batch.targets, batch.mask)
+    lp = token_logprobs(logits[:, prompt_len - 1 : -1], batch.targets, batch.mask)
     return lp.sum(dim=1), batch.mask.sum(dim=1)
 
 
@@ -315,17 +323,33 @@ def mean_reference_loglik(model, tokenizer, task, items, batch_size: int = 16) -
     device = next(model.parameters()).device
     total, count = 0.0, 0.0
     for s in range(0, len(items), batch_size):
-        chunk = [it for it in items[s:s + batch_size] if it.reference]
+        chunk = [it for it in items[s : s + batch_size] if it.reference]
         if not chunk:
             continue
-        pairs = [(tokenizer(task.prompt(it, tokenizer), add_special_tokens=False)["input_ids"],
-                  tokenizer(it.reference, add_special_tokens=False)["input_ids"]) for it in chunk]
+        pairs = [
+            (
+                tokenizer(task.prompt(it, tokenizer), add_special_tokens=False)["input_ids"],
+                tokenizer(it.reference, add_special_tokens=False)["input_ids"],
+            )
+            for it in chunk
+        ]
         sums, lengths = continuation_logprobs(model, tokenizer.pad_token_id, pairs, device)
         total += sums.sum().item()
         count += lengths.sum().item()
     return total / count if count else None
 
 
-__all__ = ["NORMS", "Batch", "OptionScores", "continuation_logprobs", "continuation_token_logprobs",
-           "encode_continuations", "last_logits", "make_batch", "mean_reference_loglik", "score_groups",
-           "score_options", "token_logprobs"]
+__all__ = [
+    "NORMS",
+    "Batch",
+    "OptionScores",
+    "continuation_logprobs",
+    "continuation_token_logprobs",
+    "encode_continuations",
+    "last_logits",
+    "make_batch",
+    "mean_reference_loglik",
+    "score_groups",
+    "score_options",
+    "token_logprobs",
+]

@@ -26,8 +26,10 @@ def binom_cdf(k: int, n: int, p: float = 0.5) -> float:
         return 0.0
     if k >= n:
         return 1.0
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
-            + (n - i) * math.log1p(-p) for i in range(k + 1)]
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
+        for i in range(k + 1)
+    ]
     top = max(logs)
     return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
 
@@ -71,12 +73,12 @@ class Comparison:
     n: int
     accuracy_a: float
     accuracy_b: float
-    difference: float          # B − A
+    difference: float  # B − A
     ci95: tuple[float, float]
-    won: int                   # B right, A wrong
-    lost: int                  # A right, B wrong
-    p_value: float             # exact McNemar, two-sided
-    detectable: float          # smallest |difference| this test sees with 80% power at α = 0.05
+    won: int  # B right, A wrong
+    lost: int  # A right, B wrong
+    p_value: float  # exact McNemar, two-sided
+    detectable: float  # smallest |difference| this test sees with 80% power at α = 0.05
     label_a: str = "A"
     label_b: str = "B"
 
@@ -96,14 +98,17 @@ class Comparison:
         return d
 
 
-def compare_outcomes(a: Mapping[str, bool], b: Mapping[str, bool], label_a: str = "A",
-                     label_b: str = "B") -> Comparison:
+def compare_outcomes(
+    a: Mapping[str, bool], b: Mapping[str, bool], label_a: str = "A", label_b: str = "B"
+) -> Comparison:
     """Compare per-item correctness keyed by item id; refuses two runs over different items."""
     if set(a) != set(b):
         only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         example = (only_a or only_b)[0]
-        raise T2Error(f"the two runs are over different items ({len(only_a)} only in {label_a}, {len(only_b)} only "
-                      f"in {label_b}, e.g. {example!r}); a paired comparison needs the same items in both")
+        raise T2Error(
+            f"the two runs are over different items ({len(only_a)} only in {label_a}, {len(only_b)} only "
+            f"in {label_b}, e.g. {example!r}); a paired comparison needs the same items in both"
+        )
     if not a:
         raise T2Error("nothing to compare: both runs are empty")
     n = len(a)
@@ -111,9 +116,19 @@ def compare_outcomes(a: Mapping[str, bool], b: Mapping[str, bool], label_a: str 
     lost = sum(1 for i in a if a[i] and not b[i])
     acc_a = sum(map(bool, a.values())) / n
     acc_b = sum(map(bool, b.values())) / n
-    return Comparison(n=n, accuracy_a=acc_a, accuracy_b=acc_b, difference=acc_b - acc_a,
-                      ci95=paired_ci(won, lost, n), won=won, lost=lost, p_value=mcnemar_exact(won, lost),
-                      detectable=detectable_difference(n, (won + lost) / n), label_a=label_a, label_b=label_b)
+    return Comparison(
+        n=n,
+        accuracy_a=acc_a,
+        accuracy_b=acc_b,
+        difference=acc_b - acc_a,
+        ci95=paired_ci(won, lost, n),
+        won=won,
+        lost=lost,
+        p_value=mcnemar_exact(won, lost),
+        detectable=detectable_difference(n, (won + lost) / n),
+        label_a=label_a,
+        label_b=label_b,
+    )
 
 
 def read_report(path: str | Path) -> tuple[dict[str, Any], dict[str, bool]]:
@@ -152,8 +167,10 @@ def compare_reports(path_a: str | Path, path_b: str | Path) -> tuple[Comparison,
         raise T2Error(f"the reports use different answer modes ({modes[0]} vs {modes[1]}); compare like with like")
     for rep, outcomes, path in ((rep_a, out_a, path_a), (rep_b, out_b, path_b)):
         if "n" in rep and rep["n"] != len(outcomes):
-            raise T2Error(f"{path}: the report counts {rep['n']} items but its per-item file holds {len(outcomes)} "
-                          "(it was reused with another --limit); evaluate into a fresh --out")
+            raise T2Error(
+                f"{path}: the report counts {rep['n']} items but its per-item file holds {len(outcomes)} "
+                "(it was reused with another --limit); evaluate into a fresh --out"
+            )
     cmp = compare_outcomes(out_a, out_b, label_a=_label(rep_a, path_a), label_b=_label(rep_b, path_b))
     return cmp, rep_a, rep_b
 
@@ -167,8 +184,11 @@ def _mode(report: Mapping[str, Any]) -> str:
 
 
 def _label(report: Mapping[str, Any], path: str | Path) -> str:
-    return str(report.get("expert") or report.get("adapt") or report.get("lora") or Path(path).stem
-               if report.get("expert") or report.get("adapt") or report.get("lora") else "base")
+    return str(
+        report.get("expert") or report.get("adapt") or report.get("lora") or Path(path).stem
+        if report.get("expert") or report.get("adapt") or report.get("lora")
+        else "base"
+    )
 
 
 def pooled(comparisons: Sequence[Comparison]) -> Comparison:
@@ -178,7 +198,16 @@ def pooled(comparisons: Sequence[Comparison]) -> Comparison:
     lost = sum(c.lost for c in comparisons)
     acc_a = sum(c.accuracy_a * c.n for c in comparisons) / n
     acc_b = sum(c.accuracy_b * c.n for c in comparisons) / n
-    return Comparison(n=n, accuracy_a=acc_a, accuracy_b=acc_b, difference=acc_b - acc_a, ci95=paired_ci(won, lost, n),
-                      won=won, lost=lost, p_value=mcnemar_exact(won, lost),
-                      detectable=detectable_difference(n, (won + lost) / n), label_a="A (pooled)",
-                      label_b="B (pooled)")
+    return Comparison(
+        n=n,
+        accuracy_a=acc_a,
+        accuracy_b=acc_b,
+        difference=acc_b - acc_a,
+        ci95=paired_ci(won, lost, n),
+        won=won,
+        lost=lost,
+        p_value=mcnemar_exact(won, lost),
+        detectable=detectable_difference(n, (won + lost) / n),
+        label_a="A (pooled)",
+        label_b="B (pooled)",
+    )

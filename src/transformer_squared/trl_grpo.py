@@ -144,7 +144,12 @@ class SVFGRPOTrainer(GRPOTrainer):
 
         name = name or Path(path).name
         state = self.state
-        training = {"trainer": "trl.GRPOTrainer", "steps": int(state.global_step), "beta": self.beta,
-                    "num_generations": self.args.num_generations, "learning_rate": self.args.learning_rate}
+        training = {
+            "trainer": "trl.GRPOTrainer",
+            "steps": int(state.global_step),
+            "beta": self.beta,
+            "num_generations": self.args.num_generations,
+            "learning_rate": self.args.learning_rate,
+        }
         meta = {"training": training, **meta}
         return Expert.from_svf(self.svf, name=name, **meta).save(path)

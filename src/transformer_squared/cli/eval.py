@@ -12,37 +12,73 @@ from .common import add_data_args, add_model_args, data_task
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate the base model or an expert on a task (greedy or log-likelihood)",
-                       description="Greedy, batched evaluation (or, for multiple-choice tasks, the option with the "
-                                   "highest log-likelihood) with a per-item JSONL next to the report. Re-running "
-                                   "with the same --out resumes from the items already written.")
-    p.add_argument("--task", default=None, help="(or --data) a task id (t2 data list): gsm8k, mbpp, humaneval, arc_easy, "
-                   "arc_challenge, math, classify, csqa, openbookqa, piqa, socialiqa, sciq, hellaswag, winogrande")
-    p.add_argument("--mode", default="generate", choices=["generate", "loglik"],
-                   help="generate: greedy answer + checker (default); loglik: multiple choice by the options' "
-                        "log-likelihood, as lm-eval scores these benchmarks")
-    p.add_argument("--channel", default="cloze", choices=["cloze", "letter"],
-                   help="loglik: option texts after 'Question: ...\\nAnswer:' (cloze, default) or the option "
-                        "letters as the first token after the chat prompt (letter)")
-    p.add_argument("--norm", default="token", choices=["token", "char", "sum"],
-                   help="loglik: the score that picks the answer: mean log-prob per token (default), per "
-                        "character (lm-eval acc_norm) or summed (acc); all three are reported")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate the base model or an expert on a task (greedy or log-likelihood)",
+        description="Greedy, batched evaluation (or, for multiple-choice tasks, the option with the "
+        "highest log-likelihood) with a per-item JSONL next to the report. Re-running "
+        "with the same --out resumes from the items already written.",
+    )
+    p.add_argument(
+        "--task",
+        default=None,
+        help="(or --data) a task id (t2 data list): gsm8k, mbpp, humaneval, arc_easy, "
+        "arc_challenge, math, classify, csqa, openbookqa, piqa, socialiqa, sciq, hellaswag, winogrande",
+    )
+    p.add_argument(
+        "--mode",
+        default="generate",
+        choices=["generate", "loglik"],
+        help="generate: greedy answer + checker (default); loglik: multiple choice by the options' "
+        "log-likelihood, as lm-eval scores these benchmarks",
+    )
+    p.add_argument(
+        "--channel",
+        default="cloze",
+        choices=["cloze", "letter"],
+        help="loglik: option texts after 'Question: ...\\nAnswer:' (cloze, default) or the option "
+        "letters as the first token after the chat prompt (letter)",
+    )
+    p.add_argument(
+        "--norm",
+        default="token",
+        choices=["token", "char", "sum"],
+        help="loglik: the score that picks the answer: mean log-prob per token (default), per "
+        "character (lm-eval acc_norm) or summed (acc); all three are reported",
+    )
     p.add_argument("--split", default="test", help="train, val or test (default: test, the held-out part)")
     p.add_argument("--source", default="offline", help="offline (bundled data), hub, or a JSONL file")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items of the split")
     p.add_argument("--expert", default=None, help="an expert folder to apply (default: the base model)")
-    p.add_argument("--lora", default=None, metavar="DIR",
-                   help="a PEFT LoRA adapter folder (e.g. from t2 train --method lora), merged before scoring")
-    p.add_argument("--transfer", action="store_true",
-                   help="the expert was trained on another model with the same shapes: pair in layer order")
+    p.add_argument(
+        "--lora",
+        default=None,
+        metavar="DIR",
+        help="a PEFT LoRA adapter folder (e.g. from t2 train --method lora), merged before scoring",
+    )
+    p.add_argument(
+        "--transfer",
+        action="store_true",
+        help="the expert was trained on another model with the same shapes: pair in layer order",
+    )
     a = p.add_argument_group("self-adaptation (two passes)")
-    a.add_argument("--adapt", default=None, choices=["none", "oracle", "prompt", "classifier", "probe", "fewshot"],
-                   help="route each request with this strategy over --experts")
+    a.add_argument(
+        "--adapt",
+        default=None,
+        choices=["none", "oracle", "prompt", "classifier", "probe", "fewshot"],
+        help="route each request with this strategy over --experts",
+    )
     a.add_argument("--experts", nargs="+", default=[], metavar="DIR", help="task expert folders")
     a.add_argument("--classifier", default=None, metavar="DIR", help="classification expert (--adapt classifier)")
-    a.add_argument("--router", default=None, metavar="DIR",
-                   help="early-layer probe router (--adapt probe; made by t2 train-router)")
-    a.add_argument("--shots", type=int, default=10, help="labelled examples for --adapt fewshot (excluded from scoring)")
+    a.add_argument(
+        "--router",
+        default=None,
+        metavar="DIR",
+        help="early-layer probe router (--adapt probe; made by t2 train-router)",
+    )
+    a.add_argument(
+        "--shots", type=int, default=10, help="labelled examples for --adapt fewshot (excluded from scoring)"
+    )
     a.add_argument("--cem-population", type=int, default=32)
     a.add_argument("--cem-iterations", type=int, default=10)
     a.add_argument("--cem-elite-ratio", type=float, default=0.2)
@@ -83,8 +119,14 @@ def run(args: argparse.Namespace) -> int:
     items_path = out.with_name(out.name + ".items.jsonl") if out else None
     # what a resumed run must share with the one that wrote the items (reports from before --lora
     # existed have no "lora" key, which reads as None: no adapter)
-    run_meta = {"task": task.name, "split": args.split, "expert": args.expert, "model": args.model, "lora": args.lora,
-                "mode": args.mode}
+    run_meta = {
+        "task": task.name,
+        "split": args.split,
+        "expert": args.expert,
+        "model": args.model,
+        "lora": args.lora,
+        "mode": args.mode,
+    }
     if args.mode == "loglik":
         run_meta.update(channel=args.channel, norm=args.norm)
     if items_path and items_path.exists():
@@ -110,24 +152,50 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "loglik":
         from ..evaluation import evaluate_loglik
 
-        summary, rows = evaluate_loglik(model, tokenizer, task, items, split=args.split, channel=args.channel,
-                                        norm=args.norm, batch_size=args.batch_size, items_jsonl=items_path,
-                                        progress=not args.no_progress)
+        summary, rows = evaluate_loglik(
+            model,
+            tokenizer,
+            task,
+            items,
+            split=args.split,
+            channel=args.channel,
+            norm=args.norm,
+            batch_size=args.batch_size,
+            items_jsonl=items_path,
+            progress=not args.no_progress,
+        )
     else:
-        summary, rows = evaluate(model, tokenizer, task, items, split=args.split, batch_size=args.batch_size,
-                                 max_new_tokens=args.max_new_tokens, items_jsonl=items_path,
-                                 progress=not args.no_progress)
+        summary, rows = evaluate(
+            model,
+            tokenizer,
+            task,
+            items,
+            split=args.split,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            items_jsonl=items_path,
+            progress=not args.no_progress,
+        )
     answered = sum(r.get("extracted", r.get("pred")) is not None for r in rows)
     report = summary.to_dict()
-    report.update(model=model_name(model, args.model), expert=expert.name if expert else None,
-                  lora=args.lora,
-                  source=args.source, limit=args.limit, answered=answered, load_seconds=round(load_s, 2),
-                  command="t2 " + " ".join(_argv(args)))
+    report.update(
+        model=model_name(model, args.model),
+        expert=expert.name if expert else None,
+        lora=args.lora,
+        source=args.source,
+        limit=args.limit,
+        answered=answered,
+        load_seconds=round(load_s, 2),
+        command="t2 " + " ".join(_argv(args)),
+    )
     print(summary.line())
     if args.mode == "loglik":
         by = summary.extra["accuracy_by_norm"]
-        print(f"by normalisation ({args.channel}): " + ", ".join(f"{k} {v:.1%}" for k, v in by.items())
-              + f"; --norm {args.norm} decides 'correct'")
+        print(
+            f"by normalisation ({args.channel}): "
+            + ", ".join(f"{k} {v:.1%}" for k, v in by.items())
+            + f"; --norm {args.norm} decides 'correct'"
+        )
     else:
         print(f"answered (an answer could be extracted): {answered}/{len(rows)}")
     if summary.provenance:
@@ -165,18 +233,27 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
         shot_ids = {s.id for s in shots}
         items = [it for it in items if it.id not in shot_ids]
         if mixture is None:
-            cfg = CEMConfig(population=args.cem_population, iterations=args.cem_iterations,
-                            elite_ratio=args.cem_elite_ratio, init_std=args.cem_init_std,
-                            per_matrix=args.cem_per_matrix, max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size, mode=args.mode, channel=args.channel, norm=args.norm)
+            cfg = CEMConfig(
+                population=args.cem_population,
+                iterations=args.cem_iterations,
+                elite_ratio=args.cem_elite_ratio,
+                init_std=args.cem_init_std,
+                per_matrix=args.cem_per_matrix,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+                mode=args.mode,
+                channel=args.channel,
+                norm=args.norm,
+            )
             t = time.perf_counter()
             mixture, _ = cem_search(svf, tokenizer, task, experts, shots, cfg, progress=not args.no_progress)
             search_s = time.perf_counter() - t
             if args.mixture_out:
                 mixture.save(args.mixture_out)
         print(f"fewshot mixture: {mixture.meta.get('mixture')}")
-    adaptive = AdaptiveModel(svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture,
-                             router=router)
+    adaptive = AdaptiveModel(
+        svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture, router=router
+    )
     domain = task_domain(task)
 
     def choose(batch):
@@ -187,27 +264,55 @@ def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
     out = Path(args.out) if args.out else None
     items_path = out.with_name(out.name + ".items.jsonl") if out else None
     if args.mode == "loglik":
-        summary, rows = evaluate_loglik(model, tokenizer, task, items, split=args.split, channel=args.channel,
-                                        norm=args.norm, batch_size=args.batch_size, svf=svf,
-                                        choose_experts=choose, items_jsonl=items_path,
-                                        progress=not args.no_progress,
-                                        desc=f"loglik {task.name}/{args.split} [{args.adapt}]")
+        summary, rows = evaluate_loglik(
+            model,
+            tokenizer,
+            task,
+            items,
+            split=args.split,
+            channel=args.channel,
+            norm=args.norm,
+            batch_size=args.batch_size,
+            svf=svf,
+            choose_experts=choose,
+            items_jsonl=items_path,
+            progress=not args.no_progress,
+            desc=f"loglik {task.name}/{args.split} [{args.adapt}]",
+        )
     else:
-        summary, rows = evaluate(model, tokenizer, task, items, split=args.split, batch_size=args.batch_size,
-                                 max_new_tokens=args.max_new_tokens, svf=svf, choose_experts=choose,
-                                 items_jsonl=items_path, progress=not args.no_progress,
-                                 desc=f"eval {task.name}/{args.split} [{args.adapt}]")
+        summary, rows = evaluate(
+            model,
+            tokenizer,
+            task,
+            items,
+            split=args.split,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            svf=svf,
+            choose_experts=choose,
+            items_jsonl=items_path,
+            progress=not args.no_progress,
+            desc=f"eval {task.name}/{args.split} [{args.adapt}]",
+        )
     routed: dict[str, int] = {}
     for r in rows:
         key = r.get("expert") or "base"
         routed[key] = routed.get(key, 0) + 1
     first, second = summary.extra["first_pass_seconds"], summary.extra["second_pass_seconds"]
     report = summary.to_dict()
-    report.update(model=model_name(model, args.model), adapt=args.adapt,
-                  experts=[e.name for e in experts], routed=routed, fallbacks=adaptive.stats["fallbacks"],
-                  fewshot_search_seconds=round(search_s, 2), shots=[s.id for s in shots],
-                  first_pass_fraction=round(first / second, 4) if second else None,
-                  mixture=mixture.meta.get("mixture") if mixture else None, source=args.source, limit=args.limit)
+    report.update(
+        model=model_name(model, args.model),
+        adapt=args.adapt,
+        experts=[e.name for e in experts],
+        routed=routed,
+        fallbacks=adaptive.stats["fallbacks"],
+        fewshot_search_seconds=round(search_s, 2),
+        shots=[s.id for s in shots],
+        first_pass_fraction=round(first / second, 4) if second else None,
+        mixture=mixture.meta.get("mixture") if mixture else None,
+        source=args.source,
+        limit=args.limit,
+    )
     print(summary.line())
     print(f"routed: {routed}; first-pass fallbacks: {adaptive.stats['fallbacks']}")
     print(f"first pass {first:.1f}s, second pass {second:.1f}s ({(first / second if second else 0):.1%} of the second)")

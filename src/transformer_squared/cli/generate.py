@@ -12,8 +12,12 @@ from .common import add_model_args
 
 def _add_adapt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts", nargs="*", default=[], metavar="DIR", help="task expert folders")
-    p.add_argument("--adapt", default="prompt", choices=["none", "prompt", "classifier", "fewshot"],
-                   help="first-pass strategy (default: prompt)")
+    p.add_argument(
+        "--adapt",
+        default="prompt",
+        choices=["none", "prompt", "classifier", "fewshot"],
+        help="first-pass strategy (default: prompt)",
+    )
     p.add_argument("--classifier", default=None, metavar="DIR", help="classification expert (--adapt classifier)")
     p.add_argument("--mixture", default=None, metavar="DIR", help="a mixture from t2 eval --adapt fewshot")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -52,8 +56,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise T2Error("no prompts given")
     am = build(args)
     t = time.perf_counter()
-    out = am.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                      batch_size=args.batch_size)
+    out = am.generate(
+        prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, batch_size=args.batch_size
+    )
     total = time.perf_counter() - t
     for prompt, (route, gen) in zip(prompts, out, strict=True):
         print(f"### {prompt}\n[route: {route.describe()}]\n{gen.text.strip()}\n")
@@ -75,5 +80,5 @@ def run_chat(args: argparse.Namespace) -> int:
             continue
         if line in ("/exit", "/quit"):
             return 0
-        (route, gen), = am.generate([line], max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+        ((route, gen),) = am.generate([line], max_new_tokens=args.max_new_tokens, temperature=args.temperature)
         print(f"[{route.describe()}]\n{gen.text.strip()}")

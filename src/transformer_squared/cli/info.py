@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = esub.add_parser("show", help="print an expert's metadata and size")
     s.add_argument("path")
     s.set_defaults(func=run_expert_show)
-    m = esub.add_parser("mix", help="write a weighted mixture of experts (z' = 1 + Σ α_k (z_k − 1), relative to the base)")
+    m = esub.add_parser(
+        "mix", help="write a weighted mixture of experts (z' = 1 + Σ α_k (z_k − 1), relative to the base)"
+    )
     m.add_argument("paths", nargs="+")
     m.add_argument("--weights", required=True, help="comma-separated, one per expert")
     m.add_argument("--out", required=True)

@@ -15,33 +15,59 @@ from .common import add_model_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "serve", help="OpenAI-compatible HTTP server that picks an expert per request",
+        "serve",
+        help="OpenAI-compatible HTTP server that picks an expert per request",
         description="Serve /v1/chat/completions, /v1/completions, /v1/models and /health. Requests arriving "
-                    "together are answered in one mixed-expert batch; a request may pin an expert with "
-                    "\"model\": \"<expert name>\" or choose the strategy with \"adapt\". See docs/serve.md.")
+        "together are answered in one mixed-expert batch; a request may pin an expert with "
+        '"model": "<expert name>" or choose the strategy with "adapt". See docs/serve.md.',
+    )
     add_model_args(p)
     g = p.add_argument_group("experts and adaptation")
-    g.add_argument("--experts", nargs="+", default=[], metavar="DIR",
-                   help="expert folders (or folders holding expert folders); each becomes a model id")
-    g.add_argument("--adapt", choices=["prompt", "classifier", "none"], default=None,
-                   help="how the server routes requests that do not pin an expert "
-                        "(default: prompt with experts, none without)")
-    g.add_argument("--classifier", metavar="DIR", default=None,
-                   help="the classification expert (for --adapt classifier)")
+    g.add_argument(
+        "--experts",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="expert folders (or folders holding expert folders); each becomes a model id",
+    )
+    g.add_argument(
+        "--adapt",
+        choices=["prompt", "classifier", "none"],
+        default=None,
+        help="how the server routes requests that do not pin an expert (default: prompt with experts, none without)",
+    )
+    g.add_argument(
+        "--classifier", metavar="DIR", default=None, help="the classification expert (for --adapt classifier)"
+    )
     h = p.add_argument_group("server")
     h.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     h.add_argument("--port", type=int, default=8000)
-    h.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: $T2_API_KEY)")
+    h.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: $T2_API_KEY)",
+    )
     h.add_argument("--max-batch", type=int, default=8, help="most completions generated together (default 8)")
-    h.add_argument("--queue-size", type=int, default=64,
-                   help="most requests waiting; beyond it the server answers 429 at once (default 64)")
-    h.add_argument("--max-tokens-limit", type=int, default=512,
-                   help="ceiling on max_tokens, also the default for chat requests (default 512)")
+    h.add_argument(
+        "--queue-size",
+        type=int,
+        default=64,
+        help="most requests waiting; beyond it the server answers 429 at once (default 64)",
+    )
+    h.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=512,
+        help="ceiling on max_tokens, also the default for chat requests (default 512)",
+    )
     h.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
-    h.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for generation (default: torch's choice, one per core); on a shared "
-                        "machine fewer threads can be much faster")
+    h.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for generation (default: torch's choice, one per core); on a shared "
+        "machine fewer threads can be much faster",
+    )
     h.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     h.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -108,19 +134,40 @@ def run(args: argparse.Namespace) -> int:
     else:  # the base model alone needs no SVD
         from ..models import load_model
 
-        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
-                                      progress=not args.no_progress)
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, progress=not args.no_progress)
         svf = None
-    app = create_app(model, tokenizer, svf, experts, args.adapt, classifier, api_key=api_key,
-                     max_batch=args.max_batch, queue_size=args.queue_size, max_tokens_limit=args.max_tokens_limit,
-                     max_body_bytes=args.max_body_bytes, threads=args.threads)
+    app = create_app(
+        model,
+        tokenizer,
+        svf,
+        experts,
+        args.adapt,
+        classifier,
+        api_key=api_key,
+        max_batch=args.max_batch,
+        queue_size=args.queue_size,
+        max_tokens_limit=args.max_tokens_limit,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+    )
     engine = app.state.engine
     if not api_key and not _is_loopback(args.host):
-        print(f"t2 serve: warning: listening on {args.host} without --api-key; anyone who can reach it "
-              "can use it", file=sys.stderr)
+        print(
+            f"t2 serve: warning: listening on {args.host} without --api-key; anyone who can reach it can use it",
+            file=sys.stderr,
+        )
     names = ", ".join(engine.experts) or "none"
-    print(f"t2 serve: {engine.model_id} (experts: {names}; strategy: {engine.strategy}) on "
-          f"http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug",
-                timeout_graceful_shutdown=5)
+    print(
+        f"t2 serve: {engine.model_id} (experts: {names}; strategy: {engine.strategy}) on "
+        f"http://{args.host}:{args.port}/v1",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.log_level == "debug",
+        timeout_graceful_shutdown=5,
+    )
     return 0

@@ -37,11 +37,15 @@ def estimate(model: str) -> str:
     if not is_default(model):
         return "time depends on the model's size (the SVD of its target matrices is cached after the first run)"
     if default_model_cached():
-        return (f"about {ESTIMATE_WARM_S} s on 2 idle CPU cores (the converted default model is cached; "
-                "longer when other jobs share the cores)")
-    return (f"about {ESTIMATE_COLD_S} s on 2 idle CPU cores this first time (converting the bundled model and "
-            f"taking its SVD, both cached for next time; then about {ESTIMATE_WARM_S} s); longer when other "
-            "jobs share the cores")
+        return (
+            f"about {ESTIMATE_WARM_S} s on 2 idle CPU cores (the converted default model is cached; "
+            "longer when other jobs share the cores)"
+        )
+    return (
+        f"about {ESTIMATE_COLD_S} s on 2 idle CPU cores this first time (converting the bundled model and "
+        f"taking its SVD, both cached for next time; then about {ESTIMATE_WARM_S} s); longer when other "
+        "jobs share the cores"
+    )
 
 
 class Steps:
@@ -74,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
     steps.begin(f"loading {args.model!r} and wrapping it with SVF")
     model, tokenizer, svf = load_svf(args, progress=not args.no_progress)
     steps.end(str(svf))
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                             add_generation_prompt=True) if tokenizer.chat_template else q
-               for q in QUESTIONS]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        if tokenizer.chat_template
+        else q
+        for q in QUESTIONS
+    ]
     steps.begin(f"base model: {len(prompts)} answers of up to {args.max_new_tokens} tokens")
     with svf.disabled():
         base = generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
@@ -99,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
     steps.end()
     for q, b, a in zip(QUESTIONS, base, adapted, strict=True):
         print(f"\n### {q}\n  base:    {b.text.strip()[:200]!r}\n  adapted: {a.text.strip()[:200]!r}")
-    print(f"\nrandom expert: {expert.num_parameters():,} numbers; mean |Δlogit| vs base "
-          f"{(la - lb).abs().mean():.3f}; generation {t_base:.1f}s base, {t_adapted:.1f}s adapted")
+    print(
+        f"\nrandom expert: {expert.num_parameters():,} numbers; mean |Δlogit| vs base "
+        f"{(la - lb).abs().mean():.3f}; generation {t_base:.1f}s base, {t_adapted:.1f}s adapted"
+    )
     gap = float((lr - lb).abs().max())
     print(f"after reset: max |Δlogit| vs base = {gap:.2e}")
     print(f"total {steps.elapsed():.1f}s")

@@ -32,14 +32,46 @@ metrics.jsonl, train_curve.png, train_config.json, checkpoint/. See docs/trainin
 # parameterization come from add_model_args, shared with the other commands.
 OPTIONS = ["task", "out", "source", "name"]
 GROUPS = {
-    "what is trained": ["method", "objective", "channel", "norm", "train_path", "lora_rank", "lora_alpha",
-                        "lora_targets"],
+    "what is trained": [
+        "method",
+        "objective",
+        "channel",
+        "norm",
+        "train_path",
+        "lora_rank",
+        "lora_alpha",
+        "lora_targets",
+    ],
     "steps and batches": ["steps", "batch_size", "samples_per_prompt", "grad_accum", "gen_prompts"],
-    "optimisation": ["lr", "weight_decay", "schedule", "warmup_steps", "clip", "kl_coef", "kl_estimator",
-                     "baseline", "temperature", "top_p", "max_new_tokens", "autocast", "share_prompt",
-                     "reward_correct", "reward_wrong", "seed"],
-    "validation and files": ["eval_every", "eval_at_start", "val_limit", "eval_batch_size", "checkpoint_every",
-                             "resume", "overwrite", "tensorboard", "progress"],
+    "optimisation": [
+        "lr",
+        "weight_decay",
+        "schedule",
+        "warmup_steps",
+        "clip",
+        "kl_coef",
+        "kl_estimator",
+        "baseline",
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+        "autocast",
+        "share_prompt",
+        "reward_correct",
+        "reward_wrong",
+        "seed",
+    ],
+    "validation and files": [
+        "eval_every",
+        "eval_at_start",
+        "val_limit",
+        "eval_batch_size",
+        "checkpoint_every",
+        "resume",
+        "overwrite",
+        "tensorboard",
+        "progress",
+    ],
 }
 # Where the command line differs from the Python defaults: --task or --data is asked for, --out
 # is required, and --resume takes an optional folder.
@@ -55,10 +87,14 @@ CONVERT = {"targets": parse_targets, "val_limit": lambda n: n or None}  # --val-
 def register(sub: argparse._SubParsersAction) -> None:
     from ..training import TrainConfig
 
-    p = sub.add_parser("train", help="train an SVF expert (or LoRA baseline) with RL or SFT",
-                       description="REINFORCE on the task's checker (the paper), or supervised fine-tuning on "
-                                   "reference solutions; the best weights on the val split are kept.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train an SVF expert (or LoRA baseline) with RL or SFT",
+        description="REINFORCE on the task's checker (the paper), or supervised fine-tuning on "
+        "reference solutions; the best weights on the val split are kept.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_dataclass_arguments(p, TrainConfig, OPTIONS, OVERRIDES)
     add_model_args(p)
     add_data_args(p)
@@ -121,9 +157,13 @@ def run(args: argparse.Namespace) -> int:
 
         stamp_domain(result.out, task)
     if result.best_val_accuracy is not None:
-        print(f"{result.out}: best val accuracy {result.best_val_accuracy:.1%} at step {result.best_step} "
-              f"({result.steps} steps, {result.seconds:.0f}s, {result.trainable_params:,} trainable parameters)")
+        print(
+            f"{result.out}: best val accuracy {result.best_val_accuracy:.1%} at step {result.best_step} "
+            f"({result.steps} steps, {result.seconds:.0f}s, {result.trainable_params:,} trainable parameters)"
+        )
     else:
-        print(f"{result.out}: weights of step {result.steps} ({result.seconds:.0f}s, "
-              f"{result.trainable_params:,} trainable parameters)")
+        print(
+            f"{result.out}: weights of step {result.steps} ({result.seconds:.0f}s, "
+            f"{result.trainable_params:,} trainable parameters)"
+        )
     return 0

@@ -10,20 +10,30 @@ from .common import add_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-router", help="fit the cheap first pass: a linear probe on an early layer",
-                       description="Fits a logistic-regression probe on the mean hidden state of an early decoder "
-                                   "block of the base model, over the requests of the classify task's train split "
-                                   "(labelled by the task each request comes from); picks the earliest candidate "
-                                   "layer within --tolerance of the best val accuracy; reports routing accuracy on "
-                                   "the held-out test requests. Use it with t2 eval --adapt probe --router DIR.")
+    p = sub.add_parser(
+        "train-router",
+        help="fit the cheap first pass: a linear probe on an early layer",
+        description="Fits a logistic-regression probe on the mean hidden state of an early decoder "
+        "block of the base model, over the requests of the classify task's train split "
+        "(labelled by the task each request comes from); picks the earliest candidate "
+        "layer within --tolerance of the best val accuracy; reports routing accuracy on "
+        "the held-out test requests. Use it with t2 eval --adapt probe --router DIR.",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="where to save the router")
-    p.add_argument("--labels", default=None,
-                   help="label=task pairs, comma-separated (default: the classify task's: math=gsm8k, code=mbpp, "
-                        "reasoning=arc_easy, commonsense=csqa)")
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="label=task pairs, comma-separated (default: the classify task's: math=gsm8k, code=mbpp, "
+        "reasoning=arc_easy, commonsense=csqa)",
+    )
     p.add_argument("--layers", default="2,4,6,8,12", help="candidate decoder blocks (1-based), comma-separated")
     p.add_argument("--max-tokens", type=int, default=64, help="the first N tokens of each request are read")
-    p.add_argument("--tolerance", type=float, default=0.005,
-                   help="keep the earliest layer within this val accuracy of the best (default 0.005)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.005,
+        help="keep the earliest layer within this val accuracy of the best (default 0.005)",
+    )
     p.add_argument("--source", default="offline", help="offline (bundled data) or hub")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p, targets=False)
@@ -52,13 +62,25 @@ def run(args: argparse.Namespace) -> int:
     data = {split: [(it.question, it.answer) for it in task.load(split)] for split in ("train", "val", "test")}
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, progress=not args.no_progress)
     t0 = time.perf_counter()
-    router, val_acc = train_probe_router(model, tokenizer, data["train"], data["val"], layers=layers,
-                                         max_tokens=args.max_tokens, tolerance=args.tolerance,
-                                         progress=not args.no_progress)
+    router, val_acc = train_probe_router(
+        model,
+        tokenizer,
+        data["train"],
+        data["val"],
+        layers=layers,
+        max_tokens=args.max_tokens,
+        tolerance=args.tolerance,
+        progress=not args.no_progress,
+    )
     pred = router.predict(model, tokenizer, [t for t, _ in data["test"]])
     test_acc = sum(p == lab for p, (_, lab) in zip(pred, data["test"], strict=True)) / len(pred)
-    router.meta.update(test_accuracy=test_acc, test_n=len(pred), model=model_name(model, args.model),
-                       train_provenance=task.split_info("train")["provenance"], seconds=round(time.perf_counter() - t0, 1))
+    router.meta.update(
+        test_accuracy=test_acc,
+        test_n=len(pred),
+        model=model_name(model, args.model),
+        train_provenance=task.split_info("train")["provenance"],
+        seconds=round(time.perf_counter() - t0, 1),
+    )
     router.save(args.out)
     confusion: dict[str, dict[str, int]] = {}
     for p, (_, lab) in zip(pred, data["test"], strict=True):

@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     svf = SVFModel(model, targets=expert.meta.get("targets", "mlp"), parameterization=expert.parameterization)
     moved = expert.transfer(svf, name=args.name)
     moved.save(out)
-    print(f"transferred {expert.name!r} ({len(moved.z)} vectors, paired in layer order) from "
-          f"{expert.meta.get('base_model')!r} to {moved.meta.get('base_model')!r}: {out}")
+    print(
+        f"transferred {expert.name!r} ({len(moved.z)} vectors, paired in layer order) from "
+        f"{expert.meta.get('base_model')!r} to {moved.meta.get('base_model')!r}: {out}"
+    )
     return 0

@@ -65,7 +65,9 @@ def check_many(
     All jobs are validated before any runs, so a bad job raises T2Error without side effects.
     """
     limits = (limits or SandboxLimits()).validate()
-    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1):
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+    ):
         raise T2Error(f"max_workers must be a positive int or None, got {max_workers!r}")
     checked: list[tuple[str, list[str]]] = []
     for index, job in enumerate(jobs):

@@ -71,7 +71,7 @@ def decode(data, handle, depth=0):
         return data
     if type(data) is not dict or len(data) != 1 or depth > MAX_DEPTH + 1:
         raise ValueError("malformed value")
-    (tag, inner), = data.items()
+    ((tag, inner),) = data.items()
     if tag == "i":
         return int(inner, 16)
     if tag == "f":
@@ -109,7 +109,7 @@ def send(write, fd, message):
     blob = len(blob).to_bytes(8, "little") + blob
     view = memoryview(blob)
     while view:
-        view = view[write(fd, view):]
+        view = view[write(fd, view) :]
 
 
 def receive(read, fd):

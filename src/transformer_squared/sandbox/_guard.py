@@ -91,9 +91,27 @@ def install_guard(private_fds, features):  # pragma: no cover - sandboxed interp
         guarded.__name__ = original.__name__
         return guarded
 
-    for name in ("read", "readv", "pread", "write", "writev", "pwrite", "close", "dup", "fstat",
-                 "set_blocking", "set_inheritable", "lseek", "ftruncate", "fchmod", "fchown", "fdopen",
-                 "sendfile", "splice", "fsync"):
+    for name in (
+        "read",
+        "readv",
+        "pread",
+        "write",
+        "writev",
+        "pwrite",
+        "close",
+        "dup",
+        "fstat",
+        "set_blocking",
+        "set_inheritable",
+        "lseek",
+        "ftruncate",
+        "fchmod",
+        "fchown",
+        "fdopen",
+        "sendfile",
+        "splice",
+        "fsync",
+    ):
         for target in (os, posix):
             original = getattr(target, name, None)
             if original is not None:
@@ -188,7 +206,13 @@ def install_guard(private_fds, features):  # pragma: no cover - sandboxed interp
             original = getattr(target, name, None)
             if original is not None:
                 setattr(target, name, path_checked(f"os.{name}", original, (0,)))
-    for name, positions in (("rename", (0, 1)), ("renames", (0, 1)), ("replace", (0, 1)), ("link", (0, 1)), ("symlink", (1,))):
+    for name, positions in (
+        ("rename", (0, 1)),
+        ("renames", (0, 1)),
+        ("replace", (0, 1)),
+        ("link", (0, 1)),
+        ("symlink", (1,)),
+    ):
         for target in (os, posix):
             original = getattr(target, name, None)
             if original is not None:
@@ -222,8 +246,18 @@ def install_guard(private_fds, features):  # pragma: no cover - sandboxed interp
 
     socket.socket = socket.SocketType = NoSocket
     _socket.socket = _socket.SocketType = NoRawSocket
-    for name in ("socketpair", "fromfd", "create_connection", "create_server", "getaddrinfo",
-                 "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "fromshare"):
+    for name in (
+        "socketpair",
+        "fromfd",
+        "create_connection",
+        "create_server",
+        "getaddrinfo",
+        "gethostbyname",
+        "gethostbyname_ex",
+        "gethostbyaddr",
+        "getnameinfo",
+        "fromshare",
+    ):
         for target in (socket, _socket):
             if hasattr(target, name):
                 setattr(target, name, denied(f"socket.{name}", network_off))

@@ -81,8 +81,15 @@ def main(codec, names):  # pragma: no cover - runs only inside the judge interpr
             object.__setattr__(self, "_ref", ref)
 
         def __call__(self, *args, **kwargs):
-            return rpc({"op": "call", "ref": self._ref, "args": [encode_arg(a) for a in args],
-                        "kwargs": {k: encode_arg(v) for k, v in kwargs.items()}}, args)
+            return rpc(
+                {
+                    "op": "call",
+                    "ref": self._ref,
+                    "args": [encode_arg(a) for a in args],
+                    "kwargs": {k: encode_arg(v) for k, v in kwargs.items()},
+                },
+                args,
+            )
 
         def __getattr__(self, name):
             if name.startswith("__"):
@@ -121,8 +128,9 @@ def main(codec, names):  # pragma: no cover - runs only inside the judge interpr
             return [_rewrite(v, refs) for v in data]
         return data
 
-    exceptions = {name: obj for name, obj in vars(builtins).items()
-                  if isinstance(obj, type) and issubclass(obj, Exception)}
+    exceptions = {
+        name: obj for name, obj in vars(builtins).items() if isinstance(obj, type) and issubclass(obj, Exception)
+    }
 
     def rpc(request, args=()):
         try:

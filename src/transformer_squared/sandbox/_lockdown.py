@@ -71,13 +71,24 @@ def lock_down(job, fds, features, fail_setup, _exit, _close):  # pragma: no cove
             try:
                 with open("/proc/self/mountinfo", "rb") as fh:
                     mounts = fh.read().decode("utf-8", "replace").splitlines()
-                mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                      f"size={limits['disk_mb']}m,nr_inodes=10000,mode=0700,uid={uid},gid={uid}")
+                mount(
+                    "tmpfs",
+                    workdir,
+                    "tmpfs",
+                    MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                    f"size={limits['disk_mb']}m,nr_inodes=10000,mode=0700,uid={uid},gid={uid}",
+                )
                 features.append("tmpfs_workdir")
             except OSError:
                 mounts = []
-            keep = {"nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-                    "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+            keep = {
+                "nodev": MS_NODEV,
+                "noexec": MS_NOEXEC,
+                "noatime": MS_NOATIME,
+                "nodiratime": MS_NODIRATIME,
+                "relatime": MS_RELATIME,
+                "strictatime": MS_STRICTATIME,
+            }
             root_ro = False
             for line in mounts:  # every host mount becomes read-only in this namespace
                 fields = line.split()
@@ -172,7 +183,7 @@ def lock_down(job, fds, features, fail_setup, _exit, _close):  # pragma: no cove
         def relocate(path):
             for old, new in moved.items():
                 if path == old or path.startswith(old + "/"):
-                    return new + path[len(old):]
+                    return new + path[len(old) :]
             return path
 
         if moved:

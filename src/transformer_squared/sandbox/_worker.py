@@ -43,8 +43,9 @@ def main(codec, lockdown, guard):  # pragma: no cover - runs only inside the san
     except Exception as err:
         fail_setup(f"could not read the job: {err!r}")
     # ---- Kernel layers, then the Python-level guard ----
-    private_fds = lockdown.lock_down(job, (payload_fd, result_fd, request_fd, reply_fd), features, fail_setup,
-                                     _exit, _close)
+    private_fds = lockdown.lock_down(
+        job, (payload_fd, result_fd, request_fd, reply_fd), features, fail_setup, _exit, _close
+    )
     guard.install_guard(private_fds, features)
     # ---- Program, then requests ----
     program = job["program"]
@@ -95,8 +96,13 @@ def main(codec, lockdown, guard):  # pragma: no cover - runs only inside the san
     try:
         code = _compile(program, "<solution>", "exec", dont_inherit=True)
     except _BaseException as err:
-        reply({"error": "the program does not compile: " + ": ".join(failure(err))
-               + (f" at line {err.lineno}" if _isinstance(err, SyntaxError) and err.lineno else "")})
+        reply(
+            {
+                "error": "the program does not compile: "
+                + ": ".join(failure(err))
+                + (f" at line {err.lineno}" if _isinstance(err, SyntaxError) and err.lineno else "")
+            }
+        )
         _exit(0)
 
     # ---- Untrusted code from here on ----

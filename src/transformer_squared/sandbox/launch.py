@@ -82,11 +82,16 @@ class _Cgroup:
         v2 = "/sys/fs/cgroup"
         v1 = "/sys/fs/cgroup/memory"
         try:
-            if os.path.exists(os.path.join(v2, "cgroup.controllers")) and "memory" in open(
-                    os.path.join(v2, "cgroup.controllers")).read().split():
+            if (
+                os.path.exists(os.path.join(v2, "cgroup.controllers"))
+                and "memory" in open(os.path.join(v2, "cgroup.controllers")).read().split()
+            ):
                 base, files = v2, (("memory.max", memory_mb << 20), ("memory.swap.max", 0))
             elif os.path.exists(os.path.join(v1, "memory.limit_in_bytes")):
-                base, files = v1, (("memory.limit_in_bytes", memory_mb << 20), ("memory.memsw.limit_in_bytes", memory_mb << 20))
+                base, files = (
+                    v1,
+                    (("memory.limit_in_bytes", memory_mb << 20), ("memory.memsw.limit_in_bytes", memory_mb << 20)),
+                )
             else:
                 return
             path = os.path.join(base, name)

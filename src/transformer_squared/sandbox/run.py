@@ -46,8 +46,9 @@ def _check(program: str, tests: list[str], limits: SandboxLimits) -> SandboxResu
         os.chmod(workdir, 0o700)
         return _run_child(program, tests, limits, uid, workdir, start)
     except OSError as err:  # could not even start: report, do not crash a whole RL batch
-        return SandboxResult(False, "sandbox_error", "", "", time.monotonic() - start, None,
-                             detail=f"could not run the sandbox: {err}")
+        return SandboxResult(
+            False, "sandbox_error", "", "", time.monotonic() - start, None, detail=f"could not run the sandbox: {err}"
+        )
     finally:
         if uid is not None:
             _release_uid(uid)
@@ -99,8 +100,14 @@ def _run_child(
         "max_processes": max_processes,
         "disk_mb": int(limits.disk_mb),
     }
-    worker_job = {"program": program, "workdir": workdir, "uid": uid, "ppid": os.getpid(),
-                  "limits": shared_limits, "hide": list(_hidden_paths()) if uid is not None else []}
+    worker_job = {
+        "program": program,
+        "workdir": workdir,
+        "uid": uid,
+        "ppid": os.getpid(),
+        "limits": shared_limits,
+        "hide": list(_hidden_paths()) if uid is not None else [],
+    }
     secret = secrets.token_hex(16)  # marks the judge's lines; the worker never sees it
     judge_job = {"tests": tests, "limits": shared_limits, "key": secret}
 
@@ -145,8 +152,13 @@ def _run_child(
     out, err, setup = _Capture(limits.output_bytes), _Capture(limits.output_bytes), _Capture(_RESULT_CAP)
     judge_err, verdict_sink = _Capture(_RESULT_CAP), _Capture(_RESULT_CAP)
     sel = selectors.DefaultSelector()
-    readers = {worker.stdout.fileno(): out, worker.stderr.fileno(): err, setup_r: setup,
-               judge.stderr.fileno(): judge_err, verdict_r: verdict_sink}
+    readers = {
+        worker.stdout.fileno(): out,
+        worker.stderr.fileno(): err,
+        setup_r: setup,
+        judge.stderr.fileno(): judge_err,
+        verdict_r: verdict_sink,
+    }
     for fd, sink in readers.items():
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ, sink)
@@ -252,8 +264,9 @@ def _run_child(
     verdict = _parse_verdict(bytes(verdict_sink.data), secret)
     stdout, stderr = out.text(), err.text()
 
-    status_name, detail = decide(verdict, setup_error, isolation, timed_out, returncode, cpu, limits, stderr,
-                                 judge_err.text())
+    status_name, detail = decide(
+        verdict, setup_error, isolation, timed_out, returncode, cpu, limits, stderr, judge_err.text()
+    )
     return SandboxResult(
         passed=status_name == "passed",
         status=status_name,

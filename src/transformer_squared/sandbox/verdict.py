@@ -80,9 +80,17 @@ def _signal_detail(signum: int, cpu: float | None, limits: SandboxLimits) -> str
     return f"killed by {name}"
 
 
-def decide(verdict: tuple[str, str] | None, setup_error: str | None, isolation: tuple[str, ...], timed_out: bool,
-           returncode: int | None, cpu: float | None, limits: SandboxLimits, stderr: str,
-           judge_stderr: str) -> tuple[str, str]:
+def decide(
+    verdict: tuple[str, str] | None,
+    setup_error: str | None,
+    isolation: tuple[str, ...],
+    timed_out: bool,
+    returncode: int | None,
+    cpu: float | None,
+    limits: SandboxLimits,
+    stderr: str,
+    judge_stderr: str,
+) -> tuple[str, str]:
     """The check's (status, detail): the judge's verdict when it gave one, else the likeliest cause."""
     if verdict is not None and verdict[0] in ("passed", "failed", "error", "exited"):
         return verdict
@@ -97,4 +105,5 @@ def decide(verdict: tuple[str, str] | None, setup_error: str | None, isolation: 
     if not isolation:
         return "sandbox_error", "the sandbox did not start: " + (_last_line(stderr) or f"exit code {returncode}")
     return "sandbox_error", (verdict[1] if verdict else "") or "the judge gave no verdict: " + (
-        _last_line(judge_stderr) or "no output")
+        _last_line(judge_stderr) or "no output"
+    )

@@ -22,5 +22,14 @@ from .engine import SERVE_STRATEGIES, Engine
 from .errors import APIError
 from .jobs import Choice, Decision, Job, JobResult
 
-__all__ = ["BODY_TIMEOUT_S", "SERVE_STRATEGIES", "APIError", "Choice", "Decision", "Engine", "Job", "JobResult",
-           "create_app"]
+__all__ = [
+    "BODY_TIMEOUT_S",
+    "SERVE_STRATEGIES",
+    "APIError",
+    "Choice",
+    "Decision",
+    "Engine",
+    "Job",
+    "JobResult",
+    "create_app",
+]

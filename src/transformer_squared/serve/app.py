@@ -21,11 +21,25 @@ from .errors import APIError, install_handlers
 BODY_TIMEOUT_S = 30.0  # default seconds to receive a whole request body before answering 408
 
 
-def create_app(model, tokenizer, svf=None, experts: Sequence[Expert] = (), strategy: str | None = None,
-               classifier: Expert | None = None, *, api_key: str | None = None, model_id: str | None = None,
-               max_batch: int = 8, queue_size: int = 64, max_tokens_limit: int = 512,
-               max_body_bytes: int = 1 << 20, context_length: int | None = None, batch_wait_s: float = 0.005,
-               threads: int | None = None, body_timeout_s: float | None = None):
+def create_app(
+    model,
+    tokenizer,
+    svf=None,
+    experts: Sequence[Expert] = (),
+    strategy: str | None = None,
+    classifier: Expert | None = None,
+    *,
+    api_key: str | None = None,
+    model_id: str | None = None,
+    max_batch: int = 8,
+    queue_size: int = 64,
+    max_tokens_limit: int = 512,
+    max_body_bytes: int = 1 << 20,
+    context_length: int | None = None,
+    batch_wait_s: float = 0.005,
+    threads: int | None = None,
+    body_timeout_s: float | None = None,
+):
     """The FastAPI app serving ``model`` (and ``experts`` through ``svf``) with the OpenAI API.
 
     The engine's worker thread starts with the app (lifespan) and stops with it. ``strategy``
@@ -42,9 +56,21 @@ def create_app(model, tokenizer, svf=None, experts: Sequence[Expert] = (), strat
     body_timeout_s = _body_timeout(body_timeout_s)
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
         raise T2Error(f"max_body_bytes must be at least 1024, got {max_body_bytes!r}")
-    engine = Engine(model, tokenizer, svf, experts, strategy, classifier, model_id=model_id, max_batch=max_batch,
-                    queue_size=queue_size, max_tokens_limit=max_tokens_limit, context_length=context_length,
-                    batch_wait_s=batch_wait_s, threads=threads)
+    engine = Engine(
+        model,
+        tokenizer,
+        svf,
+        experts,
+        strategy,
+        classifier,
+        model_id=model_id,
+        max_batch=max_batch,
+        queue_size=queue_size,
+        max_tokens_limit=max_tokens_limit,
+        context_length=context_length,
+        batch_wait_s=batch_wait_s,
+        threads=threads,
+    )
     app = FastAPI(title="transformer_squared", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.state.max_body_bytes = max_body_bytes
@@ -92,9 +118,13 @@ class BearerAuth:
                 from fastapi.responses import JSONResponse
 
                 missing = not token.strip()
-                err = APIError(401, "Missing API key: send 'Authorization: Bearer <key>'" if missing
-                               else "Incorrect API key provided", code="invalid_api_key")
-                await JSONResponse(err.body(), status_code=401,
-                                   headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                err = APIError(
+                    401,
+                    "Missing API key: send 'Authorization: Bearer <key>'" if missing else "Incorrect API key provided",
+                    code="invalid_api_key",
+                )
+                await JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send
+                )
                 return
         await self.app(scope, receive, send)

@@ -59,12 +59,29 @@ class Engine:
     are not safe to share between threads that change their padding settings).
     """
 
-    def __init__(self, model, tokenizer, svf=None, experts: Sequence[Expert] = (), strategy: str | None = None,
-                 classifier: Expert | None = None, *, model_id: str | None = None, max_batch: int = 8,
-                 queue_size: int = 64, max_tokens_limit: int = 512, context_length: int | None = None,
-                 batch_wait_s: float = 0.005, threads: int | None = None) -> None:
-        for name, value in (("max_batch", max_batch), ("queue_size", queue_size),
-                            ("max_tokens_limit", max_tokens_limit), ("threads", threads or 1)):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        svf=None,
+        experts: Sequence[Expert] = (),
+        strategy: str | None = None,
+        classifier: Expert | None = None,
+        *,
+        model_id: str | None = None,
+        max_batch: int = 8,
+        queue_size: int = 64,
+        max_tokens_limit: int = 512,
+        context_length: int | None = None,
+        batch_wait_s: float = 0.005,
+        threads: int | None = None,
+    ) -> None:
+        for name, value in (
+            ("max_batch", max_batch),
+            ("queue_size", queue_size),
+            ("max_tokens_limit", max_tokens_limit),
+            ("threads", threads or 1),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise T2Error(f"{name} must be a positive integer, got {value!r}")
         experts = list(experts)
@@ -96,18 +113,33 @@ class Engine:
         self.labels: dict[str, str] = {}  # expert name -> domain label
         self._build_strategies(experts)
         if self.strategy not in self.strategies:
-            raise T2Error(f"strategy {self.strategy!r} is not available: "
-                          + ("it needs --experts" if self.strategy == "prompt"
-                             else "it needs --experts and the classification expert (--classifier DIR)"))
-        self.aliases = {label: name for name, label in self.labels.items()
-                        if label not in self.experts and label != self.model_id}
+            raise T2Error(
+                f"strategy {self.strategy!r} is not available: "
+                + (
+                    "it needs --experts"
+                    if self.strategy == "prompt"
+                    else "it needs --experts and the classification expert (--classifier DIR)"
+                )
+            )
+        self.aliases = {
+            label: name for name, label in self.labels.items() if label not in self.experts and label != self.model_id
+        }
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
         self.busy = False
-        self.stats = {"requests": 0, "rows": 0, "batches": 0, "max_batch_rows": 0, "streams": 0,
-                      "rejected_queue_full": 0, "dropped_before_start": 0, "streams_stopped": 0, "errors": 0}
+        self.stats = {
+            "requests": 0,
+            "rows": 0,
+            "batches": 0,
+            "max_batch_rows": 0,
+            "streams": 0,
+            "rejected_queue_full": 0,
+            "dropped_before_start": 0,
+            "streams_stopped": 0,
+            "errors": 0,
+        }
 
     def _build_strategies(self, experts: list[Expert]) -> None:
         """One AdaptiveModel per strategy this server offers (adapt.py is imported lazily)."""
@@ -126,8 +158,9 @@ class Engine:
             self._adaptive["prompt"] = AdaptiveModel(self.svf, self.tokenizer, experts, strategy="prompt")
             self.strategies.append("prompt")
         if self.classifier is not None and experts:
-            self._adaptive["classifier"] = AdaptiveModel(self.svf, self.tokenizer, experts, strategy="classifier",
-                                                         classifier=self.classifier)
+            self._adaptive["classifier"] = AdaptiveModel(
+                self.svf, self.tokenizer, experts, strategy="classifier", classifier=self.classifier
+            )
             self.strategies.append("classifier")
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -157,17 +190,28 @@ class Engine:
         if model and model not in (self.model_id, "default"):
             name = model if model in self.experts else self.aliases.get(model)
             if name is None:
-                raise APIError(404, f"The model {model!r} does not exist; GET /v1/models lists the base model "
-                                    "and the experts", param="model", code="model_not_found")
+                raise APIError(
+                    404,
+                    f"The model {model!r} does not exist; GET /v1/models lists the base model and the experts",
+                    param="model",
+                    code="model_not_found",
+                )
             expert = self.experts[name]
             pin = Decision(self.labels.get(name, name), expert, "pinned", f"pinned -> {name}")
         if adapt is not None:
             if pin is not None:
-                raise APIError(400, "'adapt' chooses how to route a request to an expert; it cannot be combined "
-                                    "with an expert as 'model' (use the base model id)", param="adapt")
+                raise APIError(
+                    400,
+                    "'adapt' chooses how to route a request to an expert; it cannot be combined "
+                    "with an expert as 'model' (use the base model id)",
+                    param="adapt",
+                )
             if adapt not in self.strategies:
-                raise APIError(400, f"adapt={adapt!r} is not available on this server; use one of "
-                                    f"{', '.join(self.strategies)}", param="adapt")
+                raise APIError(
+                    400,
+                    f"adapt={adapt!r} is not available on this server; use one of {', '.join(self.strategies)}",
+                    param="adapt",
+                )
         return pin, adapt or self.strategy
 
     def submit(self, job: Job) -> None:
@@ -177,8 +221,13 @@ class Engine:
                 raise APIError(503, "the server is not accepting requests", type="server_error", code="unavailable")
             if len(self._pending) >= self.queue_size:
                 self.stats["rejected_queue_full"] += 1
-                raise APIError(429, f"the server is busy ({self.queue_size} requests already waiting); retry shortly",
-                               type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+                raise APIError(
+                    429,
+                    f"the server is busy ({self.queue_size} requests already waiting); retry shortly",
+                    type="rate_limit_error",
+                    code="queue_full",
+                    headers={"Retry-After": "1"},
+                )
             self._pending.append(job)
             self.stats["requests"] += 1
             self._cond.notify()
@@ -251,8 +300,7 @@ class Engine:
         try:
             return render_prompt(messages, self.tokenizer)
         except Exception as exc:  # jinja raises for roles a template does not accept
-            raise APIError(400, f"the model's chat template rejected these messages: {exc}",
-                           param="messages") from None
+            raise APIError(400, f"the model's chat template rejected these messages: {exc}", param="messages") from None
 
     def _prepare(self, job: Job) -> None:
         """Render and measure the prompts; settle max_new against the context (400 if it does not fit)."""
@@ -265,12 +313,20 @@ class Engine:
             if n == 0:
                 raise APIError(400, "the prompt is empty (no tokens); send some text", param=param)
             if n >= ctx:
-                raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the prompt has "
-                                    f"{n} tokens; shorten it", param=param, code="context_length_exceeded")
+                raise APIError(
+                    400,
+                    f"This model's maximum context length is {ctx} tokens, but the prompt has {n} tokens; shorten it",
+                    param=param,
+                    code="context_length_exceeded",
+                )
             if job.max_tokens is not None and n + job.max_tokens > ctx:
-                raise APIError(400, f"This model's maximum context length is {ctx} tokens; the prompt has {n} "
-                                    f"tokens and max_tokens asks for {job.max_tokens} more; lower max_tokens",
-                               param="max_tokens", code="context_length_exceeded")
+                raise APIError(
+                    400,
+                    f"This model's maximum context length is {ctx} tokens; the prompt has {n} "
+                    f"tokens and max_tokens asks for {job.max_tokens} more; lower max_tokens",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
             lengths.append(n)
         job.prompts, job.prompt_tokens = prompts, lengths
         job.max_new = job.max_tokens or max(1, min(self.max_tokens_limit, ctx - max(lengths)))
@@ -303,7 +359,7 @@ class Engine:
                 continue
             i = 0
             for job in group:
-                job.decisions = decisions[i:i + len(job.route_texts)]
+                job.decisions = decisions[i : i + len(job.route_texts)]
                 i += len(job.route_texts)
         return [j for j in jobs if id(j) not in failed]
 
@@ -325,8 +381,11 @@ class Engine:
         groups: list[list[Job]] = []
         for job in live:
             group = groups[-1] if groups else None
-            if group and max(max(j.prompt_tokens) for j in [*group, job]) + max(j.max_new for j in [*group, job]) \
-                    <= self.context_length:
+            if (
+                group
+                and max(max(j.prompt_tokens) for j in [*group, job]) + max(j.max_new for j in [*group, job])
+                <= self.context_length
+            ):
                 group.append(job)
             else:
                 groups.append([job])
@@ -341,10 +400,18 @@ class Engine:
                 prompts += [p] * job.n
                 experts += [d.expert] * job.n
         first = jobs[0]
-        gens = generate(self.model, self.tokenizer, prompts, max_new_tokens=max(j.max_new for j in jobs),
-                        temperature=first.temperature, top_p=first.top_p,
-                        batch_size=max(self.max_batch, len(prompts)), svf=self.svf,
-                        experts=experts if self.svf is not None else None, seed=first.seed)
+        gens = generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=max(j.max_new for j in jobs),
+            temperature=first.temperature,
+            top_p=first.top_p,
+            batch_size=max(self.max_batch, len(prompts)),
+            svf=self.svf,
+            experts=experts if self.svf is not None else None,
+            seed=first.seed,
+        )
         self.stats["batches"] += 1
         self.stats["rows"] += len(prompts)
         self.stats["max_batch_rows"] = max(self.stats["max_batch_rows"], len(prompts))
@@ -374,9 +441,18 @@ class Engine:
             self.stats["streams_stopped"] += 1
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok" if self._thread is not None and not self._closing else "stopping",
-                "model": self.model_id, "experts": list(self.experts), "strategy": self.strategy,
-                "strategies": list(self.strategies), "queued": self.queued, "queue_size": self.queue_size,
-                "max_batch": self.max_batch, "busy": self.busy, "context_length": self.context_length,
-                "max_tokens_limit": self.max_tokens_limit, "threads": self.threads or torch.get_num_threads(),
-                "stats": dict(self.stats)}
+        return {
+            "status": "ok" if self._thread is not None and not self._closing else "stopping",
+            "model": self.model_id,
+            "experts": list(self.experts),
+            "strategy": self.strategy,
+            "strategies": list(self.strategies),
+            "queued": self.queued,
+            "queue_size": self.queue_size,
+            "max_batch": self.max_batch,
+            "busy": self.busy,
+            "context_length": self.context_length,
+            "max_tokens_limit": self.max_tokens_limit,
+            "threads": self.threads or torch.get_num_threads(),
+            "stats": dict(self.stats),
+        }

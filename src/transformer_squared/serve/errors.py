@@ -20,9 +20,16 @@ log = logging.getLogger("transformer_squared.serve")
 class APIError(Exception):
     """An HTTP error answered as ``{"error": {"message", "type", "param", "code"}}``."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -45,9 +52,12 @@ def server_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, T2Error):
         return APIError(400, str(exc))
-    return APIError(500, f"the server failed on this request ({type(exc).__name__}); see the server log",
-                    type="server_error", code="internal_error")
-
+    return APIError(
+        500,
+        f"the server failed on this request ({type(exc).__name__}); see the server log",
+        type="server_error",
+        code="internal_error",
+    )
 
 
 def param_from_loc(loc: Sequence[Any]) -> str | None:
@@ -56,8 +66,11 @@ def param_from_loc(loc: Sequence[Any]) -> str | None:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and part.isidentifier() and part not in ("str", "int", "float", "bool", "list",
-                                                                             "dict", "none"):
+        elif (
+            isinstance(part, str)
+            and part.isidentifier()
+            and part not in ("str", "int", "float", "bool", "list", "dict", "none")
+        ):
             out += ("." if out else "") + part
         else:
             break
@@ -69,8 +82,11 @@ def validation_error(exc) -> APIError:
     errors = exc.errors()
     first = errors[0] if errors else {"type": "", "loc": (), "msg": "invalid request"}
     if first["type"] == "json_invalid":
-        return APIError(400, f"We could not parse the JSON body of your request ({first['msg']}); send valid JSON",
-                        code="invalid_json")
+        return APIError(
+            400,
+            f"We could not parse the JSON body of your request ({first['msg']}); send valid JSON",
+            code="invalid_json",
+        )
     if first["type"] in ("model_type", "model_attributes_type") and not first["loc"]:
         return APIError(400, "the request body must be a JSON object", code="invalid_json")
     param = param_from_loc(first["loc"])

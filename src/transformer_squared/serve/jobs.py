@@ -30,9 +30,14 @@ class Decision:
 
     def info(self) -> dict[str, Any]:
         mixture = self.expert.meta.get("mixture") if self.expert is not None else None
-        return {"expert": None if self.expert is None else self.expert.name, "route": self.description,
-                "label": self.label, "strategy": self.strategy, "fallback": self.fallback,
-                "mixture": mixture if isinstance(mixture, dict) else None}
+        return {
+            "expert": None if self.expert is None else self.expert.name,
+            "route": self.description,
+            "label": self.label,
+            "strategy": self.strategy,
+            "fallback": self.fallback,
+            "mixture": mixture if isinstance(mixture, dict) else None,
+        }
 
     @property
     def header(self) -> str:
@@ -106,6 +111,7 @@ class Job:
         def _set() -> None:
             if self.future is not None and not self.future.done():
                 self.future.set_result(result)
+
         self._call(_set)
 
     def fail(self, error: BaseException) -> None:
@@ -117,6 +123,7 @@ class Job:
         def _set() -> None:
             if self.future is not None and not self.future.done():
                 self.future.set_exception(err)
+
         self._call(_set)
 
     def emit(self, event: tuple) -> None:

@@ -16,8 +16,19 @@ from .errors import APIError
 
 # Fields OpenAI clients may send that this server cannot honour: rejected (400) when set,
 # rather than silently ignored, because the caller would otherwise trust a wrong answer.
-UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs",
-                           "logit_bias", "response_format", "audio", "modalities", "prediction")
+UNSUPPORTED_CHAT_FIELDS = (
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "response_format",
+    "audio",
+    "modalities",
+    "prediction",
+)
 UNSUPPORTED_COMPLETION_FIELDS = ("logprobs", "echo", "suffix", "logit_bias", "best_of")
 
 SEED_MAX = 2**63 - 1
@@ -131,8 +142,12 @@ def chat_messages(req) -> tuple[list[dict[str, str]], str]:
             parts = []
             for j, part in enumerate(m.content):
                 if part.type != "text" or part.text is None:
-                    raise APIError(400, f"only text content is supported, got a {part.type!r} part",
-                                   param=f"messages[{i}].content[{j}]", code="unsupported_content")
+                    raise APIError(
+                        400,
+                        f"only text content is supported, got a {part.type!r} part",
+                        param=f"messages[{i}].content[{j}]",
+                        code="unsupported_content",
+                    )
                 parts.append(part.text)
             text = "\n".join(parts)
         out.append({"role": "system" if m.role == "developer" else m.role, "content": text})

@@ -60,8 +60,9 @@ async def read_body(request: Request) -> bytes:
     try:
         await asyncio.wait_for(receive_all(), body_timeout_s)
     except TimeoutError:
-        raise APIError(408, f"the request body did not arrive within {body_timeout_s:g} s",
-                       code="request_timeout") from None
+        raise APIError(
+            408, f"the request body did not arrive within {body_timeout_s:g} s", code="request_timeout"
+        ) from None
     except ClientDisconnect:
         raise ClientGone() from None
     if too_big:
@@ -82,13 +83,28 @@ def make_job(engine: Engine, req, *, route_texts: list[str], max_tokens: int | N
     """The job for a validated request (400/404 for a model, strategy or size this server cannot serve)."""
     pin, strategy_ = engine.resolve_model(req.model, req.adapt)
     if max_tokens is not None and max_tokens > engine.max_tokens_limit:
-        raise APIError(400, f"max_tokens is {max_tokens} but this server allows at most "
-                            f"{engine.max_tokens_limit}", param="max_tokens", code="max_tokens_exceeded")
+        raise APIError(
+            400,
+            f"max_tokens is {max_tokens} but this server allows at most {engine.max_tokens_limit}",
+            param="max_tokens",
+            code="max_tokens_exceeded",
+        )
     if len(route_texts) * req.n > MAX_ROWS_PER_REQUEST:
         raise APIError(400, f"at most {MAX_ROWS_PER_REQUEST} completions per request (prompts × n)", param="n")
-    return Job(route_texts=route_texts, n=req.n, max_tokens=max_tokens, temperature=req.temperature,
-               top_p=req.top_p, seed=req.seed, stop=req.stop_list(), pin=pin, strategy=strategy_,
-               stream=req.stream, loop=asyncio.get_running_loop(), **kw)
+    return Job(
+        route_texts=route_texts,
+        n=req.n,
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        seed=req.seed,
+        stop=req.stop_list(),
+        pin=pin,
+        strategy=strategy_,
+        stream=req.stream,
+        loop=asyncio.get_running_loop(),
+        **kw,
+    )
 
 
 async def _wait_disconnect(request) -> None:
@@ -154,14 +170,31 @@ async def stream_job(request: Request, job: Job, model_name: str, chat: bool, in
 
 
 def model_cards(engine: Engine) -> list[s.ModelCard]:
-    cards = [s.ModelCard(id=engine.model_id, created=engine.created,
-                         t2={"kind": "base", "strategy": engine.strategy, "strategies": engine.strategies,
-                             "context_length": engine.context_length})]
+    cards = [
+        s.ModelCard(
+            id=engine.model_id,
+            created=engine.created,
+            t2={
+                "kind": "base",
+                "strategy": engine.strategy,
+                "strategies": engine.strategies,
+                "context_length": engine.context_length,
+            },
+        )
+    ]
     for name, e in engine.experts.items():
-        cards.append(s.ModelCard(id=name, created=engine.created,
-                                 t2={"kind": "mixture" if e.meta.get("mixture") else "expert",
-                                     "domain": engine.labels.get(name), "task": e.meta.get("task"),
-                                     "base_model": e.meta.get("base_model")}))
+        cards.append(
+            s.ModelCard(
+                id=name,
+                created=engine.created,
+                t2={
+                    "kind": "mixture" if e.meta.get("mixture") else "expert",
+                    "domain": engine.labels.get(name),
+                    "task": e.meta.get("task"),
+                    "base_model": e.meta.get("base_model"),
+                },
+            )
+        )
     return cards
 
 
@@ -192,8 +225,9 @@ async def chat_completions(request: Request):
     s.check_unsupported(req, s.UNSUPPORTED_CHAT_FIELDS)
     messages, route_text = s.chat_messages(req)
     engine = _engine(request)
-    job = make_job(engine, req, route_texts=[route_text], max_tokens=req.max_completion_tokens or req.max_tokens,
-                   messages=messages)
+    job = make_job(
+        engine, req, route_texts=[route_text], max_tokens=req.max_completion_tokens or req.max_tokens, messages=messages
+    )
     model_name = req.model or engine.model_id
     if req.stream:
         include = bool(req.stream_options and req.stream_options.include_usage)
@@ -204,12 +238,18 @@ async def chat_completions(request: Request):
     choices = result.choices[0]
     used = sum(c.tokens for c in choices)
     resp = s.ChatCompletionResponse(
-        id="chatcmpl-" + uuid.uuid4().hex, created=int(time.time()), model=model_name,
-        choices=[s.ChatChoice(index=i, message=s.AssistantMessage(content=c.text), finish_reason=c.finish_reason)
-                 for i, c in enumerate(choices)],
-        usage=s.Usage(prompt_tokens=result.prompt_tokens[0], completion_tokens=used,
-                      total_tokens=result.prompt_tokens[0] + used),
-        t2=s.T2Info(**result.decisions[0].info()))
+        id="chatcmpl-" + uuid.uuid4().hex,
+        created=int(time.time()),
+        model=model_name,
+        choices=[
+            s.ChatChoice(index=i, message=s.AssistantMessage(content=c.text), finish_reason=c.finish_reason)
+            for i, c in enumerate(choices)
+        ],
+        usage=s.Usage(
+            prompt_tokens=result.prompt_tokens[0], completion_tokens=used, total_tokens=result.prompt_tokens[0] + used
+        ),
+        t2=s.T2Info(**result.decisions[0].info()),
+    )
     return JSONResponse(resp.model_dump(), headers=expert_header(result.decisions))
 
 
@@ -236,13 +276,23 @@ async def completions(request: Request):
     for p, (row, decision) in enumerate(zip(result.choices, result.decisions, strict=True)):
         for c_i, c in enumerate(row):
             used += c.tokens
-            choices.append(s.CompletionChoice(index=p * req.n + c_i, text=c.text, finish_reason=c.finish_reason,
-                                              t2=s.T2Info(**decision.info()) if many else None))
+            choices.append(
+                s.CompletionChoice(
+                    index=p * req.n + c_i,
+                    text=c.text,
+                    finish_reason=c.finish_reason,
+                    t2=s.T2Info(**decision.info()) if many else None,
+                )
+            )
     prompt_tokens = sum(result.prompt_tokens)
-    resp = s.CompletionResponse(id="cmpl-" + uuid.uuid4().hex, created=int(time.time()), model=model_name,
-                                choices=choices, usage=s.Usage(prompt_tokens=prompt_tokens, completion_tokens=used,
-                                                               total_tokens=prompt_tokens + used),
-                                t2=s.T2Info(**result.decisions[0].info()))
+    resp = s.CompletionResponse(
+        id="cmpl-" + uuid.uuid4().hex,
+        created=int(time.time()),
+        model=model_name,
+        choices=choices,
+        usage=s.Usage(prompt_tokens=prompt_tokens, completion_tokens=used, total_tokens=prompt_tokens + used),
+        t2=s.T2Info(**result.decisions[0].info()),
+    )
     data = resp.model_dump()
     if not many:
         for c in data["choices"]:

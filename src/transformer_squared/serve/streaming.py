@@ -42,9 +42,17 @@ def generate_events(model, tokenizer, svf, job: Job, closing: Callable[[], bool]
             if job.cancelled or closing():
                 break
             job.emit(("start", index))
-            gen = generate_stream(model, tokenizer, job.prompts[0], lambda text, i=index: job.emit(("delta", i, text)),
-                                  max_new_tokens=job.max_new, temperature=job.temperature, top_p=job.top_p,
-                                  stop=job.stop, should_stop=lambda: job.cancelled or closing())
+            gen = generate_stream(
+                model,
+                tokenizer,
+                job.prompts[0],
+                lambda text, i=index: job.emit(("delta", i, text)),
+                max_new_tokens=job.max_new,
+                temperature=job.temperature,
+                top_p=job.top_p,
+                stop=job.stop,
+                should_stop=lambda: job.cancelled or closing(),
+            )
             completion += gen.num_tokens
             job.emit(("finish", index, "stop" if gen.finished or gen.stopped else "length"))
     job.emit(("done", job.prompt_tokens[0], completion))
@@ -90,18 +98,32 @@ class _Chunks:
         self.model = model_name
         self.chat = chat
 
-    def __call__(self, index: int | None, text: str | None = None, finish: str | None = None, role: bool = False,
-                 usage: Any = None, with_t2: bool = False) -> str:
+    def __call__(
+        self,
+        index: int | None,
+        text: str | None = None,
+        finish: str | None = None,
+        role: bool = False,
+        usage: Any = None,
+        with_t2: bool = False,
+    ) -> str:
         s = self.s
-        common = dict(id=self.id, created=self.created, model=self.model, usage=usage,
-                      t2=self.t2 if with_t2 else None)
+        common = dict(id=self.id, created=self.created, model=self.model, usage=usage, t2=self.t2 if with_t2 else None)
         if self.chat:
-            choices = [] if index is None else [s.ChatChunkChoice(
-                index=index, delta=s.Delta(role="assistant" if role else None, content=text), finish_reason=finish)]
+            choices = (
+                []
+                if index is None
+                else [
+                    s.ChatChunkChoice(
+                        index=index,
+                        delta=s.Delta(role="assistant" if role else None, content=text),
+                        finish_reason=finish,
+                    )
+                ]
+            )
             obj = s.ChatCompletionChunk(choices=choices, **common)
         else:
-            choices = [] if index is None else [s.CompletionChoice(index=index, text=text or "",
-                                                                   finish_reason=finish)]
+            choices = [] if index is None else [s.CompletionChoice(index=index, text=text or "", finish_reason=finish)]
             obj = s.CompletionResponse(choices=choices, **common)
         data = obj.model_dump(exclude_none=True)
         if with_t2:
@@ -133,17 +155,30 @@ async def _events(engine: Engine, job: Job, chunk: _Chunks, include_usage: bool)
                 break
             elif kind == "done":
                 if include_usage:
-                    yield chunk(None, usage=chunk.s.Usage(prompt_tokens=ev[1], completion_tokens=ev[2],
-                                                          total_tokens=ev[1] + ev[2]))
+                    yield chunk(
+                        None,
+                        usage=chunk.s.Usage(prompt_tokens=ev[1], completion_tokens=ev[2], total_tokens=ev[1] + ev[2]),
+                    )
                 break
         yield "data: [DONE]\n\n"
     finally:
         engine.cancel(job)  # no-op when finished; stops generation when the client left
 
 
-def sse_response(engine: Engine, job: Job, decision: Decision, model_name: str, chat: bool, include_usage: bool,
-                 headers: dict[str, str]):
+def sse_response(
+    engine: Engine,
+    job: Job,
+    decision: Decision,
+    model_name: str,
+    chat: bool,
+    include_usage: bool,
+    headers: dict[str, str],
+):
     """The ``text/event-stream`` response for a streaming job whose ``meta`` event has arrived."""
     events = _events(engine, job, _Chunks(decision, model_name, chat), include_usage)
-    return _sse_class()(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers},
-                        on_close=lambda: engine.cancel(job))
+    return _sse_class()(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", **headers},
+        on_close=lambda: engine.cancel(job),
+    )

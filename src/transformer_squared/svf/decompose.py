@@ -41,8 +41,9 @@ def compute_svd(weight_out_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return s, u.contiguous(), "out"
 
 
-def factors(model: nn.Module, names: list[str], fingerprint: str, cache: bool = True,
-            progress: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor, str]]:
+def factors(
+    model: nn.Module, names: list[str], fingerprint: str, cache: bool = True, progress: bool = False
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, str]]:
     """(σ, Q, side) on the CPU for each named target of ``model``, read from the cache when ``cache``."""
     if cache:
         cached = load_factors(fingerprint, names)

@@ -49,8 +49,7 @@ class SVFLinear(nn.Module):
         self.register_buffer("sigma", sigma.to(torch.float32), persistent=False)
         self.register_buffer("q", q.to(torch.float32), persistent=False)
         r = sigma.numel()
-        self.z = nn.Parameter(torch.full((r,), parameterization.init, dtype=torch.float32,
-                                         device=self.weight.device))
+        self.z = nn.Parameter(torch.full((r,), parameterization.init, dtype=torch.float32, device=self.weight.device))
         # Per-row g for mixed-expert batches: (B, r) or None. Set by SVFModel.rows().
         self.row_g: torch.Tensor | None = None
         self._merged: torch.Tensor | None = None
@@ -135,5 +134,7 @@ class SVFLinear(nn.Module):
         return h + self.bias if self.bias is not None else h
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, side={self.side}, "
-                f"path={self.path}, parameterization={self.parameterization.kind}")
+        return (
+            f"in={self.in_features}, out={self.out_features}, rank={self.rank}, side={self.side}, "
+            f"path={self.path}, parameterization={self.parameterization.kind}"
+        )

@@ -67,9 +67,9 @@ class SVFModel:
             p.requires_grad_(False)
         fingerprints = {n: weight_fingerprint(model.get_submodule(n).weight) for n in names}
         self.matrix_fingerprints = fingerprints
-        self.fingerprint = hashlib.sha256(
-            "".join(f"{n}:{fp};" for n, fp in fingerprints.items()).encode()
-        ).hexdigest()[:16]
+        self.fingerprint = hashlib.sha256("".join(f"{n}:{fp};" for n, fp in fingerprints.items()).encode()).hexdigest()[
+            :16
+        ]
         svd = factors(model, names, self.fingerprint, cache, progress)
         self.layers: dict[str, SVFLinear] = {}
         for name in names:
@@ -251,7 +251,7 @@ class SVFModel:
         """Put the original modules back (the model as it was before wrapping) and return it."""
         for name, layer in self.layers.items():
             parent, child = _parent(self.model, name)
-            base = (Conv1D.__new__(Conv1D) if layer.transposed else nn.Linear.__new__(nn.Linear))
+            base = Conv1D.__new__(Conv1D) if layer.transposed else nn.Linear.__new__(nn.Linear)
             nn.Module.__init__(base)
             base.weight, base.bias = layer.weight, layer.bias
             if layer.transposed:
@@ -263,6 +263,8 @@ class SVFModel:
         return self.model
 
     def __repr__(self) -> str:
-        return (f"SVFModel({type(self.model).__name__}, targets={self.target_spec!r}, "
-                f"matrices={len(self.layers)}, trainable={self.num_trainable_parameters():,}, "
-                f"parameterization={self.parameterization.kind}, path={self.path})")
+        return (
+            f"SVFModel({type(self.model).__name__}, targets={self.target_spec!r}, "
+            f"matrices={len(self.layers)}, trainable={self.num_trainable_parameters():,}, "
+            f"parameterization={self.parameterization.kind}, path={self.path})"
+        )

@@ -27,8 +27,16 @@ from .multiple_choice import MultipleChoice, is_multiple_choice
 from .olmes import OLMES_TASKS
 from .sources import Source
 
-TASK_NAMES: tuple[str, ...] = ("gsm8k", "mbpp", "humaneval", "arc_easy", "arc_challenge", "math", "classify",
-                               *OLMES_TASKS)
+TASK_NAMES: tuple[str, ...] = (
+    "gsm8k",
+    "mbpp",
+    "humaneval",
+    "arc_easy",
+    "arc_challenge",
+    "math",
+    "classify",
+    *OLMES_TASKS,
+)
 
 TASKS: dict[str, type[Task]] = {
     "gsm8k": GSM8K,
@@ -45,8 +53,13 @@ TASKS: dict[str, type[Task]] = {
 DOMAINS: dict[str, str] = {name: cls.domain for name, cls in TASKS.items()}
 
 
-def get_task(name: str, source: str | os.PathLike | Source = "offline", reward_correct: float = 1.0,
-             reward_wrong: float = -1.0, **options: Any) -> Task:
+def get_task(
+    name: str,
+    source: str | os.PathLike | Source = "offline",
+    reward_correct: float = 1.0,
+    reward_wrong: float = -1.0,
+    **options: Any,
+) -> Task:
     """A task by name.
 
     ``source`` is ``"offline"`` (bundled package data), ``"hub"`` (official splits via the
@@ -60,14 +73,30 @@ def get_task(name: str, source: str | os.PathLike | Source = "offline", reward_c
     if key not in TASKS:
         raise T2Error(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
     cls = TASKS[key]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in
-                ("self", "source", "reward_correct", "reward_wrong")]
+    accepted = [
+        p
+        for p in inspect.signature(cls.__init__).parameters
+        if p not in ("self", "source", "reward_correct", "reward_wrong")
+    ]
     unknown = [k for k in options if k not in accepted]
     if unknown:
-        raise T2Error(f"task {key!r} takes no option {', '.join(map(repr, unknown))}"
-                      + (f"; its options are: {', '.join(accepted)}" if accepted else ""))
+        raise T2Error(
+            f"task {key!r} takes no option {', '.join(map(repr, unknown))}"
+            + (f"; its options are: {', '.join(accepted)}" if accepted else "")
+        )
     return cls(source=source, reward_correct=reward_correct, reward_wrong=reward_wrong, **options)
 
 
-__all__ = ["DOMAINS", "GenericTask", "Item", "MultipleChoice", "SplitData", "TASKS", "TASK_NAMES", "Task", "TaskProtocol", "get_task",
-           "is_multiple_choice"]
+__all__ = [
+    "DOMAINS",
+    "GenericTask",
+    "Item",
+    "MultipleChoice",
+    "SplitData",
+    "TASKS",
+    "TASK_NAMES",
+    "Task",
+    "TaskProtocol",
+    "get_task",
+    "is_multiple_choice",
+]

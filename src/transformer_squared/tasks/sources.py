@@ -189,7 +189,9 @@ def read_user_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise T2Error(f"{path}: line {lineno} is not valid JSON ({exc.msg}); each line must be one JSON object") from exc
+                raise T2Error(
+                    f"{path}: line {lineno} is not valid JSON ({exc.msg}); each line must be one JSON object"
+                ) from exc
             if not isinstance(rec, dict):
                 raise T2Error(f"{path}: line {lineno} is a JSON {type(rec).__name__}, not an object")
             out.append((lineno, rec))

@@ -70,7 +70,28 @@ from .rollout import Rollout, safe_rewards, sample_seed
 from .run_dir import CONFIG_NAME
 from .trainer import Trainer, TrainResult, train
 
-__all__ = ["CONFIG_NAME", "TRAJECTORY_FIELDS", "Batch", "DistInfo", "LoRAPolicy", "Policy", "Rollout", "SVFPolicy",
-           "TrainConfig", "TrainResult", "Trainer", "compute_advantages", "exact_objective", "kl_full", "kl_k3",
-           "make_batch", "policy_loss", "safe_rewards", "sample_seed", "token_logprobs", "train", "warn_if_untrained",
-           "write_plot"]
+__all__ = [
+    "CONFIG_NAME",
+    "TRAJECTORY_FIELDS",
+    "Batch",
+    "DistInfo",
+    "LoRAPolicy",
+    "Policy",
+    "Rollout",
+    "SVFPolicy",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "compute_advantages",
+    "exact_objective",
+    "kl_full",
+    "kl_k3",
+    "make_batch",
+    "policy_loss",
+    "safe_rewards",
+    "sample_seed",
+    "token_logprobs",
+    "train",
+    "warn_if_untrained",
+    "write_plot",
+]

@@ -61,8 +61,13 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
-        "numpy": [str(np_state[0]), torch.from_numpy(np_state[1].astype("int64")), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            str(np_state[0]),
+            torch.from_numpy(np_state[1].astype("int64")),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -143,9 +148,18 @@ def load_checkpoint(folder: str | os.PathLike) -> Checkpoint:
         opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
         rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError) as exc:  # JSONDecodeError is a ValueError
-        raise T2Error(f"checkpoint {str(folder)!r} is damaged ({str(exc).splitlines()[0]}); "
-                      "start again without --resume (add --overwrite)") from None
+        raise T2Error(
+            f"checkpoint {str(folder)!r} is damaged ({str(exc).splitlines()[0]}); "
+            "start again without --resume (add --overwrite)"
+        ) from None
     if state.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
         raise T2Error(f"checkpoint {str(folder)!r} was written by a newer transformer_squared; upgrade")
-    return Checkpoint(folder=folder, state=state, trainable=trainable, best=best,
-                      optimizer=opt["optimizer"], scheduler=opt["scheduler"], rng=rng)
+    return Checkpoint(
+        folder=folder,
+        state=state,
+        trainable=trainable,
+        best=best,
+        optimizer=opt["optimizer"],
+        scheduler=opt["scheduler"],
+        rng=rng,
+    )

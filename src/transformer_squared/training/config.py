@@ -47,10 +47,34 @@ AUTO_MICRO_ITEMS = 16
 
 # Options that change what a run computes: a resumed run must use the same values.
 TRAJECTORY_FIELDS = (
-    "method", "objective", "targets", "parameterization", "lora_rank", "lora_alpha", "lora_targets",
-    "batch_size", "samples_per_prompt", "lr", "weight_decay", "kl_coef", "kl_estimator", "baseline",
-    "temperature", "top_p", "max_new_tokens", "gen_prompts", "schedule", "warmup_steps", "clip",
-    "seed", "dtype", "autocast", "reward_correct", "reward_wrong", "channel", "norm",
+    "method",
+    "objective",
+    "targets",
+    "parameterization",
+    "lora_rank",
+    "lora_alpha",
+    "lora_targets",
+    "batch_size",
+    "samples_per_prompt",
+    "lr",
+    "weight_decay",
+    "kl_coef",
+    "kl_estimator",
+    "baseline",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "gen_prompts",
+    "schedule",
+    "warmup_steps",
+    "clip",
+    "seed",
+    "dtype",
+    "autocast",
+    "reward_correct",
+    "reward_wrong",
+    "channel",
+    "norm",
 )
 
 
@@ -79,20 +103,26 @@ class TrainConfig:
     # what is trained
     method: Method = option("svf", help="svf (default) or the LoRA baseline")
     objective: Objective = option(
-        "rl", help="rl: REINFORCE on the task's reward (default); sft: imitate the reference solutions; "
-                   "exact: exact policy gradient over a multiple-choice task's options (no sampling)")
+        "rl",
+        help="rl: REINFORCE on the task's reward (default); sft: imitate the reference solutions; "
+        "exact: exact policy gradient over a multiple-choice task's options (no sampling)",
+    )
     channel: Channel | None = option(
-        None, help="multiple choice: score options as text after 'Question: ...\\nAnswer:' (cloze; the default "
-                   "of exact) or as the first letter after the chat prompt (letter, what generation samples); "
-                   "with sft: imitate the gold option in that channel")
+        None,
+        help="multiple choice: score options as text after 'Question: ...\\nAnswer:' (cloze; the default "
+        "of exact) or as the first letter after the chat prompt (letter, what generation samples); "
+        "with sft: imitate the gold option in that channel",
+    )
     norm: Norm = option(
-        "token", help="exact: option score = log-likelihood per token (default), per character, or summed")
+        "token", help="exact: option score = log-likelihood per token (default), per character, or summed"
+    )
     # SVF
-    targets: str | list[str] = "mlp"     # mlp | attn | all-linear | module-name regexes
-    parameterization: str = "direct"     # direct | sigmoid (or a dict / svf.Parameterization)
+    targets: str | list[str] = "mlp"  # mlp | attn | all-linear | module-name regexes
+    parameterization: str = "direct"  # direct | sigmoid (or a dict / svf.Parameterization)
     train_path: TrainPath = option(
-        "factored", help="SVF forward used for the gradient (same result; factored was as fast or faster here, "
-                         "see docs)")
+        "factored",
+        help="SVF forward used for the gradient (same result; factored was as fast or faster here, see docs)",
+    )
     # LoRA (the paper's baseline)
     lora_rank: int = 16
     lora_alpha: float = 32.0
@@ -104,23 +134,24 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     kl_coef: float = option(0.1, help="λ of the KL(π‖π_base) penalty (0: off)")
-    kl_estimator: KLEstimator = option(
-        "k3", help="k3: per sampled token (default); full: exact over the vocabulary")
+    kl_estimator: KLEstimator = option("k3", help="k3: per sampled token (default); full: exact over the vocabulary")
     baseline: Baseline = option(
-        "none", help="none: A = r (the paper); mean: r − prompt mean; loo: r − mean of the other samples")
+        "none", help="none: A = r (the paper); mean: r − prompt mean; loo: r − mean of the other samples"
+    )
     temperature: float = option(1.0, help="sampling temperature (0: greedy)")
     top_p: float = 1.0
     max_new_tokens: int | None = option(None, help="default: the task's own")
     grad_accum: int = option(
-        0, help=f"micro-batches per process and step (0: auto, ≤ {AUTO_MICRO_ROWS} completions each)")
+        0, help=f"micro-batches per process and step (0: auto, ≤ {AUTO_MICRO_ROWS} completions each)"
+    )
     gen_prompts: int = option(
-        1, help="prompts per generate call (default 1: samples independent of batching and processes)")
+        1, help="prompts per generate call (default 1: samples independent of batching and processes)"
+    )
     schedule: Schedule = "constant"
     warmup_steps: int = 0
     clip: float = option(1e-3, help="max gradient norm (0: off; the paper: 1e-3)")
     # model selection
-    eval_every: int = option(
-        20, help="evaluate on val every N steps and keep the best (0: keep the last weights)")
+    eval_every: int = option(20, help="evaluate on val every N steps and keep the best (0: keep the last weights)")
     # True: evaluate the untrained model too (step 0)
     eval_at_start: bool = option(True, help="skip the step-0 evaluation of the base model")
     val_limit: int | None = option(100, help="first N val items (0: all)")  # None here: all
@@ -128,16 +159,15 @@ class TrainConfig:
     # files
     checkpoint_every: int = option(10, help="0: only at the end")
     # True or "auto": the checkpoint in ``out``; a path: the checkpoint there
-    resume: bool | str | os.PathLike | None = option(
-        None, help="continue from the checkpoint in --out (or in DIR)")
+    resume: bool | str | os.PathLike | None = option(None, help="continue from the checkpoint in --out (or in DIR)")
     overwrite: bool = option(False, help="start again in an --out that holds a run")
     name: str | None = option(None, help="expert name (default: the task name)")
     seed: int = 0
-    autocast: Autocast = option(
-        "none", help="bf16 autocast for the teacher-forced forwards (see docs/training.md)")
+    autocast: Autocast = option("none", help="bf16 autocast for the teacher-forced forwards (see docs/training.md)")
     # True: encode each prompt once for its K samples (sampling and update)
     share_prompt: bool = option(
-        True, help="re-encode the prompt for each of its K samples (the slower layout; same gradients)")
+        True, help="re-encode the prompt for each of its K samples (the slower layout; same gradients)"
+    )
     reward_correct: float = 1.0
     reward_wrong: float = -1.0
     progress: bool = True
@@ -170,18 +200,24 @@ class TrainConfig:
         if self.val_limit is not None and self.val_limit < 1:
             raise T2Error(f"--val-limit must be at least 1 (or omitted for all), got {self.val_limit}")
         if self.channel is not None and self.objective == "rl":
-            raise T2Error("--channel applies to --objective exact (the policy over the options) and --objective sft "
-                          "(imitate the gold option in that channel); sampled RL answers in free text")
+            raise T2Error(
+                "--channel applies to --objective exact (the policy over the options) and --objective sft "
+                "(imitate the gold option in that channel); sampled RL answers in free text"
+            )
         if self.objective == "exact" and self.temperature <= 0:
             raise T2Error("--objective exact needs --temperature > 0 (the softmax temperature over the options)")
         if self.objective == "rl":
             k = self.samples_per_prompt
             if self.baseline != "none" and k < 2:
-                raise T2Error(f"--baseline {self.baseline} compares the K samples of a prompt and needs "
-                              "--samples-per-prompt 2 or more (or use --baseline none)")
+                raise T2Error(
+                    f"--baseline {self.baseline} compares the K samples of a prompt and needs "
+                    "--samples-per-prompt 2 or more (or use --baseline none)"
+                )
             if self.temperature == 0 and k > 1:
-                raise T2Error("with --temperature 0 (greedy) the K samples of a prompt are identical; "
-                              "use --samples-per-prompt 1 or a temperature > 0")
+                raise T2Error(
+                    "with --temperature 0 (greedy) the K samples of a prompt are identical; "
+                    "use --samples-per-prompt 1 or a temperature > 0"
+                )
 
     @property
     def mc_channel(self) -> str | None:
@@ -235,5 +271,19 @@ def literal_values(hint: Any) -> tuple[str, ...] | None:
     return None
 
 
-__all__ = ["AUTOCAST", "AUTO_MICRO_ITEMS", "AUTO_MICRO_ROWS", "BASELINES", "CHANNELS", "KL_ESTIMATORS", "METHODS",
-           "NORMS", "OBJECTIVES", "SCHEDULES", "TRAIN_PATHS", "TRAJECTORY_FIELDS", "TrainConfig", "literal_values"]
+__all__ = [
+    "AUTOCAST",
+    "AUTO_MICRO_ITEMS",
+    "AUTO_MICRO_ROWS",
+    "BASELINES",
+    "CHANNELS",
+    "KL_ESTIMATORS",
+    "METHODS",
+    "NORMS",
+    "OBJECTIVES",
+    "SCHEDULES",
+    "TRAIN_PATHS",
+    "TRAJECTORY_FIELDS",
+    "TrainConfig",
+    "literal_values",
+]

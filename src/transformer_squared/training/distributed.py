@@ -90,7 +90,7 @@ def all_reduce_grads(dist_info: DistInfo, params: list[torch.nn.Parameter]) -> N
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p))
+        p.grad.copy_(flat[offset : offset + n].view_as(p))
         offset += n
 
 

@@ -36,8 +36,17 @@ class Gradients:
     switching ``config.autocast``) applies to the next call.
     """
 
-    def __init__(self, config: TrainConfig, policy: Policy, task, tokenizer, *, micro_prompts: int, pad_id: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        policy: Policy,
+        task,
+        tokenizer,
+        *,
+        micro_prompts: int,
+        pad_id: int,
+        device: torch.device,
+    ) -> None:
         self.config, self.policy, self.task, self.tokenizer = config, policy, task, tokenizer
         self.micro_prompts, self.pad_id, self.device = micro_prompts, pad_id, device
         fwd = policy.forward_module().forward
@@ -51,31 +60,36 @@ class Gradients:
     def _logits(self, batch: Batch) -> torch.Tensor:
         """Logits at the positions that predict the completion tokens: (n, C, V)."""
         c_len = batch.completion_len
-        kwargs: dict[str, Any] = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                      position_ids=batch.position_ids, use_cache=False)
+        kwargs: dict[str, Any] = dict(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
         if self.keep_kw:
             kwargs["logits_to_keep"] = c_len + 1
         logits = self.policy.model(**kwargs).logits
-        return logits[:, -(c_len + 1):-1]
+        return logits[:, -(c_len + 1) : -1]
 
     def _shared(self, ro: Rollout) -> bool:
         """Whether the update encodes each prompt once for its completions (k3 or no KL needs no full logits)."""
         c = self.config
-        return c.share_prompt and ro.k > 1 and not (c.kl_coef > 0 and c.kl_estimator == "full") \
-            and all(ro.completion_ids)
+        return (
+            c.share_prompt and ro.k > 1 and not (c.kl_coef > 0 and c.kl_estimator == "full") and all(ro.completion_ids)
+        )
 
     def _shared_logprobs(self, ro: Rollout, p0: int, p1: int, temp: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (n, C) and mask of prompts p0..p1's completions, each prompt encoded once."""
         from ..scoring import continuation_token_logprobs
 
         k = ro.k
-        groups = [(ro.prompt_ids[p], ro.completion_ids[p * k:(p + 1) * k]) for p in range(p0, p1)]
+        groups = [(ro.prompt_ids[p], ro.completion_ids[p * k : (p + 1) * k]) for p in range(p0, p1)]
         return continuation_token_logprobs(self.policy.model, groups, self.pad_id, temperature=temp)
 
     def _rows(self, ro: Rollout, p0: int, p1: int) -> tuple[list[list[int]], list[list[int]]]:
         k = ro.k
         prompts = [ro.prompt_ids[p] for p in range(p0, p1) for _ in range(k)]
-        return prompts, ro.completion_ids[p0 * k:p1 * k]
+        return prompts, ro.completion_ids[p0 * k : p1 * k]
 
     def sequence_logprobs(self, ro: Rollout, base: bool = False) -> torch.Tensor:
         """Σ_t log π(y_t) of each completion of a rollout (no gradient), in rollout order."""
@@ -114,7 +128,7 @@ class Gradients:
         totals = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "logp": 0.0}
         for p0 in range(0, len(ro.items), self.micro_prompts):
             p1 = min(len(ro.items), p0 + self.micro_prompts)
-            a = adv[p0 * k:p1 * k].to(self.device)
+            a = adv[p0 * k : p1 * k].to(self.device)
             if self._shared(ro):
                 with self.autocast():
                     base_lp = None
@@ -144,8 +158,11 @@ class Gradients:
                 logp = token_logprobs(logits, batch.targets, batch.mask, temp)
                 kl = None
                 if want_kl:
-                    kl = (kl_k3(logp, base_lp, batch.mask) if base_lp is not None
-                          else kl_full(logits, base_logits, batch.mask, temp))
+                    kl = (
+                        kl_k3(logp, base_lp, batch.mask)
+                        if base_lp is not None
+                        else kl_full(logits, base_logits, batch.mask, temp)
+                    )
                 loss, stats = policy_loss(logp, batch.mask, a, n_global, kl, c.kl_coef)
             loss.backward()
             del logits, logp, kl, loss, base_logits
@@ -165,10 +182,11 @@ class Gradients:
         channel = c.mc_channel
         sft = c.objective == "sft"  # maximise the gold option's (normalised) log-likelihood instead of E[r]
         want_kl = c.kl_coef > 0 and not sft
-        totals = dict.fromkeys(("loss", "pg_loss", "kl", "logp", "reward", "reward_sq", "argmax_correct",
-                                "entropy"), 0.0)
+        totals = dict.fromkeys(
+            ("loss", "pg_loss", "kl", "logp", "reward", "reward_sq", "argmax_correct", "entropy"), 0.0
+        )
         for p0 in range(0, len(ro.items), self.micro_prompts):
-            items = ro.items[p0:p0 + self.micro_prompts]
+            items = ro.items[p0 : p0 + self.micro_prompts]
             requests = [self.task.requests(it, channel, self.tokenizer) for it in items]
             with self.autocast():
                 base = None
@@ -180,9 +198,15 @@ class Gradients:
             loss = torch.zeros((), device=self.device)
             for i, (item, sc) in enumerate(zip(items, scores, strict=True)):
                 item_loss, stats = exact_objective(
-                    sc.normalised(c.norm), self.task.gold_index(item), reward_correct=self.task.reward_correct,
-                    reward_wrong=self.task.reward_wrong, temperature=c.temperature, sft=sft,
-                    base_scores=None if base is None else base[i].normalised(c.norm), kl_coef=c.kl_coef)
+                    sc.normalised(c.norm),
+                    self.task.gold_index(item),
+                    reward_correct=self.task.reward_correct,
+                    reward_wrong=self.task.reward_wrong,
+                    temperature=c.temperature,
+                    sft=sft,
+                    base_scores=None if base is None else base[i].normalised(c.norm),
+                    kl_coef=c.kl_coef,
+                )
                 # the objective's own term, without the KL
                 totals["pg_loss"] += stats["pg_loss"] / c.batch_size
                 if "kl" in stats:

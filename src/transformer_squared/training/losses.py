@@ -44,8 +44,9 @@ def kl_k3(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor) -> to
     return (torch.exp(d) - d - 1) * mask
 
 
-def kl_full(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tensor,
-            temperature: float = 1.0) -> torch.Tensor:
+def kl_full(
+    logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Per-position exact KL(π‖π_base) = Σ_v π_v (log π_v − log b_v), masked."""
     t = temperature if temperature > 0 else 1.0
     lp = F.log_softmax(logits.float() / t, dim=-1)
@@ -53,8 +54,14 @@ def kl_full(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tensor,
     return F.kl_div(lb, lp, log_target=True, reduction="none").sum(-1) * mask
 
 
-def policy_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, normalizer: float,
-                kl: torch.Tensor | None = None, kl_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+def policy_loss(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    normalizer: float,
+    kl: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """REINFORCE loss −Σ_i A_i Σ_t log π(y_it) / N (+ λ Σ_i Σ_t KL_it / N) for a (micro-)batch.
 
     ``logp`` / ``kl`` are (n, T) per-token values, ``mask`` marks completion tokens, ``advantages``
@@ -74,9 +81,17 @@ def policy_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
     return loss, stats
 
 
-def exact_objective(scores: torch.Tensor, gold: int, *, reward_correct: float = 1.0, reward_wrong: float = -1.0,
-                    temperature: float = 1.0, sft: bool = False, base_scores: torch.Tensor | None = None,
-                    kl_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+def exact_objective(
+    scores: torch.Tensor,
+    gold: int,
+    *,
+    reward_correct: float = 1.0,
+    reward_wrong: float = -1.0,
+    temperature: float = 1.0,
+    sft: bool = False,
+    base_scores: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """One multiple-choice item's loss from its option scores s_j (already normalised, shape (options,)).
 
     The policy is π = softmax(s / T) over the options and r_j is ``reward_correct`` for the gold
@@ -100,9 +115,13 @@ def exact_objective(scores: torch.Tensor, gold: int, *, reward_correct: float = 
         kl = (pi * (logpi - logb.to(logpi.device))).sum()
         loss = loss + kl_coef * kl
         stats["kl"] = kl.item()
-    stats.update(reward=expected.item(), reward_sq=(pi * r * r).sum().item(),
-                 argmax_correct=float(int(torch.argmax(logpi).item()) == gold),
-                 entropy=-(pi * logpi).sum().item(), logp=logpi[gold].item())
+    stats.update(
+        reward=expected.item(),
+        reward_sq=(pi * r * r).sum().item(),
+        argmax_correct=float(int(torch.argmax(logpi).item()) == gold),
+        entropy=-(pi * logpi).sum().item(),
+        logp=logpi[gold].item(),
+    )
     return loss, stats
 
 

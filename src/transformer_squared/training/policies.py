@@ -35,9 +35,9 @@ DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")
 class Policy(Protocol):
     """The trainer's view of what is trained."""
 
-    method: str                 # "svf" | "lora"
-    model: nn.Module            # the module whose forward gives the policy's logits
-    fingerprint: str            # identifies the base weights (a resumed run must have the same)
+    method: str  # "svf" | "lora"
+    model: nn.Module  # the module whose forward gives the policy's logits
+    fingerprint: str  # identifies the base weights (a resumed run must have the same)
 
     def parameters(self) -> list[nn.Parameter]:
         """The trainable tensors, in a fixed order."""
@@ -74,8 +74,13 @@ class SVFPolicy:
 
     method = "svf"
 
-    def __init__(self, model: nn.Module, targets: str | Sequence[str] = "mlp", parameterization: str = "direct",
-                 train_path: str = "factored") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: str | Sequence[str] = "mlp",
+        parameterization: str = "direct",
+        train_path: str = "factored",
+    ) -> None:
         from ..svf import SVFModel
 
         self.svf = SVFModel(model, targets=targets, parameterization=parameterization, path="merged")
@@ -93,8 +98,10 @@ class SVFPolicy:
         return self.svf.num_trainable_parameters()
 
     def describe(self) -> str:
-        return (f"SVF on {self.svf.target_spec} ({len(self.svf.layers)} matrices, "
-                f"{self.svf.parameterization.kind} parameterization, {self.train_path} training forward)")
+        return (
+            f"SVF on {self.svf.target_spec} ({len(self.svf.layers)} matrices, "
+            f"{self.svf.parameterization.kind} parameterization, {self.train_path} training forward)"
+        )
 
     def state(self) -> dict[str, torch.Tensor]:
         return self.svf.state()
@@ -139,8 +146,14 @@ class LoRAPolicy:
 
     method = "lora"
 
-    def __init__(self, model: nn.Module, rank: int = 16, alpha: float = 32,
-                 targets: Sequence[str] = DEFAULT_LORA_TARGETS, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        rank: int = 16,
+        alpha: float = 32,
+        targets: Sequence[str] = DEFAULT_LORA_TARGETS,
+        seed: int = 0,
+    ) -> None:
         peft = import_peft()
         if rank < 1:
             raise T2Error(f"--lora-rank must be at least 1, got {rank}")
@@ -149,14 +162,17 @@ class LoRAPolicy:
             raise T2Error("--lora-targets is empty; name the modules to adapt, e.g. q_proj,v_proj")
         for p in model.parameters():
             p.requires_grad_(False)
-        config = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0,
-                                 bias="none", task_type="CAUSAL_LM")
+        config = peft.LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"
+        )
         torch.manual_seed(seed)
         try:
             self.model = peft.get_peft_model(model, config)
         except ValueError as exc:
-            raise T2Error(f"LoRA targets {','.join(targets)} do not fit {type(model).__name__} "
-                          f"({str(exc).splitlines()[0]}); pass --lora-targets with its module names") from None
+            raise T2Error(
+                f"LoRA targets {','.join(targets)} do not fit {type(model).__name__} "
+                f"({str(exc).splitlines()[0]}); pass --lora-targets with its module names"
+            ) from None
         self.model.eval()
         self.base_model_name = model_name(model)
         self.targets = targets
@@ -181,8 +197,7 @@ class LoRAPolicy:
         return sum(p.numel() for p in self.parameters())
 
     def describe(self) -> str:
-        return (f"LoRA r={self.rank} alpha={self.alpha:g} on {','.join(self.targets)} "
-                f"({self.num_adapted} matrices)")
+        return f"LoRA r={self.rank} alpha={self.alpha:g} on {','.join(self.targets)} ({self.num_adapted} matrices)"
 
     def state(self) -> dict[str, torch.Tensor]:
         """Detached float32 CPU copies of the trainable tensors."""
@@ -228,25 +243,36 @@ class LoRAPolicy:
         finally:
             self.load_state(current)
         with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp),
-                      metadata={"format": "pt"})
+            save_file(
+                {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp), metadata={"format": "pt"}
+            )
         config = self.model.peft_config["default"].to_dict()
         config["base_model_name_or_path"] = self.base_model_name
         config["inference_mode"] = True
         config = json.loads(json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
         write_json(out / ADAPTER_CONFIG, config)
-        write_json(out / TRAINING_NAME, {"name": name, "method": "lora", "base_model": self.base_model_name,
-                                         "fingerprint": self.fingerprint, **meta})
+        write_json(
+            out / TRAINING_NAME,
+            {
+                "name": name,
+                "method": "lora",
+                "base_model": self.base_model_name,
+                "fingerprint": self.fingerprint,
+                **meta,
+            },
+        )
         return out
 
 
 def make_policy(config, model: nn.Module) -> Policy:
     """The policy ``config.method`` names, on ``model``."""
     if config.method == "svf":
-        return SVFPolicy(model, targets=config.targets, parameterization=config.parameterization,
-                         train_path=config.train_path)
-    return LoRAPolicy(model, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets,
-                      seed=config.seed)
+        return SVFPolicy(
+            model, targets=config.targets, parameterization=config.parameterization, train_path=config.train_path
+        )
+    return LoRAPolicy(
+        model, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets, seed=config.seed
+    )
 
 
 __all__ = ["DEFAULT_LORA_TARGETS", "TRAINING_NAME", "LoRAPolicy", "Policy", "SVFPolicy", "make_policy"]

@@ -77,8 +77,9 @@ def tensorboard_writer(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log.warning("--tensorboard needs the tensorboard package (pip install tensorboard); logging to "
-                    "metrics.jsonl only")
+        log.warning(
+            "--tensorboard needs the tensorboard package (pip install tensorboard); logging to metrics.jsonl only"
+        )
         return None
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
@@ -100,8 +101,11 @@ def write_plot(path: str | Path, history: Sequence[dict[str, Any]], title: str =
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     train = [r for r in history if r.get("step", 0) > 0]
-    key, label = ("reward_mean", "mean reward") if any(r.get("reward_mean") is not None for r in train) \
+    key, label = (
+        ("reward_mean", "mean reward")
+        if any(r.get("reward_mean") is not None for r in train)
         else ("nll_per_token", "NLL per token")
+    )
     pts = [(r["step"], r[key]) for r in train if r.get(key) is not None]
     if pts:
         ax.plot(*zip(*pts, strict=True), color="tab:blue", lw=1, label=label)
@@ -122,11 +126,24 @@ def warn_if_untrained(result):
     """Warn when the saved weights are the step-0 ones (the identity: the run saved the base model)."""
     if result.best_step == 0 and os.environ.get("RANK", "0") == "0":
         acc = "" if result.best_val_accuracy is None else f" ({result.best_val_accuracy:.1%})"
-        log.warning("the weights saved in %s are the untrained step-0 ones (the base model): no later step beat "
-                    "step 0 on val%s, so nothing learned was kept; train longer, change --lr, or check the task's "
-                    "rewards", result.out, acc)
+        log.warning(
+            "the weights saved in %s are the untrained step-0 ones (the base model): no later step beat "
+            "step 0 on val%s, so nothing learned was kept; train longer, change --lr, or check the task's "
+            "rewards",
+            result.out,
+            acc,
+        )
     return result
 
 
-__all__ = ["log_row", "plot", "progress_postfix", "read_metrics", "say", "tensorboard_writer", "warn_if_untrained", "write_metrics",
-           "write_plot"]
+__all__ = [
+    "log_row",
+    "plot",
+    "progress_postfix",
+    "read_metrics",
+    "say",
+    "tensorboard_writer",
+    "warn_if_untrained",
+    "write_metrics",
+    "write_plot",
+]

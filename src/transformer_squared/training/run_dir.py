@@ -32,8 +32,10 @@ REWARD_ERRORS_NAME = "reward_errors.jsonl"
 
 def owned_files(out: Path) -> list[Path]:
     """The files and folders a run writes besides its weights (what ``overwrite`` deletes)."""
-    return [out / n for n in (METRICS_NAME, CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old", PLOT_NAME,
-                              REWARD_ERRORS_NAME, CONFIG_NAME)]
+    return [
+        out / n
+        for n in (METRICS_NAME, CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old", PLOT_NAME, REWARD_ERRORS_NAME, CONFIG_NAME)
+    ]
 
 
 def check_out(config: TrainConfig) -> Path | None:
@@ -43,15 +45,19 @@ def check_out(config: TrainConfig) -> Path | None:
     if where is not None:
         found = find_checkpoint(where)
         if found is None:
-            raise T2Error(f"no checkpoint in {str(where)!r} (a run writes its first one after "
-                          "--checkpoint-every steps); start a new run without --resume (--overwrite if "
-                          "the folder holds an earlier run)")
+            raise T2Error(
+                f"no checkpoint in {str(where)!r} (a run writes its first one after "
+                "--checkpoint-every steps); start a new run without --resume (--overwrite if "
+                "the folder holds an earlier run)"
+            )
         return found
     names = (METRICS_NAME, CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old", "expert.json", "adapter_config.json")
     existing = [out / n for n in names if (out / n).exists()]
     if existing and not config.overwrite:
-        raise T2Error(f"{str(out)!r} already holds a training run or an expert ({existing[0].name}); pass "
-                      "--resume to continue the run, --overwrite to replace it, or another --out")
+        raise T2Error(
+            f"{str(out)!r} already holds a training run or an expert ({existing[0].name}); pass "
+            "--resume to continue the run, --overwrite to replace it, or another --out"
+        )
     return None
 
 
@@ -71,23 +77,34 @@ def clear_previous_run(out: Path, dist: DistInfo) -> None:
 def run_identity(config: TrainConfig, model_name: str, fingerprint: str, task) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: method, objective, base weights, task and its data."""
     src = getattr(task, "source", None)
-    return {"method": config.method, "objective": config.objective, "model": model_name,
-            "fingerprint": fingerprint, "task": task.name,
-            "source": getattr(src, "label", str(src) if src is not None else None)}
+    return {
+        "method": config.method,
+        "objective": config.objective,
+        "model": model_name,
+        "fingerprint": fingerprint,
+        "task": task.name,
+        "source": getattr(src, "label", str(src) if src is not None else None),
+    }
 
 
 def check_resume(saved: dict[str, Any], folder: Path, identity: dict[str, Any], config: TrainConfig) -> None:
     """Refuse a checkpoint (its ``state.json`` as ``saved``) that another run would continue wrongly."""
     where = str(folder)
     if saved.get("method") != identity["method"]:
-        raise T2Error(f"checkpoint {where!r} trains {saved.get('method')!r}, not {identity['method']!r}; "
-                      f"resume with --method {saved.get('method')} or use another --out")
+        raise T2Error(
+            f"checkpoint {where!r} trains {saved.get('method')!r}, not {identity['method']!r}; "
+            f"resume with --method {saved.get('method')} or use another --out"
+        )
     if saved.get("fingerprint") != identity["fingerprint"]:
-        raise T2Error(f"checkpoint {where!r} was made with model {saved.get('model')!r}, not {identity['model']!r} "
-                      "(the weights differ); resume with the same --model/--targets or use another --out")
+        raise T2Error(
+            f"checkpoint {where!r} was made with model {saved.get('model')!r}, not {identity['model']!r} "
+            "(the weights differ); resume with the same --model/--targets or use another --out"
+        )
     if saved.get("task") != identity["task"] or saved.get("source") != identity["source"]:
-        raise T2Error(f"checkpoint {where!r} trains task {saved.get('task')!r} (source {saved.get('source')!r}), "
-                      f"not {identity['task']!r} (source {identity['source']!r}); use the same --task or another --out")
+        raise T2Error(
+            f"checkpoint {where!r} trains task {saved.get('task')!r} (source {saved.get('source')!r}), "
+            f"not {identity['task']!r} (source {identity['source']!r}); use the same --task or another --out"
+        )
     options, now = saved.get("config", {}), config.to_dict()
     # an option added after the checkpoint was written had its default value then
     defaults = TrainConfig().to_dict()
@@ -117,9 +134,23 @@ def is_better(accuracy: float, loglik: float | None, best_val: float | None, bes
     Accuracy first; an equal accuracy wins with a higher reference log-likelihood (with a handful of
     val items, ties at 0% or at a few % are common); without log-likelihoods a tie keeps the earlier weights.
     """
-    return best_val is None or accuracy > best_val or (
-        accuracy == best_val and loglik is not None and best_loglik is not None and loglik > best_loglik)
+    return (
+        best_val is None
+        or accuracy > best_val
+        or (accuracy == best_val and loglik is not None and best_loglik is not None and loglik > best_loglik)
+    )
 
 
-__all__ = ["CONFIG_NAME", "METRICS_NAME", "PLOT_NAME", "REWARD_ERRORS_NAME", "check_out", "check_resume",
-           "clear_previous_run", "is_better", "owned_files", "run_identity", "saved_config"]
+__all__ = [
+    "CONFIG_NAME",
+    "METRICS_NAME",
+    "PLOT_NAME",
+    "REWARD_ERRORS_NAME",
+    "check_out",
+    "check_resume",
+    "clear_previous_run",
+    "is_better",
+    "owned_files",
+    "run_identity",
+    "saved_config",
+]

@@ -97,17 +97,22 @@ class Trainer:
     def _setup(self, model, tokenizer, task) -> None:
         c, d = self.config, self.dist
         if c.batch_size % d.world:
-            raise T2Error(f"--batch-size {c.batch_size} is not divisible by the {d.world} processes; "
-                          f"use a multiple of {d.world}")
+            raise T2Error(
+                f"--batch-size {c.batch_size} is not divisible by the {d.world} processes; use a multiple of {d.world}"
+            )
         self.local_prompts = c.batch_size // d.world
         if self.local_prompts % c.gen_prompts:
-            raise T2Error(f"--gen-prompts {c.gen_prompts} must divide the {self.local_prompts} prompts "
-                          "each process handles per step")
+            raise T2Error(
+                f"--gen-prompts {c.gen_prompts} must divide the {self.local_prompts} prompts "
+                "each process handles per step"
+            )
         rows = c.rows_per_prompt
         if c.grad_accum:
             if self.local_prompts % c.grad_accum:
-                raise T2Error(f"--grad-accum {c.grad_accum} must divide the {self.local_prompts} prompts each "
-                              "process handles per step (batch size / processes)")
+                raise T2Error(
+                    f"--grad-accum {c.grad_accum} must divide the {self.local_prompts} prompts each "
+                    "process handles per step (batch size / processes)"
+                )
             self.micro_prompts = self.local_prompts // c.grad_accum
         elif c.mc_channel:
             self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ITEMS)
@@ -137,8 +142,15 @@ class Trainer:
         self.device = self.params[0].device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
-        self.gradients = Gradients(c, self.policy, self.task, tokenizer, micro_prompts=self.micro_prompts,
-                                   pad_id=self.pad_id, device=self.device)
+        self.gradients = Gradients(
+            c,
+            self.policy,
+            self.task,
+            tokenizer,
+            micro_prompts=self.micro_prompts,
+            pad_id=self.pad_id,
+            device=self.device,
+        )
 
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -205,13 +217,26 @@ class Trainer:
         self.dist.barrier()
 
     def _save_checkpoint(self) -> None:
-        state = {**self._identity(), "step": self.step, "position": self.step * self.config.batch_size,
-                 "best_val": self.best_val, "best_loglik": self.best_loglik, "best_step": self.best_step,
-                 "bad_streak": self.bad_streak, "skipped": self.skipped, "world_size": self.dist.world,
-                 "config": self.config.to_dict()}
-        save_checkpoint(self.out / CHECKPOINT_DIR, state=state, trainable=self.policy.state(),
-                        best=self.best_state, optimizer=self.optimizer.state_dict(),
-                        scheduler=self.scheduler.state_dict())
+        state = {
+            **self._identity(),
+            "step": self.step,
+            "position": self.step * self.config.batch_size,
+            "best_val": self.best_val,
+            "best_loglik": self.best_loglik,
+            "best_step": self.best_step,
+            "bad_streak": self.bad_streak,
+            "skipped": self.skipped,
+            "world_size": self.dist.world,
+            "config": self.config.to_dict(),
+        }
+        save_checkpoint(
+            self.out / CHECKPOINT_DIR,
+            state=state,
+            trainable=self.policy.state(),
+            best=self.best_state,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+        )
 
     # -- data -----------------------------------------------------------------------------
     def item_at(self, position: int):
@@ -234,8 +259,17 @@ class Trainer:
         base = (step - 1) * self.config.batch_size
         indices = list(self._local_indices())
         items = [self.item_at(base + g) for g in indices]
-        return collect_rollout(step, items, indices, config=self.config, task=self.task, policy=self.policy,
-                               tokenizer=self.tokenizer, max_new_tokens=self.max_new_tokens, eos_id=self.eos_id)
+        return collect_rollout(
+            step,
+            items,
+            indices,
+            config=self.config,
+            task=self.task,
+            policy=self.policy,
+            tokenizer=self.tokenizer,
+            max_new_tokens=self.max_new_tokens,
+            eos_id=self.eos_id,
+        )
 
     def sequence_logprobs(self, ro: Rollout, base: bool = False) -> torch.Tensor:
         """Σ_t log π(y_t) of each completion of a rollout (no gradient), in rollout order."""
@@ -284,8 +318,15 @@ class Trainer:
 
         # gradients: sum over processes (each loss is already divided by the global N)
         all_reduce_grads(d, self.params)
-        local = [totals["loss"], totals["pg_loss"], totals["kl"], totals["logp"],
-                 float(ro.num_tokens), float(sum(ro.finished)), float(len(ro.reward_errors))]
+        local = [
+            totals["loss"],
+            totals["pg_loss"],
+            totals["kl"],
+            totals["logp"],
+            float(ro.num_tokens),
+            float(sum(ro.finished)),
+            float(len(ro.reward_errors)),
+        ]
         if rl:
             r = ro.rewards.reshape(-1).double()
             local += [r.sum().item(), (r * r).sum().item(), float((r == self.task.reward_correct).sum().item())]
@@ -314,23 +355,39 @@ class Trainer:
             self.scheduler.step()
         n_rows = c.batch_size * k
         row: dict[str, Any] = {
-            "loss": loss_sum if finite else None, "grad_norm": norm if math.isfinite(norm) else None, "lr": lr,
-            "skipped": not finite, "tokens": int(tokens), "mean_len": tokens / n_rows,
-            "update_seconds": round(time.perf_counter() - t0, 3), "backward_seconds": round(t_backward, 3),
+            "loss": loss_sum if finite else None,
+            "grad_norm": norm if math.isfinite(norm) else None,
+            "lr": lr,
+            "skipped": not finite,
+            "tokens": int(tokens),
+            "mean_len": tokens / n_rows,
+            "update_seconds": round(time.perf_counter() - t0, 3),
+            "backward_seconds": round(t_backward, 3),
         }
         row.update(rms_change=self._rms_change(), grad_cos_prev=grad_cos)
         if rl:
             mean = r_sum / n_rows
             var = r2_sum / n_rows - mean * mean
-            row.update(reward_mean=mean, reward_std=math.sqrt(max(0.0, var)) if math.isfinite(var) else None,
-                       correct_frac=n_ok / n_rows, pg_loss=pg_sum if finite else None,
-                       kl=(kl_sum if want_kl else None), finished_frac=finished / n_rows,
-                       reward_errors=int(n_err), disagree_frac=n_disagree / c.batch_size)
+            row.update(
+                reward_mean=mean,
+                reward_std=math.sqrt(max(0.0, var)) if math.isfinite(var) else None,
+                correct_frac=n_ok / n_rows,
+                pg_loss=pg_sum if finite else None,
+                kl=(kl_sum if want_kl else None),
+                finished_frac=finished / n_rows,
+                reward_errors=int(n_err),
+                disagree_frac=n_disagree / c.batch_size,
+            )
         elif exact:
             mean = r_sum / c.batch_size
-            row.update(reward_mean=mean, correct_frac=n_ok / c.batch_size, entropy=ent_sum / c.batch_size,
-                       pg_loss=pg_sum if finite else None, kl=(kl_sum if want_kl else None),
-                       gold_logprob=logp_sum / c.batch_size)
+            row.update(
+                reward_mean=mean,
+                correct_frac=n_ok / c.batch_size,
+                entropy=ent_sum / c.batch_size,
+                pg_loss=pg_sum if finite else None,
+                kl=(kl_sum if want_kl else None),
+                gold_logprob=logp_sum / c.batch_size,
+            )
         else:
             row.update(nll_per_token=(-logp_sum / tokens) if tokens else None)
         for key, value in list(row.items()):
@@ -350,16 +407,32 @@ class Trainer:
         c = self.config
         if c.mc_channel:  # choose in the channel that is trained: options scored, no generation
             with torch.no_grad(), self.policy.sampling():
-                summary, rows = evaluate_loglik(self.policy.model, self.tokenizer, self.task, self.val_items,
-                                                split="val", channel=c.mc_channel, norm=c.norm,
-                                                batch_size=c.eval_batch_size, progress=False)
+                summary, rows = evaluate_loglik(
+                    self.policy.model,
+                    self.tokenizer,
+                    self.task,
+                    self.val_items,
+                    split="val",
+                    channel=c.mc_channel,
+                    norm=c.norm,
+                    batch_size=c.eval_batch_size,
+                    progress=False,
+                )
             return summary.accuracy, summary.n, time.perf_counter() - t0, _mean_gold_logprob(rows, c.norm)
         with torch.no_grad(), self.policy.sampling():
-            summary, _ = evaluate(self.policy.model, self.tokenizer, self.task, self.val_items, split="val",
-                                  batch_size=self.config.eval_batch_size, max_new_tokens=self.max_new_tokens,
-                                  progress=False)
-            loglik = mean_reference_loglik(self.policy.model, self.tokenizer, self.task, self.val_items,
-                                           self.config.eval_batch_size)
+            summary, _ = evaluate(
+                self.policy.model,
+                self.tokenizer,
+                self.task,
+                self.val_items,
+                split="val",
+                batch_size=self.config.eval_batch_size,
+                max_new_tokens=self.max_new_tokens,
+                progress=False,
+            )
+            loglik = mean_reference_loglik(
+                self.policy.model, self.tokenizer, self.task, self.val_items, self.config.eval_batch_size
+            )
         return summary.accuracy, summary.n, time.perf_counter() - t0, loglik
 
     def _name(self) -> str:
@@ -371,13 +444,26 @@ class Trainer:
         with contextlib.suppress(Exception):
             info = self.task.split_info("train")
         return {
-            "task": self.task.name, "domain": getattr(self.task, "expert_domain", None) or getattr(self.task, "domain", None),
-            "method": c.method, "objective": c.objective, "model": self.model_name,
-            "best_step": self.best_step, "best_val_accuracy": self.best_val, "val_n": len(self.val_items),
-            "steps": c.steps, "batch_size": c.batch_size, "samples_per_prompt": c.samples_per_prompt,
-            "lr": c.lr, "kl_coef": c.kl_coef, "baseline": c.baseline, "temperature": c.temperature,
-            "max_new_tokens": self.max_new_tokens, "seed": c.seed, "world_size": self.dist.world,
-            "trainable_params": self.trainable_params, "train_provenance": info.get("provenance"),
+            "task": self.task.name,
+            "domain": getattr(self.task, "expert_domain", None) or getattr(self.task, "domain", None),
+            "method": c.method,
+            "objective": c.objective,
+            "model": self.model_name,
+            "best_step": self.best_step,
+            "best_val_accuracy": self.best_val,
+            "val_n": len(self.val_items),
+            "steps": c.steps,
+            "batch_size": c.batch_size,
+            "samples_per_prompt": c.samples_per_prompt,
+            "lr": c.lr,
+            "kl_coef": c.kl_coef,
+            "baseline": c.baseline,
+            "temperature": c.temperature,
+            "max_new_tokens": self.max_new_tokens,
+            "seed": c.seed,
+            "world_size": self.dist.world,
+            "trainable_params": self.trainable_params,
+            "train_provenance": info.get("provenance"),
         }
 
     def _consider_best(self, step: int, accuracy: float, loglik: float | None = None) -> bool:
@@ -398,14 +484,24 @@ class Trainer:
         writer = report.tensorboard_writer(self.out) if main and c.tensorboard else None
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.out / run_dir.CONFIG_NAME, {
-                **self._identity(), "trainable_params": self.trainable_params, "policy": self.policy.describe(),
-                "world_size": d.world, "train_items": len(self.train_items), "val_items": len(self.val_items),
-                "config": c.to_dict()})
-            self._say(f"t2 train: {c.method}/{c.objective} on {self.task.name} ({len(self.train_items)} train, "
-                      f"{len(self.val_items)} val items), model {self.model_name}; {self.policy.describe()}; "
-                      f"trainable parameters: {self.trainable_params:,}"
-                      + (f"; resuming at step {self.step}" if self.step else ""))
+            write_json(
+                self.out / run_dir.CONFIG_NAME,
+                {
+                    **self._identity(),
+                    "trainable_params": self.trainable_params,
+                    "policy": self.policy.describe(),
+                    "world_size": d.world,
+                    "train_items": len(self.train_items),
+                    "val_items": len(self.val_items),
+                    "config": c.to_dict(),
+                },
+            )
+            self._say(
+                f"t2 train: {c.method}/{c.objective} on {self.task.name} ({len(self.train_items)} train, "
+                f"{len(self.val_items)} val items), model {self.model_name}; {self.policy.describe()}; "
+                f"trainable parameters: {self.trainable_params:,}"
+                + (f"; resuming at step {self.step}" if self.step else "")
+            )
         if self.step == 0 and c.eval_every and c.eval_at_start:
             row: dict[str, Any] = {"step": 0, "trainable_params": self.trainable_params}
             if main:
@@ -416,8 +512,14 @@ class Trainer:
             d.barrier()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=c.steps, initial=self.step, disable=not (c.progress and main), desc=f"train {self.task.name}",
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=c.steps,
+            initial=self.step,
+            disable=not (c.progress and main),
+            desc=f"train {self.task.name}",
+            unit="step",
+            dynamic_ncols=True,
+        )
         try:
             while self.step < c.steps:
                 step = self.step + 1
@@ -426,21 +528,36 @@ class Trainer:
                 row = {"step": step, **self.update(ro)}
                 self.step = step
                 secs = time.perf_counter() - t0
-                row.update(gen_seconds=round(ro.gen_seconds, 3), reward_seconds=round(ro.reward_seconds, 3),
-                           seconds=round(secs, 3), tokens_per_s=row["tokens"] / secs if secs > 0 else None,
-                           elapsed=round(time.perf_counter() - t_run, 3), trainable_params=self.trainable_params)
+                row.update(
+                    gen_seconds=round(ro.gen_seconds, 3),
+                    reward_seconds=round(ro.reward_seconds, 3),
+                    seconds=round(secs, 3),
+                    tokens_per_s=row["tokens"] / secs if secs > 0 else None,
+                    elapsed=round(time.perf_counter() - t_run, 3),
+                    trainable_params=self.trainable_params,
+                )
                 if ro.reward_errors and main:
                     append_jsonl(self.out / run_dir.REWARD_ERRORS_NAME, ro.reward_errors)
-                    log.warning("step %d: the reward function raised for %d completion(s), scored as wrong: %s",
-                                step, len(ro.reward_errors), ro.reward_errors[0]["error"])
+                    log.warning(
+                        "step %d: the reward function raised for %d completion(s), scored as wrong: %s",
+                        step,
+                        len(ro.reward_errors),
+                        ro.reward_errors[0]["error"],
+                    )
                 if row["skipped"]:
-                    log.warning("step %d: loss or gradient is NaN/Inf; step skipped (%d in a row)",
-                                step, self.bad_streak)
+                    log.warning(
+                        "step %d: loss or gradient is NaN/Inf; step skipped (%d in a row)", step, self.bad_streak
+                    )
                 if c.eval_every and (step % c.eval_every == 0 or step == c.steps):
                     if main:
                         acc, n, esecs, ll = self.evaluate_val()
-                        row.update(val_accuracy=acc, val_n=n, val_ref_loglik=ll, eval_seconds=round(esecs, 3),
-                                   best=self._consider_best(step, acc, ll))
+                        row.update(
+                            val_accuracy=acc,
+                            val_n=n,
+                            val_ref_loglik=ll,
+                            eval_seconds=round(esecs, 3),
+                            best=self._consider_best(step, acc, ll),
+                        )
                     d.barrier()
                 if main:
                     self._log(row, writer)
@@ -451,9 +568,11 @@ class Trainer:
                         self._save_checkpoint()
                     d.barrier()
                 if self.bad_streak >= MAX_BAD_STEPS:
-                    raise T2Error(f"the loss or gradient was NaN/Inf for {MAX_BAD_STEPS} steps in a row (up to step "
-                                  f"{step}); lower --lr, check the task's rewards, or use --dtype float32 "
-                                  "(the last checkpoint is in the --out folder)")
+                    raise T2Error(
+                        f"the loss or gradient was NaN/Inf for {MAX_BAD_STEPS} steps in a row (up to step "
+                        f"{step}); lower --lr, check the task's rewards, or use --dtype float32 "
+                        "(the last checkpoint is in the --out folder)"
+                    )
                 if on_step is not None:
                     on_step(row)
         finally:
@@ -470,10 +589,19 @@ class Trainer:
             else:
                 self._say(f"saved the weights of step {self.step} to {self.out}")
         d.barrier()
-        return TrainResult(out=self.out, method=c.method, objective=c.objective, steps=self.step,
-                           best_step=self.best_step, best_val_accuracy=self.best_val,
-                           trainable_params=self.trainable_params, seconds=time.perf_counter() - t_run,
-                           history=list(self.history), state=self.policy.state(), skipped_steps=self.skipped)
+        return TrainResult(
+            out=self.out,
+            method=c.method,
+            objective=c.objective,
+            steps=self.step,
+            best_step=self.best_step,
+            best_val_accuracy=self.best_val,
+            trainable_params=self.trainable_params,
+            seconds=time.perf_counter() - t_run,
+            history=list(self.history),
+            state=self.policy.state(),
+            skipped_steps=self.skipped,
+        )
 
     def close(self) -> None:
         """Leave the process group if this trainer created it."""
@@ -494,8 +622,14 @@ class Trainer:
         report.plot(self.out, self.history, title=f"{self.config.method}/{self.config.objective} on {self.task.name}")
 
 
-def train(config: TrainConfig, *, model: nn.Module | None = None, tokenizer=None, task=None,
-          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    model: nn.Module | None = None,
+    tokenizer=None,
+    task=None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
     """Train an SVF expert (or the LoRA baseline) as ``config`` says and return a :class:`TrainResult`.
 
     See :mod:`transformer_squared.training` for what one step does and docs/training.md for the options.

@@ -36,6 +36,22 @@ from .files import DataSource
 from .reward import RewardTask, load_reward
 from .task import CHECKS, GenericChoiceTask, GenericTask, free_text_answer, normalize_answer
 
-__all__ = ["CHECKS", "DataSource", "GenericChoiceTask", "GenericTask", "RESERVED_DOMAINS", "RewardTask", "SEED",
-           "SHIPPED_DOMAINS", "TaskProtocol", "UserData", "check_domain", "free_text_answer", "generic_task",
-           "load_reward", "normalize_answer", "prepare_task", "stamp_domain"]
+__all__ = [
+    "CHECKS",
+    "DataSource",
+    "GenericChoiceTask",
+    "GenericTask",
+    "RESERVED_DOMAINS",
+    "RewardTask",
+    "SEED",
+    "SHIPPED_DOMAINS",
+    "TaskProtocol",
+    "UserData",
+    "check_domain",
+    "free_text_answer",
+    "generic_task",
+    "load_reward",
+    "normalize_answer",
+    "prepare_task",
+    "stamp_domain",
+]

@@ -30,10 +30,26 @@ class UserData:
     domain: str
     max_new_tokens: int
 
-    def _setup_user(self, data: Any, *, prompt_field: str, answer_field: str | None, domain: str | None,
-                    instruction: str | None, template: str | None, chat: bool, check: str,
-                    choices_field: str | None, val_fraction: float, test_fraction: float, split_field: str,
-                    max_new_tokens: int, answer_required: bool, reward_correct: float, reward_wrong: float) -> None:
+    def _setup_user(
+        self,
+        data: Any,
+        *,
+        prompt_field: str,
+        answer_field: str | None,
+        domain: str | None,
+        instruction: str | None,
+        template: str | None,
+        chat: bool,
+        check: str,
+        choices_field: str | None,
+        val_fraction: float,
+        test_fraction: float,
+        split_field: str,
+        max_new_tokens: int,
+        answer_required: bool,
+        reward_correct: float,
+        reward_wrong: float,
+    ) -> None:
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not (isinstance(value, int | float) and 0 <= value < 1):
                 raise T2Error(f"--{name.replace('_', '-')} must be a fraction in [0, 1), got {value!r}")
@@ -64,8 +80,9 @@ class UserData:
         if not label or not re.fullmatch(r"[\w.+-]{1,64}", label):
             raise T2Error(f"--domain {label!r}: use 1 to 64 letters, digits, '_', '-', '.' or '+' (a routing label)")
         if label in RESERVED_DOMAINS:
-            raise T2Error(f"--domain {label!r} is reserved (the first pass's label for 'use the base weights'); "
-                          "pick another name")
+            raise T2Error(
+                f"--domain {label!r} is reserved (the first pass's label for 'use the base weights'); pick another name"
+            )
         self.name = label
         self.domain = label
         self._splits: dict[str, SplitData] | None = None
@@ -94,8 +111,18 @@ class UserData:
         return self._splits
 
     def _manifest(self) -> dict[str, Any]:
-        return {"splits": {s: {"count": len(sd.items), "provenance": sd.provenance, "origin": sd.origin,
-                               "held_out": sd.held_out, "overlaps": sd.overlaps} for s, sd in self._built().items()}}
+        return {
+            "splits": {
+                s: {
+                    "count": len(sd.items),
+                    "provenance": sd.provenance,
+                    "origin": sd.origin,
+                    "held_out": sd.held_out,
+                    "overlaps": sd.overlaps,
+                }
+                for s, sd in self._built().items()
+            }
+        }
 
     def prepare(self, force: bool = False) -> dict[str, dict[str, Any]]:
         if force:
@@ -117,8 +144,10 @@ class UserData:
             if given_split is not None and rec.get("id") in (None, ""):
                 item.id = f"{given_split}-{item.id}"  # official splits may repeat a question
             if item.id in seen:
-                raise where.error(f"duplicate id {item.id!r} (also {seen[item.id]}); give each record a unique 'id' "
-                                  "field, or remove the repeated record")
+                raise where.error(
+                    f"duplicate id {item.id!r} (also {seen[item.id]}); give each record a unique 'id' "
+                    "field, or remove the repeated record"
+                )
             seen[item.id] = str(where)
             split = given_split
             if split is None and self.split_field in rec and rec[self.split_field] not in (None, ""):
@@ -129,15 +158,18 @@ class UserData:
         given = [s is not None for s in marked]
         if any(given) and not all(given):
             first = groups[given.index(False)][0]
-            raise T2Error(f"{first}: no {self.split_field!r} field, but other records have one: give every record "
-                          "one (train, val, test, fewshot), or none to use --val-fraction/--test-fraction")
+            raise T2Error(
+                f"{first}: no {self.split_field!r} field, but other records have one: give every record "
+                "one (train, val, test, fewshot), or none to use --val-fraction/--test-fraction"
+            )
         if all(given):
             out: dict[str, SplitData] = {}
             for split in SPLIT_ORDER:
                 chosen = [it for it, s in zip(items, marked, strict=True) if s == split]
                 if chosen:
-                    out[split] = SplitData(chosen, f"{len(chosen)} records marked {split!r} in {origin}", origin,
-                                           held_out=split == "test")
+                    out[split] = SplitData(
+                        chosen, f"{len(chosen)} records marked {split!r} in {origin}", origin, held_out=split == "test"
+                    )
             if "val" not in out and "train" in out and self.val_fraction > 0:
                 out.update(self._carve(out.pop("train").items, {"val": self.val_fraction}, origin))
             if "train" not in out:
@@ -152,17 +184,23 @@ class UserData:
             sizes[split] = 0 if f <= 0 else max(1, round(n * f)) if n >= 3 else 0
         taken = sum(s or 0 for s in sizes.values())
         if n - taken < 1:
-            raise T2Error(f"{origin}: {n} records are too few for --val-fraction {self.val_fraction} and "
-                          f"--test-fraction {self.test_fraction}; add records or lower the fractions")
+            raise T2Error(
+                f"{origin}: {n} records are too few for --val-fraction {self.val_fraction} and "
+                f"--test-fraction {self.test_fraction}; add records or lower the fractions"
+            )
         sizes["train"] = None
         parts = partition(items, [it.id for it in items], sizes, SEED)
         out = {}
         for split in ("train", "val", "test"):
             chosen = parts.get(split) or []
             if chosen:
-                out[split] = SplitData(chosen, f"{len(chosen)} of {n} records of {origin} (seeded hash partition, "
-                                               f"seed {SEED!r}; train/val/test disjoint)", origin,
-                                       held_out=split == "test")
+                out[split] = SplitData(
+                    chosen,
+                    f"{len(chosen)} of {n} records of {origin} (seeded hash partition, "
+                    f"seed {SEED!r}; train/val/test disjoint)",
+                    origin,
+                    held_out=split == "test",
+                )
         return out
 
     # -- records -----------------------------------------------------------------------------
@@ -178,16 +216,25 @@ class UserData:
         if self.template is not None and rec.get(self.prompt_field) is None:
             return self._fill_template(rec, where), None
         if self.prompt_field not in rec or rec[self.prompt_field] is None:
-            raise where.error(f"missing prompt field {self.prompt_field!r} (records have: "
-                              f"{', '.join(map(repr, list(rec)[:12])) or 'no fields'}; choose with --prompt-field)")
+            raise where.error(
+                f"missing prompt field {self.prompt_field!r} (records have: "
+                f"{', '.join(map(repr, list(rec)[:12])) or 'no fields'}; choose with --prompt-field)"
+            )
         value = rec[self.prompt_field]
         if isinstance(value, list):  # TRL's conversational format
-            if not value or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and
-                                    m.get("role") in ("system", "user", "assistant") for m in value):
-                raise where.error(f"field {self.prompt_field!r} is a list but not of chat messages "
-                                  "({'role': 'user'|'system'|'assistant', 'content': str})")
-            return "\n\n".join(m["content"] for m in value if m["role"] != "system"), \
-                [{"role": m["role"], "content": m["content"]} for m in value]
+            if not value or not all(
+                isinstance(m, dict)
+                and isinstance(m.get("content"), str)
+                and m.get("role") in ("system", "user", "assistant")
+                for m in value
+            ):
+                raise where.error(
+                    f"field {self.prompt_field!r} is a list but not of chat messages "
+                    "({'role': 'user'|'system'|'assistant', 'content': str})"
+                )
+            return "\n\n".join(m["content"] for m in value if m["role"] != "system"), [
+                {"role": m["role"], "content": m["content"]} for m in value
+            ]
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise where.error(f"field {self.prompt_field!r} must be text, got {type(value).__name__}")
         text = str(value)
@@ -210,8 +257,10 @@ class UserData:
         field = self.answer_field
         if field is None or field not in rec or rec[field] is None or rec[field] == "":
             if self.answer_required:
-                raise where.error(f"missing answer field {field!r} (records have: "
-                                  f"{', '.join(map(repr, list(rec)[:12]))}; choose with --answer-field)")
+                raise where.error(
+                    f"missing answer field {field!r} (records have: "
+                    f"{', '.join(map(repr, list(rec)[:12]))}; choose with --answer-field)"
+                )
             return None
         value = rec[field]
         values = value if isinstance(value, list) else [value]
@@ -219,21 +268,38 @@ class UserData:
             raise where.error(f"field {field!r} must be text, a number, or a list of them")
         return [str(v).strip() for v in values] if isinstance(value, list) else str(value).strip()
 
-    def _make_item(self, rec: dict[str, Any], where: Where, index: int, question: str,
-                   messages: list[dict[str, str]] | None, answer: Any, extra: dict[str, Any]) -> Item:
+    def _make_item(
+        self,
+        rec: dict[str, Any],
+        where: Where,
+        index: int,
+        question: str,
+        messages: list[dict[str, str]] | None,
+        answer: Any,
+        extra: dict[str, Any],
+    ) -> Item:
         rid = rec.get("id")
         if rid is not None and str(rid).strip():
             item_id = str(rid)
         else:
-            raw = json.dumps(rec.get(self.prompt_field) if rec.get(self.prompt_field) is not None else question,
-                             sort_keys=True, ensure_ascii=False, default=str)
+            raw = json.dumps(
+                rec.get(self.prompt_field) if rec.get(self.prompt_field) is not None else question,
+                sort_keys=True,
+                ensure_ascii=False,
+                default=str,
+            )
             item_id = f"rec-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
         data: dict[str, Any] = {"columns": jsonable(rec), **extra}
         if messages is not None:
             data["messages"] = messages
         reference = answer[0] if isinstance(answer, list) and answer else answer
-        return Item(id=item_id, question=question, answer=answer, data=data,
-                    reference=None if reference is None else str(reference))
+        return Item(
+            id=item_id,
+            question=question,
+            answer=answer,
+            data=data,
+            reference=None if reference is None else str(reference),
+        )
 
     # -- prompting ---------------------------------------------------------------------------
     @property

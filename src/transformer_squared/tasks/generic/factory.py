@@ -19,8 +19,15 @@ from .task import CHECKS, GenericChoiceTask, GenericTask
 SHIPPED_DOMAINS = ("math", "code", "reasoning", "classify")
 
 
-def generic_task(source: Any, *, reward_correct: float = 1.0, reward_wrong: float = -1.0,
-                 reward: Callable | str | None = None, check: str | None = None, **options: Any) -> Task:
+def generic_task(
+    source: Any,
+    *,
+    reward_correct: float = 1.0,
+    reward_wrong: float = -1.0,
+    reward: Callable | str | None = None,
+    check: str | None = None,
+    **options: Any,
+) -> Task:
     """The generic task for ``source`` (what ``get_task("generic", source=..., ...)`` returns).
 
     ``source``: a .jsonl/.json/.csv/.tsv path, a Hub dataset id (``owner/name``, loaded with
@@ -35,8 +42,9 @@ def generic_task(source: Any, *, reward_correct: float = 1.0, reward_wrong: floa
         if reward is not None:
             if check == "choice":
                 raise T2Error("--check choice and --reward are two ways to score; give one")
-            task: Task = RewardTask(source, reward_correct, reward_wrong, reward=reward,
-                                    check=check or "normalized", **options)
+            task: Task = RewardTask(
+                source, reward_correct, reward_wrong, reward=reward, check=check or "normalized", **options
+            )
         elif check == "choice":
             task = GenericChoiceTask(source, reward_correct, reward_wrong, **options)
         else:
@@ -50,8 +58,10 @@ def check_domain(domain: str, experts_domains: Sequence[str] = ()) -> str | None
     """A warning line when ``domain`` collides with a shipped expert's (or another given) domain, else None."""
     taken = set(SHIPPED_DOMAINS) | set(experts_domains)
     if domain in taken:
-        return (f"domain {domain!r} is also the domain of a shipped expert: routing cannot tell them apart and "
-                f"t2 eval --adapt refuses two experts of one domain; pass --domain with a name of your own")
+        return (
+            f"domain {domain!r} is also the domain of a shipped expert: routing cannot tell them apart and "
+            f"t2 eval --adapt refuses two experts of one domain; pass --domain with a name of your own"
+        )
     return None
 
 

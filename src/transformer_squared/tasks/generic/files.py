@@ -46,16 +46,20 @@ def describe(data: Any) -> DataSource:
         if path.is_dir():
             raise T2Error(f"--data {text!r} is a folder; give a .jsonl, .json or .csv file")
         if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv") or not _HUB_ID.match(text):
-            raise T2Error(f"data file {text!r} does not exist (give a .jsonl/.json/.csv file, or a Hub dataset id "
-                          "such as owner/name)")
+            raise T2Error(
+                f"data file {text!r} does not exist (give a .jsonl/.json/.csv file, or a Hub dataset id "
+                "such as owner/name)"
+            )
         return DataSource("hub", text.removeprefix("hub:"))
     if isinstance(data, Mapping):
         return DataSource("python", f"python dict of {len(data)} splits")
     try:
         n = len(data)
     except TypeError:
-        raise T2Error(f"cannot read records from a {type(data).__name__}: give a file path, a Hub id, a "
-                      "datasets.Dataset or a list of dicts") from None
+        raise T2Error(
+            f"cannot read records from a {type(data).__name__}: give a file path, a Hub id, a "
+            "datasets.Dataset or a list of dicts"
+        ) from None
     return DataSource("python", f"{type(data).__name__} of {n} records")
 
 
@@ -115,8 +119,9 @@ def _read_file(path: Path) -> list[tuple[Where, dict[str, Any]]]:
                 raise T2Error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
             if not isinstance(rows, list) or not rows:
                 raise T2Error(f"{path}: a .json file must hold a non-empty list of records (or one record a line)")
-            return [(_RowWhere(path, i), r) if isinstance(r, dict) else _not_dict(path, i, r)
-                    for i, r in enumerate(rows)]
+            return [
+                (_RowWhere(path, i), r) if isinstance(r, dict) else _not_dict(path, i, r) for i, r in enumerate(rows)
+            ]
         if suffix in (".csv", ".tsv"):
             with open(path, encoding="utf-8", newline="") as f:
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")

@@ -51,8 +51,10 @@ def load_reward(spec: str | Callable) -> Callable:
     except T2Error:
         raise
     except ModuleNotFoundError as exc:
-        raise T2Error(f"--reward {text!r}: no module {exc.name!r} (run from the folder that holds it, "
-                      "or give the file: path/to/file.py:function)") from exc
+        raise T2Error(
+            f"--reward {text!r}: no module {exc.name!r} (run from the folder that holds it, "
+            "or give the file: path/to/file.py:function)"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - the user's module failed to import
         raise T2Error(f"--reward {text!r}: importing {target!r} raised {type(exc).__name__}: {one_line(exc)}") from exc
     fn = getattr(module, attr, None)
@@ -75,7 +77,9 @@ def accepted_kwargs(fn: Callable) -> set[str] | None:
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return {
+        p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
 
 
 class RewardTask(GenericTask):
@@ -88,8 +92,17 @@ class RewardTask(GenericTask):
     scores the failing ones ``reward_wrong`` (reported in reward_errors.jsonl).
     """
 
-    def __init__(self, source: Any = None, reward_correct: float = 1.0, reward_wrong: float = -1.0, *,
-                 reward: Callable | str, correct_above: float = 0.0, check: str = "normalized", **options: Any) -> None:
+    def __init__(
+        self,
+        source: Any = None,
+        reward_correct: float = 1.0,
+        reward_wrong: float = -1.0,
+        *,
+        reward: Callable | str,
+        correct_above: float = 0.0,
+        check: str = "normalized",
+        **options: Any,
+    ) -> None:
         options.setdefault("answer_required", False)
         super().__init__(source, reward_correct, reward_wrong, check=check, **options)
         self.reward_fn = load_reward(reward)
@@ -109,11 +122,14 @@ class RewardTask(GenericTask):
         try:
             values = list(out)
         except TypeError:
-            raise T2Error(f"{who} returned a {type(out).__name__}; it must return a list of floats, one per "
-                          "completion") from None
+            raise T2Error(
+                f"{who} returned a {type(out).__name__}; it must return a list of floats, one per completion"
+            ) from None
         if len(values) != len(completions):
-            raise T2Error(f"{who} returned {len(values)} values for {len(completions)} completions; it must return "
-                          "one float per completion")
+            raise T2Error(
+                f"{who} returned {len(values)} values for {len(completions)} completions; it must return "
+                "one float per completion"
+            )
         result = []
         for i, v in enumerate(values):
             try:

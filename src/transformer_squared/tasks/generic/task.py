@@ -35,7 +35,7 @@ def free_text_answer(completion: str) -> str | None:
     text = completion or ""
     marks = list(_MARKER.finditer(text))
     if marks:
-        rest = text[marks[-1].end():].strip()
+        rest = text[marks[-1].end() :].strip()
         line = rest.splitlines()[0].strip() if rest else ""
         if line:
             return line
@@ -52,18 +52,45 @@ class GenericTask(UserData, Task):
     domain = "generic"
     record_schema = ""
 
-    def __init__(self, source: Any = None, reward_correct: float = 1.0, reward_wrong: float = -1.0, *,
-                 prompt_field: str = "prompt", answer_field: str | None = "answer", domain: str | None = None,
-                 instruction: str | None = None, template: str | None = None, chat: bool = True,
-                 check: str = "normalized", val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 split_field: str = "split", max_new_tokens: int = 64, answer_required: bool = True) -> None:
+    def __init__(
+        self,
+        source: Any = None,
+        reward_correct: float = 1.0,
+        reward_wrong: float = -1.0,
+        *,
+        prompt_field: str = "prompt",
+        answer_field: str | None = "answer",
+        domain: str | None = None,
+        instruction: str | None = None,
+        template: str | None = None,
+        chat: bool = True,
+        check: str = "normalized",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_field: str = "split",
+        max_new_tokens: int = 64,
+        answer_required: bool = True,
+    ) -> None:
         if check not in ("exact", "normalized", "numeric"):
             raise T2Error(f"--check {check!r} is not one of: {', '.join(CHECKS)}")
-        self._setup_user(source, prompt_field=prompt_field, answer_field=answer_field, domain=domain,
-                         instruction=instruction, template=template, chat=chat, check=check, choices_field=None,
-                         val_fraction=val_fraction, test_fraction=test_fraction, split_field=split_field,
-                         max_new_tokens=max_new_tokens, answer_required=answer_required,
-                         reward_correct=reward_correct, reward_wrong=reward_wrong)
+        self._setup_user(
+            source,
+            prompt_field=prompt_field,
+            answer_field=answer_field,
+            domain=domain,
+            instruction=instruction,
+            template=template,
+            chat=chat,
+            check=check,
+            choices_field=None,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split_field=split_field,
+            max_new_tokens=max_new_tokens,
+            answer_required=answer_required,
+            reward_correct=reward_correct,
+            reward_wrong=reward_wrong,
+        )
         self._cache_key = None
 
     def item_from_record(self, rec: dict[str, Any], where: Where, index: int) -> Item:
@@ -110,17 +137,42 @@ class GenericChoiceTask(UserData, MultipleChoice):
     domain = "generic"
     record_schema = ""
 
-    def __init__(self, source: Any = None, reward_correct: float = 1.0, reward_wrong: float = -1.0, *,
-                 prompt_field: str = "prompt", answer_field: str | None = "answer", choices_field: str = "choices",
-                 domain: str | None = None, instruction: str | None = None, template: str | None = None,
-                 chat: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_field: str = "split",
-                 max_new_tokens: int = 32) -> None:
-        self._setup_user(source, prompt_field=prompt_field, answer_field=answer_field, domain=domain,
-                         instruction=instruction if instruction is not None else MultipleChoice.instruction,
-                         template=template, chat=chat, check="choice", choices_field=choices_field,
-                         val_fraction=val_fraction, test_fraction=test_fraction, split_field=split_field,
-                         max_new_tokens=max_new_tokens, answer_required=True,
-                         reward_correct=reward_correct, reward_wrong=reward_wrong)
+    def __init__(
+        self,
+        source: Any = None,
+        reward_correct: float = 1.0,
+        reward_wrong: float = -1.0,
+        *,
+        prompt_field: str = "prompt",
+        answer_field: str | None = "answer",
+        choices_field: str = "choices",
+        domain: str | None = None,
+        instruction: str | None = None,
+        template: str | None = None,
+        chat: bool = True,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_field: str = "split",
+        max_new_tokens: int = 32,
+    ) -> None:
+        self._setup_user(
+            source,
+            prompt_field=prompt_field,
+            answer_field=answer_field,
+            domain=domain,
+            instruction=instruction if instruction is not None else MultipleChoice.instruction,
+            template=template,
+            chat=chat,
+            check="choice",
+            choices_field=choices_field,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split_field=split_field,
+            max_new_tokens=max_new_tokens,
+            answer_required=True,
+            reward_correct=reward_correct,
+            reward_wrong=reward_wrong,
+        )
         self._cache_key = None
 
     def item_from_record(self, rec: dict[str, Any], where: Where, index: int) -> Item:
@@ -135,8 +187,11 @@ class GenericChoiceTask(UserData, MultipleChoice):
                 pass
         if raw is None:
             raise where.error(f"missing choices field {self.choices_field!r} (choose with --choices-field)")
-        if not isinstance(raw, list) or not 2 <= len(raw) <= len(LETTERS) or \
-                not all(isinstance(c, str | int | float) and str(c).strip() for c in raw):
+        if (
+            not isinstance(raw, list)
+            or not 2 <= len(raw) <= len(LETTERS)
+            or not all(isinstance(c, str | int | float) and str(c).strip() for c in raw)
+        ):
             raise where.error(f"field {self.choices_field!r} must list 2 to {len(LETTERS)} non-empty options")
         choices = [str(c).strip() for c in raw]
         answer = self._answer_of(rec, where)
@@ -154,10 +209,19 @@ class GenericChoiceTask(UserData, MultipleChoice):
         elif answer.isdigit() and int(answer) < len(choices):
             gold = int(answer)
         else:
-            raise where.error(f"answer {answer!r} is not a letter A-{LETTERS[len(choices) - 1]}, a 0-based index "
-                              "or one of the options' texts")
+            raise where.error(
+                f"answer {answer!r} is not a letter A-{LETTERS[len(choices) - 1]}, a 0-based index "
+                "or one of the options' texts"
+            )
         letter = LETTERS[gold]
-        item = self._make_item(rec, where, index, format_question(stem, choices), messages, letter,
-                               {"stem": stem.strip(), "choices": choices})
+        item = self._make_item(
+            rec,
+            where,
+            index,
+            format_question(stem, choices),
+            messages,
+            letter,
+            {"stem": stem.strip(), "choices": choices},
+        )
         item.reference = f"The answer is ({letter})."
         return item

@@ -20,5 +20,18 @@ from .equal import MAX_CLEAN_CHARS, REL_TOL, answers_equal
 from .normalize import clean, normalize, split_top_level, strip_units_and_text
 from .parse import MAX_BITS, MAX_CHARS, MAX_EXPONENT, MAX_FACTORIAL, MAX_TOKENS, to_sympy
 
-__all__ = ["MAX_BITS", "MAX_CHARS", "MAX_CLEAN_CHARS", "MAX_EXPONENT", "MAX_FACTORIAL", "MAX_TOKENS", "REL_TOL",
-           "answers_equal", "clean", "normalize", "split_top_level", "strip_units_and_text", "to_sympy"]
+__all__ = [
+    "MAX_BITS",
+    "MAX_CHARS",
+    "MAX_CLEAN_CHARS",
+    "MAX_EXPONENT",
+    "MAX_FACTORIAL",
+    "MAX_TOKENS",
+    "REL_TOL",
+    "answers_equal",
+    "clean",
+    "normalize",
+    "split_top_level",
+    "strip_units_and_text",
+    "to_sympy",
+]

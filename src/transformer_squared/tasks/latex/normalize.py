@@ -22,6 +22,7 @@ _TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|ma
 
 def strip_units_and_text(s: str) -> str:
     """Remove unit words (``\\text{ cm}^2``, ``5 inches``) and unwrap other ``\\text{...}``."""
+
     def text_sub(m: re.Match[str]) -> str:
         inner = m.group(1)
         # A \text{} that holds only a unit, following something: drop it (with a following ^2).
@@ -113,7 +114,7 @@ def split_top_level(s: str) -> list[str]:
         ch = s[i]
         if ch == "\\" and i + 1 < len(s) and s[i + 1] in "{}":
             depth += 1 if s[i + 1] == "{" else -1
-            cur.append(s[i:i + 2])
+            cur.append(s[i : i + 2])
             i += 2
             continue
         if ch in "([{":

@@ -217,9 +217,20 @@ class _Parser:
                     self.take()
                     power = self.exponent()
                 arg = self.postfix()
-                fn = {"ln": sp.log, "log": sp.log, "exp": sp.exp, "sin": sp.sin, "cos": sp.cos, "tan": sp.tan,
-                      "cot": sp.cot, "sec": sp.sec, "csc": sp.csc, "arcsin": sp.asin, "arccos": sp.acos,
-                      "arctan": sp.atan}[name]
+                fn = {
+                    "ln": sp.log,
+                    "log": sp.log,
+                    "exp": sp.exp,
+                    "sin": sp.sin,
+                    "cos": sp.cos,
+                    "tan": sp.tan,
+                    "cot": sp.cot,
+                    "sec": sp.sec,
+                    "csc": sp.csc,
+                    "arcsin": sp.asin,
+                    "arccos": sp.acos,
+                    "arctan": sp.atan,
+                }[name]
                 if name == "exp":
                     out = self._pow(sp.E, arg)
                 else:
@@ -290,8 +301,7 @@ def to_sympy(answer: str):
         return None  # a word ("Devon", "odd"): compare as text, not as a product of symbols
     try:
         return _Parser(answer).parse()
-    except (Unparsable, ValueError, TypeError, ZeroDivisionError, RecursionError, OverflowError,
-            AttributeError):
+    except (Unparsable, ValueError, TypeError, ZeroDivisionError, RecursionError, OverflowError, AttributeError):
         return None
     except Exception:  # sympy raises assorted errors on odd input; an unparsable answer is just a string
         return None
