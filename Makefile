@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint fmt fmt-check bench install-check clean
+.PHONY: setup demo test test-fast lint fmt fmt-check typecheck bench install-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,10 @@ fmt: setup
 fmt-check: setup
 	$(VENV)/bin/ruff format --check $(FMT_PATHS)
 
+# mypy over src/ in its default (non-strict) mode; the options are [tool.mypy] in pyproject.toml.
+typecheck: setup
+	$(VENV)/bin/mypy
+
 bench: setup
 	$(PY) bench/svf_core.py
 
@@ -48,4 +52,4 @@ install-check: setup
 	PYTHON=$(PY) bash .ci/install-check
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

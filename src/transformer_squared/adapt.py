@@ -150,8 +150,10 @@ class AdaptiveModel:
     # -- the first pass ------------------------------------------------------------------
     def _classify_prompts(self, texts: Sequence[str]) -> list[str]:
         from .tasks import get_task
+        from .tasks.classify import Classify
 
         task = get_task("classify", labels=tuple(self.labels))
+        assert isinstance(task, Classify)
         return [task.prompt_for(t, self.tokenizer) + "\\boxed{" for t in texts]
 
     def _label_token_ids(self) -> list[list[int]]:
@@ -249,7 +251,7 @@ class AdaptiveModel:
             routes = []
             for row in probs.tolist():
                 sc = dict(zip(self.labels, row, strict=True))
-                best = max(sc, key=sc.get)
+                best = max(sc, key=sc.__getitem__)
                 routes.append(Route(best, self.experts.get(best), scores=_with_mass(sc)))
         else:
             if self.strategy == "classifier":
@@ -261,7 +263,7 @@ class AdaptiveModel:
             routes = []
             for sc in scores:
                 probs = {k: v for k, v in sc.items() if k != "_mass"}
-                best = max(probs, key=probs.get)
+                best = max(probs, key=probs.__getitem__)
                 if sc["_mass"] < self.min_label_mass:
                     routes.append(Route(OTHERS, None, fallback=True, scores=sc))
                 else:

@@ -30,7 +30,7 @@ def run_demo(
     print_fn=print,
 ) -> dict:
     """Run the demo and return its numbers (also printed)."""
-    from .adapt import AdaptiveModel
+    from .adapt import AdaptiveModel, Route
     from .evaluation import evaluate
     from .experts import Expert
     from .models import load_model
@@ -78,7 +78,7 @@ def run_demo(
         for name in DEMO_TASKS:
             task = get_task(name)
             batch = [it for it in items if owner[it.id].name == name]
-            routes_for = {}
+            routes_for: dict[str, Route] = {}
 
             def choose(b, am=am, task=task, routes_for=routes_for):
                 routes = am.route([task.user_content(it) for it in b])

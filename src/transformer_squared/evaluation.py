@@ -118,7 +118,7 @@ def evaluate(
         raise T2Error("batch_size must be at least 1")
     from tqdm.auto import tqdm
 
-    max_new = max_new_tokens or getattr(task, "max_new_tokens", 256)
+    max_new: int = max_new_tokens if max_new_tokens else getattr(task, "max_new_tokens", 256)
     path = Path(items_jsonl) if items_jsonl else None
     done = _read_done(path) if path else {}
     todo = [it for it in items if str(it.id) not in done]
@@ -344,7 +344,7 @@ def evaluate_loglik(
     finally:
         bar.close()
     by_norm = {nm: sum(bool(r["correct_by_norm"][nm]) for r in rows) / len(rows) for nm in NORMS}
-    extra = {"mode": "loglik", "channel": channel, "norm": norm, "accuracy_by_norm": by_norm}
+    extra: dict[str, Any] = {"mode": "loglik", "channel": channel, "norm": norm, "accuracy_by_norm": by_norm}
     if choose_experts is not None:
         extra.update(first_pass_seconds=round(first_pass, 3), second_pass_seconds=round(second_pass, 3))
     summary = _summarise(task, split, items, rows, len(todo), time.perf_counter() - t0, 0, extra)

@@ -49,7 +49,7 @@ def folder_files(folder: str | os.PathLike) -> list[tuple[str, int]]:
     return sorted(files, key=lambda f: (-f[1], f[0]))
 
 
-def human_size(n: int) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -206,7 +206,7 @@ def export_lora(
             "total_relative_error": (sq_err / sq_norm) ** 0.5 if sq_norm > 0 else 0.0,
             "errors": errors,
         }
-        if want_logits is not None:
+        if input_ids is not None and want_logits is not None:
             with torch.no_grad():
                 device = next(peft_model.parameters()).device
                 got = peft_model(input_ids.to(device)).logits.float().cpu()
@@ -215,7 +215,7 @@ def export_lora(
             report["logits_mean_abs_diff"] = float(gap.mean())
         tmp = _tmp_dir(out)
         try:
-            peft_model.save_pretrained(tmp)
+            peft_model.save_pretrained(str(tmp))
             _name_base(tmp / "adapter_config.json", report["base_model_name_or_path"])
             (tmp / "t2_export.json").write_text(json.dumps(report, indent=2))
             _finish(tmp, out)

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import overload
 
 import torch
 
@@ -172,15 +173,24 @@ def load_model(
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    model.to(device)
+    # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to), which mypy types as an
+    # unbound function (it expects the model as the first argument); the call is the ordinary bound one.
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
-    model.t2_model_name = display
-    model.t2_hub_id = hub_base_id(display)
+    # nn.Module.__setattr__ is typed for tensors and submodules only; plain attributes are fine at runtime.
+    model.t2_model_name = display  # type: ignore[assignment]
+    model.t2_hub_id = hub_base_id(display)  # type: ignore[assignment]
     prepare_tokenizer(tokenizer)
     return model, tokenizer
 
 
-def model_name(model, fallback: str | None = "") -> str | None:
+@overload
+def model_name(model: object, fallback: str = "") -> str: ...
+@overload
+def model_name(model: object, fallback: None) -> str | None: ...
+
+
+def model_name(model: object, fallback: str | None = "") -> str | None:
     """The name a loaded model goes by: the one :func:`load_model` gave it (``t2_model_name``), else its
     config's ``_name_or_path``, else ``fallback``. Experts, reports and the server's model id use it."""
     return (

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -33,6 +33,11 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise T2Error("the TRL path needs the trl package: run `pip install trl==1.16.0` (see docs/trl.md)") from exc
 
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel
+
+    from .svf import SVFModel
+
 __all__ = ["GRPOConfig", "SVFGRPOTrainer", "SVFReference", "merged_named_weights"]
 
 
@@ -44,7 +49,9 @@ class SVFReference(nn.Module):
     without gradients.
     """
 
-    def __init__(self, svf: Any) -> None:
+    _svf: SVFModel  # set with object.__setattr__: nn.Module would register the model as a submodule
+
+    def __init__(self, svf: SVFModel) -> None:
         super().__init__()
         object.__setattr__(self, "_svf", svf)
 
@@ -57,7 +64,7 @@ class SVFReference(nn.Module):
             return self._svf.model(*args, **kwargs)
 
 
-def merged_named_weights(svf: Any) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_named_weights(svf: SVFModel) -> Iterator[tuple[str, torch.Tensor]]:
     """The wrapped model's parameters as a plain checkpoint would name them, with each SVF target's
     adapted W' (in its module's own layout and dtype) in place of its frozen base weight, and no z.
 
@@ -85,7 +92,7 @@ class _FreshMergedWeights(TrainerCallback):
     counter: without this, generation would keep sampling from the weights of step 0.
     """
 
-    def __init__(self, svf: Any) -> None:
+    def __init__(self, svf: SVFModel) -> None:
         self.svf = svf
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -103,7 +110,9 @@ class SVFGRPOTrainer(GRPOTrainer):
     which is what its loss and metrics read at each step.
     """
 
-    def __init__(self, svf: Any, **kwargs: Any) -> None:
+    args: GRPOConfig  # Trainer declares TrainingArguments; GRPOTrainer is always given a GRPOConfig
+
+    def __init__(self, svf: SVFModel, **kwargs: Any) -> None:
         if "model" in kwargs or kwargs.get("peft_config") is not None:
             raise T2Error("SVFGRPOTrainer trains the model inside the SVFModel: pass no model= or peft_config=")
         if svf.num_trainable_parameters() == 0:
@@ -120,7 +129,8 @@ class SVFGRPOTrainer(GRPOTrainer):
         beta = args.beta
         args.beta = 0.0
         try:
-            super().__init__(model=svf.model, **kwargs)
+            # SVFModel wraps any nn.Module; TRL needs a transformers model, which is what svf wraps here.
+            super().__init__(model=cast("PreTrainedModel", svf.model), **kwargs)
         finally:
             args.beta = beta
         self.svf = svf
@@ -136,7 +146,9 @@ class SVFGRPOTrainer(GRPOTrainer):
 
             generation._iter_named_params = svf_weights
         if beta != 0.0:
-            self.ref_model = SVFReference(svf)
+            # TRL declares ref_model a PreTrainedModel but only calls it (and reads .config): SVFReference
+            # stands in for one without being a PreTrainedModel (that would load or hold a second copy).
+            self.ref_model = SVFReference(svf)  # type: ignore[assignment]
 
     def save_expert(self, path: str | Path, name: str | None = None, **meta: Any) -> Path:
         """Write the current z vectors as an expert folder (``meta``: e.g. ``task=``, ``domain=``)."""

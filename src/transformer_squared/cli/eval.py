@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.mode == "loglik":
         run_meta.update(channel=args.channel, norm=args.norm)
-    if items_path and items_path.exists():
+    if out and items_path and items_path.exists():
         meta_path = out.with_name(out.name + ".run.json")
         if meta_path.exists():
             # older .run.json files have no mode (they were generation runs) and no lora (no adapter)

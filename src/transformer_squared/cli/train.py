@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from typing import Any
 
 from .common import add_data_args, add_model_args, data_task, parse_targets
 from .config_args import add_dataclass_arguments, fill_defaults, remember_defaults
@@ -75,7 +76,7 @@ GROUPS = {
 }
 # Where the command line differs from the Python defaults: --task or --data is asked for, --out
 # is required, and --resume takes an optional folder.
-OVERRIDES = {
+OVERRIDES: dict[str, dict[str, Any]] = {
     "task": {"default": None},
     "out": {"required": True},
     "resume": {"nargs": "?", "const": "auto", "metavar": "DIR"},

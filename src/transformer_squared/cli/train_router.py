@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from ..errors import T2Error
 from .common import add_model_args
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise T2Error(f"--layers must be comma-separated integers, got {args.layers!r}") from None
     if not layers or args.max_tokens < 1:
         raise T2Error("--layers needs at least one layer and --max-tokens must be at least 1")
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if args.labels:
         pairs = [x.split("=", 1) for x in args.labels.split(",") if x.strip()]
         if any(len(x) != 2 for x in pairs):

@@ -19,6 +19,10 @@ import sys
 import tempfile
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from resource import struct_rusage
 
 # Throwaway uids for sandboxes started by root: one fresh uid per running check, so RLIMIT_NPROC
 # counts only that check's processes and "kill every process of this uid" is exact.
@@ -199,7 +203,7 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _reap(proc: subprocess.Popen) -> tuple[int | None, object | None]:
+def _reap(proc: subprocess.Popen) -> tuple[int | None, struct_rusage | None]:
     """Wait (bounded) for the killed child; return its raw wait status and rusage."""
     give_up = time.monotonic() + 5.0
     while True:
@@ -217,7 +221,7 @@ def _reap(proc: subprocess.Popen) -> tuple[int | None, object | None]:
 
 def _uid_pids(uid: int) -> list[int]:
     """Live (non-zombie) processes whose real, effective, saved or fs uid is `uid`."""
-    pids = []
+    pids: list[int] = []
     try:
         names = os.listdir("/proc")
     except OSError:
@@ -235,7 +239,7 @@ def _proc_has_uid(pid: int, uid: int) -> bool:
             text = fh.read()
     except OSError:
         return False
-    uids: list[str] = []
+    uids: list[bytes] = []
     state = b""
     for line in text.splitlines():
         if line.startswith(b"Uid:"):

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..experts import Expert
 from ..generation import is_greedy
@@ -50,7 +50,7 @@ class Choice:
 
     text: str
     tokens: int
-    finish_reason: str
+    finish_reason: Literal["stop", "length"]
 
 
 @dataclass(eq=False)

@@ -42,7 +42,8 @@ async def read_body(request: Request) -> bytes:
     max_body_bytes, body_timeout_s = request.app.state.max_body_bytes, request.app.state.body_timeout_s
     declared = request.headers.get("content-length", "")
     too_big = declared.isdigit() and int(declared) > max_body_bytes
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
 
     async def receive_all() -> None:
         nonlocal size, too_big
@@ -133,6 +134,7 @@ async def until_disconnect(request: Request, awaitable) -> tuple[bool, Any]:
 async def run_job(request: Request, job: Job) -> JobResult | None:
     """Queue ``job`` and wait for its result (None: the client left first, the job was dropped)."""
     engine = _engine(request)
+    assert job.loop is not None  # make_job gives every job the request's event loop
     job.future = job.loop.create_future()
     engine.submit(job)
     ok, result = False, None

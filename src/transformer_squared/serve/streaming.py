@@ -42,11 +42,15 @@ def generate_events(model, tokenizer, svf, job: Job, closing: Callable[[], bool]
             if job.cancelled or closing():
                 break
             job.emit(("start", index))
+
+            def on_text(text: str, i: int = index) -> None:
+                job.emit(("delta", i, text))
+
             gen = generate_stream(
                 model,
                 tokenizer,
                 job.prompts[0],
-                lambda text, i=index: job.emit(("delta", i, text)),
+                on_text,
                 max_new_tokens=job.max_new,
                 temperature=job.temperature,
                 top_p=job.top_p,
@@ -137,9 +141,11 @@ class _Chunks:
 async def _events(engine: Engine, job: Job, chunk: _Chunks, include_usage: bool) -> AsyncIterator[str]:
     chat = chunk.chat
     first_chunk = True  # the first chunk and every choice's last one carry the t2 field
+    events = job.events
+    assert events is not None  # stream_job gives a streaming job its queue before submitting it
     try:
         while True:
-            ev = await job.events.get()
+            ev = await events.get()
             kind = ev[0]
             if kind == "start":
                 if chat:

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import T2Error
 from ..fileio import atomic_path
 from ..paths import cache_dir
-from .layer import Conv1D
+from .layer import Conv1D, target_weight
 
 
 def weight_fingerprint(weight: torch.Tensor) -> str:
@@ -51,11 +51,12 @@ def factors(
             return cached
     from tqdm.auto import tqdm
 
-    out = {}
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, str]] = {}
     for name in tqdm(names, desc="SVD", disable=not progress, unit="matrix"):
         module = model.get_submodule(name)
-        w = module.weight.t() if (Conv1D and isinstance(module, Conv1D)) else module.weight
-        out[name] = tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in compute_svd(w))
+        weight = target_weight(module)
+        sigma, q, side = compute_svd(weight.t() if isinstance(module, Conv1D) else weight)
+        out[name] = (sigma.cpu(), q.cpu(), side)
     if cache:
         save_factors(fingerprint, out)
     return out

@@ -15,7 +15,17 @@ from .config import Parameterization
 try:  # GPT-2 style Conv1D: weight is (in, out), y = x W + b
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a hard dependency
-    Conv1D = ()  # type: ignore[assignment,misc]
+    Conv1D = ()  # type: ignore[assignment,misc]  # isinstance(x, ()) is False: no module is a Conv1D
+
+
+def target_weight(module: nn.Module) -> torch.Tensor:
+    """The ``weight`` of a target module (an nn.Linear or Conv1D, so a Parameter).
+
+    ``nn.Module`` types attribute access as ``Tensor | Module``; this narrows it for the type checker.
+    """
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor), f"{type(module).__name__}.weight is not a tensor"
+    return weight
 
 
 class SVFLinear(nn.Module):
@@ -25,6 +35,12 @@ class SVFLinear(nn.Module):
     wrapped model's state dict is unchanged; adds ``sigma``, the square factor ``q`` (both
     non-persistent buffers) and the parameter ``z``.
     """
+
+    # Declared for the type checker: nn.Module types registered tensors as ``Tensor | Module``.
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    sigma: torch.Tensor
+    q: torch.Tensor
 
     def __init__(
         self,
@@ -36,9 +52,11 @@ class SVFLinear(nn.Module):
         path: str = "merged",
     ) -> None:
         super().__init__()
-        self.transposed = isinstance(base, Conv1D) if Conv1D else False
-        self.weight = base.weight
-        self.bias = base.bias
+        self.transposed = isinstance(base, Conv1D)
+        self.weight = target_weight(base)
+        bias = base.bias  # a Parameter, or None on nn.Linear(bias=False)
+        assert bias is None or isinstance(bias, torch.Tensor)
+        self.bias = bias
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)

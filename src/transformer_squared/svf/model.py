@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import T2Error
 from .config import PATHS, Parameterization
 from .decompose import factors, weight_fingerprint
-from .layer import Conv1D, SVFLinear
+from .layer import Conv1D, SVFLinear, target_weight
 from .targets import find_targets
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,7 +65,7 @@ class SVFModel:
         names = find_targets(model, targets)
         for p in model.parameters():
             p.requires_grad_(False)
-        fingerprints = {n: weight_fingerprint(model.get_submodule(n).weight) for n in names}
+        fingerprints = {n: weight_fingerprint(target_weight(model.get_submodule(n))) for n in names}
         self.matrix_fingerprints = fingerprints
         self.fingerprint = hashlib.sha256("".join(f"{n}:{fp};" for n, fp in fingerprints.items()).encode()).hexdigest()[
             :16
@@ -75,7 +75,7 @@ class SVFModel:
         for name in names:
             base = model.get_submodule(name)
             sigma, q, side = svd[name]
-            device = base.weight.device
+            device = target_weight(base).device
             layer = SVFLinear(base, sigma.to(device), q.to(device), side, self.parameterization, path)
             parent, child = _parent(model, name)
             setattr(parent, child, layer)

@@ -12,6 +12,7 @@ manifest last, so an interrupted build is simply redone.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -130,9 +131,10 @@ class Task:
     ``user_content`` and ``extract`` / ``is_correct``.
     """
 
-    name: ClassVar[str] = ""
-    domain: ClassVar[str] = ""
-    max_new_tokens: ClassVar[int] = 256
+    # Class attributes a task class sets; the generic tasks set them per instance (from the user's options).
+    name: str = ""
+    domain: str = ""
+    max_new_tokens: int = 256
     instruction: ClassVar[str] = ""
     # Human-readable list of fields a user JSONL record needs (for error messages).
     record_schema: ClassVar[str] = ""
@@ -141,7 +143,9 @@ class Task:
     # Seeded sample size of the "fewshot" split for evaluation-only tasks (0: no such split).
     fewshot_size: ClassVar[int] = 0
 
-    def __init__(self, source: str | Source = "offline", reward_correct: float = 1.0, reward_wrong: float = -1.0):
+    def __init__(
+        self, source: str | os.PathLike | Source = "offline", reward_correct: float = 1.0, reward_wrong: float = -1.0
+    ):
         self.source = parse_source(source)
         self.reward_correct = float(reward_correct)
         self.reward_wrong = float(reward_wrong)
@@ -254,7 +258,8 @@ class Task:
             return self._build_offline()
         if self.source.kind == "hub":
             return self._build_hub()
-        return self._build_file(self.source.path)  # type: ignore[arg-type]
+        assert self.source.path is not None  # a "file" source always has its path
+        return self._build_file(self.source.path)
 
     def _build_offline(self) -> dict[str, SplitData]:
         raise NotImplementedError

@@ -19,7 +19,7 @@ import ast
 import re
 import textwrap
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import T2Error
 from .base import Item, SplitData, Task, _same_length, carved_splits
@@ -38,7 +38,9 @@ MAX_PARSE_TRIES = 200
 
 
 def _defines(code: str, name: str | None) -> bool:
-    return bool(name) and re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
+    if not name:
+        return False
+    return re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
 
 
 def _parses(code: str) -> bool:
@@ -263,7 +265,7 @@ class HumanEval(CodeTask):
         "included) in a single ```python code block."
     )
     record_schema = "'prompt' (signature and docstring), 'test' (defining check(candidate)) and 'entry_point'"
-    user_fractions: dict[str, float | None] = {}
+    user_fractions: ClassVar[dict[str, float | None]] = {}
     fewshot_size = 10
 
     def item_from_record(self, rec: dict[str, Any], where: Where, index: int) -> Item:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from .base import Item, SplitData, Task
 from .gsm8k import last_boxed
@@ -64,7 +64,7 @@ class CompetitionMath(Task):
     max_new_tokens = 512
     instruction = "Solve the following math problem. Reason step by step, and put the final answer in \\boxed{}."
     record_schema = "'problem' and either 'solution' (containing \\boxed{answer}) or 'answer'"
-    user_fractions: dict[str, float | None] = {}
+    user_fractions: ClassVar[dict[str, float | None]] = {}
     fewshot_size = FEWSHOT
 
     def item_from_record(self, rec: dict[str, Any], where: Where, index: int) -> Item:
@@ -105,7 +105,8 @@ class CompetitionMath(Task):
         )
 
     def _build_hub(self) -> dict[str, SplitData]:
-        test, train = [], []
+        test: list[Item] = []
+        train: list[Item] = []
         for subject in SUBJECTS:
             for split, out in (("test", test), ("train", train)):
                 for i, rec in enumerate(load_hub("EleutherAI/hendrycks_math", subject, split)):

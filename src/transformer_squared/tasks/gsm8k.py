@@ -141,6 +141,13 @@ def _value(expr: str) -> Fraction | None:
     return -value if negative else value
 
 
+def _skip_lead(text: str, pos: int = 0) -> int:
+    """Where ``text`` goes on after the ``$``/``**``/braces/spaces at ``pos`` (``_LEAD_RE`` matches the empty string)."""
+    m = _LEAD_RE.match(text, pos)
+    assert m is not None
+    return m.end()
+
+
 def _expression_at(text: str, pos: int) -> tuple[Fraction, int] | None:
     """The whole numeric expression starting at ``pos`` and where it ends, or None if there is
     none or it is only a fragment of a longer one."""
@@ -155,7 +162,7 @@ def parse_answer(text: str) -> Fraction | None:
     """``text`` as one whole numeric expression (surrounding ``$``/``**``/braces/units allowed,
     no second number), or None."""
     s = _squeeze(str(text)).strip()
-    start = _LEAD_RE.match(s).end()
+    start = _skip_lead(s)
     found = _expression_at(s, start)
     if found is None:
         return None
@@ -195,7 +202,7 @@ def _format(value: Fraction | Decimal) -> str:
 def _after_marker(text: str, pos: int) -> Fraction | None:
     """The answer stated right after a marker ("The answer is", "####"): the whole expression up
     to the end of the sentence, or None if that sentence holds anything but one number."""
-    start = _LEAD_RE.match(text, pos).end()
+    start = _skip_lead(text, pos)
     found = _expression_at(text, start)
     if found is None:
         return None
@@ -206,7 +213,7 @@ def _after_marker(text: str, pos: int) -> Fraction | None:
 
 
 def _starts_number(text: str, pos: int) -> bool:
-    start = _LEAD_RE.match(text, pos).end()
+    start = _skip_lead(text, pos)
     return _EXPR_RE.match(text, start) is not None or text.startswith(("-", "−", "\\frac", "\\dfrac"), start)
 
 
@@ -293,9 +300,11 @@ class GSM8K(Task):
         value = parse_answer(final)
         if value is None:
             raise where.error(f"the answer {final!r} is not a number")
-        ref = clean_solution(solution) if isinstance(solution, str) and solution.strip() else None
-        if ref is not None and "####" not in solution:
-            ref = f"{solution.strip()}\nThe answer is {_format(value)}."
+        ref = None
+        if isinstance(solution, str) and solution.strip():
+            ref = clean_solution(solution)
+            if "####" not in solution:
+                ref = f"{solution.strip()}\nThe answer is {_format(value)}."
         return Item(id=f"gsm8k-{index}", question=question.strip(), answer=_format(value), data={}, reference=ref)
 
     def _build_offline(self) -> dict[str, SplitData]:

@@ -160,7 +160,7 @@ def oe_eval_docs(dist: str, relpath: str) -> list[dict[str, Any]]:
 def load_hub(path: str, name: str | None, split: str) -> list[dict[str, Any]]:
     """Rows of one official split via ``datasets.load_dataset`` (imported here, lazily)."""
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError as exc:
         raise T2Error(
             "--source hub needs the datasets library: run `pip install 'datasets>=2.20'` "

@@ -59,6 +59,7 @@ def rng_state() -> dict[str, Any]:
 
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the legacy global generator (MT19937) always gives the tuple form
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [

@@ -234,9 +234,10 @@ class TrainConfig:
     @property
     def resume_dir(self) -> Path | None:
         """Where ``resume`` points: ``out`` for True/"auto", the path given, or None (a new run)."""
-        if self.resume in (None, False):
+        resume = self.resume
+        if resume is None or resume is False:
             return None
-        return Path(self.out) if self.resume is True or str(self.resume) == "auto" else Path(self.resume)
+        return Path(self.out) if resume is True or str(resume) == "auto" else Path(resume)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -82,15 +82,17 @@ def all_reduce_grads(dist_info: DistInfo, params: list[torch.nn.Parameter]) -> N
     """Sum the gradients of ``params`` over the processes, in one flat all-reduce (a missing gradient counts as 0)."""
     if not dist_info.enabled:
         return
+    grads: list[torch.Tensor] = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+        grads.append(p.grad)
+    flat = torch.cat([g.reshape(-1) for g in grads])
     dist_info.all_reduce_sum(flat)
     offset = 0
-    for p in params:
+    for p, g in zip(params, grads, strict=True):
         n = p.numel()
-        p.grad.copy_(flat[offset : offset + n].view_as(p))
+        g.copy_(flat[offset : offset + n].view_as(p))
         offset += n
 
 

@@ -120,6 +120,7 @@ class Gradients:
         k = ro.k
         n_global = c.batch_size * k
         if rl:
+            assert ro.rewards is not None  # an RL rollout has its rewards (None only for SFT)
             adv = compute_advantages(ro.rewards, c.baseline).reshape(-1)
         else:
             adv = torch.ones(len(ro.items))
@@ -158,11 +159,11 @@ class Gradients:
                 logp = token_logprobs(logits, batch.targets, batch.mask, temp)
                 kl = None
                 if want_kl:
-                    kl = (
-                        kl_k3(logp, base_lp, batch.mask)
-                        if base_lp is not None
-                        else kl_full(logits, base_logits, batch.mask, temp)
-                    )
+                    if base_lp is not None:
+                        kl = kl_k3(logp, base_lp, batch.mask)
+                    else:
+                        assert base_logits is not None  # kept for the full KL (kl_estimator != "k3")
+                        kl = kl_full(logits, base_logits, batch.mask, temp)
                 loss, stats = policy_loss(logp, batch.mask, a, n_global, kl, c.kl_coef)
             loss.backward()
             del logits, logp, kl, loss, base_logits

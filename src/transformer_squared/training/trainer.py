@@ -328,10 +328,12 @@ class Trainer:
             float(len(ro.reward_errors)),
         ]
         if rl:
-            r = ro.rewards.reshape(-1).double()
+            rewards = ro.rewards
+            assert rewards is not None  # an RL rollout has its rewards (None only for SFT)
+            r = rewards.reshape(-1).double()
             local += [r.sum().item(), (r * r).sum().item(), float((r == self.task.reward_correct).sum().item())]
             # prompts whose K samples got different rewards: the only ones that carry a gradient
-            local += [0.0, float((ro.rewards.max(dim=1).values != ro.rewards.min(dim=1).values).sum().item())]
+            local += [0.0, float((rewards.max(dim=1).values != rewards.min(dim=1).values).sum().item())]
         elif exact:
             local += [totals["reward"], totals["reward_sq"], totals["argmax_correct"], totals["entropy"], 0.0]
         else:

@@ -1,7 +1,7 @@
 """The user's records as a task: options, splits, fields of a record → :class:`Item`, prompts.
 
-:class:`UserData` is the mixin (before :class:`~transformer_squared.tasks.base.Task`) that every
-generic task class shares; what differs between them (how an answer is checked) lives in
+:class:`UserData` is the :class:`~transformer_squared.tasks.base.Task` subclass listed first in every
+generic task class's bases (``UserData, Task`` / ``UserData, MultipleChoice``), with what they share; what differs between them (how an answer is checked) lives in
 :mod:`.task` and :mod:`.reward`. Nothing is cached on disk: the data are read again on every run.
 """
 
@@ -15,20 +15,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...errors import T2Error
-from ..base import SPLIT_ORDER, Item, SplitData, render_prompt
+from ..base import SPLIT_ORDER, Item, SplitData, Task, render_prompt
 from ..sources import Where, partition
-from .files import default_name, describe, jsonable, read_records, split_name
+from .files import DataSource, default_name, describe, jsonable, read_records, split_name
 
 RESERVED_DOMAINS = ("others",)  # the first pass's "use the base weights" label
 SEED = "t2-generic-v1"
 
 
-class UserData:
-    """Reading, splitting and prompting shared by the generic task classes (a mixin before Task)."""
+class UserData(Task):
+    """Reading, splitting and prompting shared by the generic task classes (first in their bases, before
+    Task or MultipleChoice: the method order is the same as for a mixin)."""
 
-    name: str
-    domain: str
-    max_new_tokens: int
+    # The records are read afresh on every run (no disk cache), so the source is a DataSource (kind and
+    # label) rather than the cached tasks' Source; the two share only ``label``, which is what reports use.
+    source: DataSource  # type: ignore[assignment]
 
     def _setup_user(
         self,
@@ -127,10 +128,10 @@ class UserData:
     def prepare(self, force: bool = False) -> dict[str, dict[str, Any]]:
         if force:
             self._splits = None
-        return {s: self.split_info(s) for s in self.splits()}  # type: ignore[attr-defined]
+        return {s: self.split_info(s) for s in self.splits()}
 
     def load(self, split: str) -> list[Item]:
-        self._check_split(split)  # type: ignore[attr-defined]
+        self._check_split(split)
         return list(self._built()[split].items)
 
     def build(self) -> dict[str, SplitData]:
@@ -316,7 +317,7 @@ class UserData:
                         m["content"] = f"{self.custom_instruction}\n\n{m['content']}"
                         break
             return msgs
-        return [{"role": "user", "content": self.user_content(item)}]  # type: ignore[attr-defined]
+        return [{"role": "user", "content": self.user_content(item)}]
 
     def prompt(self, item: Item, tokenizer: Any = None) -> str:
         if self.chat:

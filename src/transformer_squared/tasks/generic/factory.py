@@ -68,7 +68,7 @@ def check_domain(domain: str, experts_domains: Sequence[str] = ()) -> str | None
 def prepare_task(task: Any) -> None:
     """Read a generic task's data and try its reward function now (T2Error: one line), before any model loads."""
     if isinstance(task, UserData):
-        task.splits()  # type: ignore[attr-defined]
+        task.splits()
         if isinstance(task, RewardTask):
             task.check_reward()
 

@@ -66,10 +66,11 @@ def describe(data: Any) -> DataSource:
 def read_records(data: Any, src: DataSource) -> list[tuple[Where, dict[str, Any], str | None]]:
     """``(where, record, split or None)`` for every record; T2Error naming the place when one is bad."""
     if src.kind == "file":
-        return [(w, r, None) for w, r in _read_file(src.path)]  # type: ignore[arg-type]
+        assert src.path is not None  # describe() gives every file source its path
+        return [(w, r, None) for w, r in _read_file(src.path)]
     if src.kind == "hub":
         try:
-            import datasets  # type: ignore[import-not-found]
+            import datasets
         except ImportError as exc:
             raise T2Error("a Hub dataset id needs the datasets library: run `pip install datasets`") from exc
         try:
@@ -80,7 +81,7 @@ def read_records(data: Any, src: DataSource) -> list[tuple[Where, dict[str, Any]
         if len(data) == 1:
             data = next(iter(data.values()))
         else:
-            out = []
+            out: list[tuple[Where, dict[str, Any], str | None]] = []
             for key, rows in data.items():
                 split = split_name(key, Where(src.label), "split name")
                 out += [(w, r, split) for w, r in _rows(rows, f"{src.label} [{key}]")]
@@ -94,7 +95,7 @@ def read_records(data: Any, src: DataSource) -> list[tuple[Where, dict[str, Any]
 
 
 def _rows(rows: Any, label: str) -> list[tuple[Where, dict[str, Any]]]:
-    out = []
+    out: list[tuple[Where, dict[str, Any]]] = []
     for i, rec in enumerate(rows):
         if not isinstance(rec, Mapping):
             raise T2Error(f"{label} record {i} is a {type(rec).__name__}, not a dict of fields")

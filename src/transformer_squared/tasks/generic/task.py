@@ -130,12 +130,15 @@ class GenericTask(UserData, Task):
         return bool(mine) and any(mine == normalize_answer(a) for a in answers)
 
 
-class GenericChoiceTask(UserData, MultipleChoice):
+# UserData.instruction (the user's --instruction) is a read-only property where MultipleChoice has a class
+# string; mypy rejects a read-only override of a writable attribute, and a setter would change behaviour.
+class GenericChoiceTask(UserData, MultipleChoice):  # type: ignore[override]
     """Multiple choice on the user's records: options in ``choices_field``, scored by letter or log-likelihood."""
 
     name = "generic"
     domain = "generic"
     record_schema = ""
+    choices_field: str  # always given here (UserData's is None for the free-text classes)
 
     def __init__(
         self,
@@ -197,6 +200,7 @@ class GenericChoiceTask(UserData, MultipleChoice):
         answer = self._answer_of(rec, where)
         if isinstance(answer, list):
             raise where.error(f"field {self.answer_field!r} must be one option (a letter, 0-based index or the text)")
+        assert self.answer_field is not None  # answers are required here: _answer_of raised without a field
         key = rec[self.answer_field]
         if isinstance(key, int) and not isinstance(key, bool):
             if not 0 <= key < len(choices):
