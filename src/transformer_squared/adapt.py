@@ -22,13 +22,20 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import T2Error
 from .experts import Expert
 from .scoring import continuation_logprobs, last_logits, mean_reference_loglik
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from .svf import SVFModel
+    from .tasks.base import TaskProtocol
 
 STRATEGIES = ("none", "oracle", "prompt", "classifier", "probe", "fewshot")
 PAPER_DOMAINS = ("math", "code", "reasoning")
@@ -45,7 +52,7 @@ def _task_domains() -> dict[str, str]:
 TASK_DOMAINS = _task_domains()
 
 
-def task_domain(task) -> str | None:
+def task_domain(task: TaskProtocol) -> str | None:
     """The domain of a task object: a user task's ``expert_domain``, else its class's ``domain``."""
     return getattr(task, "expert_domain", None) or TASK_DOMAINS.get(task.name) or None
 
@@ -93,8 +100,8 @@ class AdaptiveModel:
 
     def __init__(
         self,
-        svf,
-        tokenizer,
+        svf: SVFModel,
+        tokenizer: PreTrainedTokenizerBase,
         experts: Sequence[Expert],
         strategy: str = "prompt",
         classifier: Expert | None = None,
@@ -223,9 +230,11 @@ class AdaptiveModel:
         n_tokens = sum(
             len(ids) for ids in self.tokenizer(self._classify_prompts(texts), add_special_tokens=False)["input_ids"]
         )
+        classifier = self.classifier
+        assert classifier is not None  # strategy "classifier": __init__ refuses it without one
         if n_tokens >= self.merge_min_tokens:
-            return self.svf.applied(self.classifier)  # merged, the caller's z restored after
-        return self.svf.rows([self.classifier])
+            return self.svf.applied(classifier)  # merged, the caller's z restored after
+        return self.svf.rows([classifier])
 
     #: prompt tokens in one first pass from which the classifier is merged instead of factored
     merge_min_tokens: int = 1400
@@ -333,9 +342,9 @@ class CEMConfig:
 
 
 def cem_search(
-    svf,
-    tokenizer,
-    task,
+    svf: SVFModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: TaskProtocol,
     experts: Sequence[Expert],
     shots: Sequence,
     config: CEMConfig | None = None,
@@ -462,10 +471,14 @@ def cem_search(
     return mixture, history
 
 
-def _expected_accuracy(model, tokenizer, task, shots: list, cfg: CEMConfig) -> tuple[float, float]:
+def _expected_accuracy(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: TaskProtocol, shots: list, cfg: CEMConfig
+) -> tuple[float, float]:
     """(mean probability of the gold option, number of shots whose top option is gold)."""
     from .scoring import score_options
+    from .tasks.multiple_choice import is_multiple_choice
 
+    assert is_multiple_choice(task)  # cem_search refuses loglik mode for other tasks
     requests = [task.requests(it, cfg.channel, tokenizer) for it in shots]
     with torch.no_grad():
         scores = score_options(model, tokenizer, requests, batch_size=cfg.batch_size)

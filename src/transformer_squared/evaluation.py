@@ -20,11 +20,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import T2Error
 from .fileio import append_jsonl
 from .generation import generate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from .svf import SVFModel
+    from .tasks.base import TaskProtocol
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -68,7 +75,7 @@ class EvalSummary:
         return d
 
 
-def _extract(task, item, text: str):
+def _extract(task: TaskProtocol, item, text: str):
     """The answer the checker saw: :meth:`Task.extract_for <transformer_squared.tasks.base.Task.extract_for>`
     (a task of one's own that only meets TaskProtocol may have just ``extract``)."""
     return task.extract_for(item, text) if hasattr(task, "extract_for") else task.extract(text)
@@ -92,15 +99,15 @@ def _read_done(path: Path) -> dict[str, dict]:
 
 
 def evaluate(
-    model,
-    tokenizer,
-    task,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: TaskProtocol,
     items: Sequence,
     *,
     split: str = "test",
     batch_size: int = 8,
     max_new_tokens: int | None = None,
-    svf=None,
+    svf: SVFModel | None = None,
     choose_experts: Callable[[Sequence], Sequence] | None = None,
     items_jsonl: str | Path | None = None,
     progress: bool = True,
@@ -193,7 +200,7 @@ def evaluate(
 
 
 def _summarise(
-    task,
+    task: TaskProtocol,
     split: str,
     items: Sequence,
     rows: list[dict],
@@ -205,8 +212,9 @@ def _summarise(
     """The summary of an evaluation's rows (sorted in place into the items' order)."""
     n = len(rows)
     k = sum(bool(r["correct"]) for r in rows)
+    split_info = getattr(task, "split_info", None)  # optional for a TaskProtocol
     try:
-        info = task.split_info(split)
+        info = split_info(split) if split_info is not None else {}
     except (T2Error, AttributeError):
         info = {}
     order = {str(it.id): i for i, it in enumerate(items)}
@@ -236,9 +244,9 @@ def _resume(items: Sequence, items_jsonl: str | Path | None) -> tuple[Path | Non
 
 
 def evaluate_loglik(
-    model,
-    tokenizer,
-    task,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: TaskProtocol,
     items: Sequence,
     *,
     split: str = "test",
@@ -249,7 +257,7 @@ def evaluate_loglik(
     progress: bool = True,
     desc: str | None = None,
     share_prefix: bool = True,
-    svf=None,
+    svf: SVFModel | None = None,
     choose_experts: Callable[[Sequence], Sequence] | None = None,
 ) -> tuple[EvalSummary, list[dict]]:
     """Multiple choice by log-likelihood: the answer is the option with the highest score.
@@ -314,6 +322,7 @@ def evaluate_loglik(
                 if experts is None:
                     scores = score(batch)
                 else:
+                    assert svf is not None  # checked above: choose_experts comes with svf
                     scores = _score_by_expert(svf, batch, experts, score)
                 second_pass += time.perf_counter() - t_second
                 new_rows = []
@@ -351,7 +360,7 @@ def evaluate_loglik(
     return summary, rows
 
 
-def _score_by_expert(svf, batch: list, experts: list, score: Callable[[list], list]) -> list:
+def _score_by_expert(svf: SVFModel, batch: list, experts: list, score: Callable[[list], list]) -> list:
     """Score a batch one group per distinct expert (None: the base weights), in the batch's order."""
     from .generation import expert_weights
 

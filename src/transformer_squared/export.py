@@ -12,12 +12,18 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from .errors import T2Error
 from .experts import Expert
 from .fileio import refuse_existing
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .svf import SVFModel
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -57,7 +63,7 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
-def base_model_id(svf, expert: Expert) -> str | None:
+def base_model_id(svf: SVFModel, expert: Expert) -> str | None:
     """The base model an exported folder should name: the Hub id the weights come from when known
     (the bundled default's is HuggingFaceTB/SmolLM2-135M-Instruct), else the expert's base model."""
     from .models import hub_base_id
@@ -66,7 +72,7 @@ def base_model_id(svf, expert: Expert) -> str | None:
     return getattr(svf.model, "t2_hub_id", None) or hub_base_id(base) or base or None
 
 
-def _export_info(svf, expert: Expert, kind: str) -> dict:
+def _export_info(svf: SVFModel, expert: Expert, kind: str) -> dict:
     from .models import DEFAULT_MODEL_NAME, model_name
 
     info = {
@@ -92,7 +98,12 @@ def _export_info(svf, expert: Expert, kind: str) -> dict:
 
 
 def export_merged(
-    svf, expert: Expert, out: str | os.PathLike, tokenizer=None, strict: bool = True, overwrite: bool = False
+    svf: SVFModel,
+    expert: Expert,
+    out: str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    strict: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write the model with ``expert`` merged into its weights (``save_pretrained`` format).
 
@@ -105,7 +116,8 @@ def export_merged(
     state = svf.merged_state_dict(expert, strict=strict)
     tmp = _tmp_dir(out)
     try:
-        svf.model.save_pretrained(tmp, state_dict=state)
+        # SVFModel wraps any nn.Module; exporting needs (and t2 export loads) a transformers model.
+        cast("PreTrainedModel", svf.model).save_pretrained(tmp, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "t2_export.json").write_text(json.dumps(_export_info(svf, expert, "merged"), indent=2))
@@ -137,7 +149,7 @@ def lora_factors(layer, g: torch.Tensor, rank: int | None) -> tuple[torch.Tensor
 
 
 def export_lora(
-    svf,
+    svf: SVFModel,
     expert: Expert,
     out: str | os.PathLike,
     rank: int | None = None,

@@ -16,11 +16,17 @@ import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import T2Error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from .svf import SVFModel
 
 # A temperature below this decodes greedily (dividing the logits by ~1e-45 overflows).
 GREEDY_BELOW = 1e-3
@@ -61,7 +67,7 @@ def is_greedy(temperature: float, top_p: float = 1.0) -> bool:
     return temperature < GREEDY_BELOW or top_p == 0
 
 
-def generate_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+def generate_kwargs(tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, temperature: float, top_p: float) -> dict:
     """``model.generate`` options: sampling at ``temperature`` and ``top_p`` (top-k off), or greedy."""
     kwargs = dict(
         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
@@ -73,7 +79,7 @@ def generate_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: f
     return kwargs
 
 
-def eos_ids(tokenizer) -> set[int]:
+def eos_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """The token ids that end a completion (a tokenizer's ``eos_token_id`` may be a list)."""
     eos = tokenizer.eos_token_id
     return set(eos if isinstance(eos, list) else [eos])
@@ -85,7 +91,14 @@ def stop_index(text: str, stop: Sequence[str] | None) -> int | None:
     return min(cuts) if cuts else None
 
 
-def decode_row(row: Sequence[int], tokenizer, stop: Sequence[str] | None = None) -> Generation:
+def decode_ids(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """One row of token ids as text, special tokens dropped."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    assert isinstance(text, str)  # decode gives a list only for a batch of rows
+    return text
+
+
+def decode_row(row: Sequence[int], tokenizer: PreTrainedTokenizerBase, stop: Sequence[str] | None = None) -> Generation:
     """One generated row: cut after its first EOS (kept; the padding after it dropped), decoded,
     and cut before its first stop string."""
     ends = eos_ids(tokenizer)
@@ -94,7 +107,7 @@ def decode_row(row: Sequence[int], tokenizer, stop: Sequence[str] | None = None)
         if t in ends:
             ids = ids[: i + 1]
             break
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+    text = decode_ids(tokenizer, ids)
     cut = stop_index(text, stop)
     return Generation(
         text=text if cut is None else text[:cut],
@@ -117,7 +130,7 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _device(model) -> torch.device:
+def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -125,15 +138,15 @@ def _device(model) -> torch.device:
 # Generation
 # ---------------------------------------------------------------------------------------
 def generate(
-    model,
-    tokenizer,
+    model,  # a transformers causal LM (generate() comes from its GenerationMixin)
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     top_p: float = 1.0,
     batch_size: int = 8,
-    svf=None,
+    svf: SVFModel | None = None,
     experts: Sequence | None = None,
     seed: int | None = None,
     stop: Sequence[str] | None = None,
@@ -163,7 +176,7 @@ def generate(
                 enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 ctx = (
                     svf.weights_for(experts[start : start + batch_size])
-                    if experts is not None
+                    if experts is not None and svf is not None  # per-prompt experts come with svf (checked above)
                     else contextlib.nullcontext()
                 )
                 with torch.no_grad(), ctx:
@@ -177,8 +190,8 @@ def generate(
 
 
 def sample_group(
-    model,
-    tokenizer,
+    model,  # a transformers causal LM (generate() comes from its GenerationMixin)
+    tokenizer: PreTrainedTokenizerBase,
     prompt: str,
     k: int,
     *,
@@ -220,8 +233,8 @@ def sample_group(
 
 
 def generate_stream(
-    model,
-    tokenizer,
+    model,  # a transformers causal LM (generate() comes from its GenerationMixin)
+    tokenizer: PreTrainedTokenizerBase,
     prompt: str,
     on_text: Callable[[str], None],
     *,
@@ -267,7 +280,7 @@ def generate_stream(
         def _push(self, final: bool) -> None:
             if self.stopped:
                 return
-            text = tokenizer.decode(self.ids, skip_special_tokens=True)
+            text = decode_ids(tokenizer, self.ids)
             cut = stop_index(text, stops)
             if cut is not None:
                 self.stopped, safe = True, cut
@@ -299,6 +312,6 @@ def generate_stream(
     return gen
 
 
-def expert_weights(svf, experts: Sequence):
+def expert_weights(svf: SVFModel, experts: Sequence):
     """Per-row experts for one batch: :meth:`SVFModel.weights_for <transformer_squared.svf.SVFModel.weights_for>`."""
     return svf.weights_for(experts)

@@ -17,12 +17,15 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import torch
 
 from .errors import T2Error
 from .paths import cache_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "default"
 # The Hub model the bundled GGUF was quantised from (what a LoRA export names as its base model).
@@ -130,7 +133,7 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
-):
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` for the bundled default, a local folder or a Hub id.
 
     ``"default"`` is the bundled Q4_1-dequantised SmolLM2-135M-Instruct (named
@@ -200,7 +203,7 @@ def model_name(model: object, fallback: str | None = "") -> str | None:
     )
 
 
-def prepare_tokenizer(tokenizer):
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase):
     """Left padding and a pad token, as batched generation needs."""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -18,11 +18,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import T2Error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
 
 FORMAT_VERSION = 1
 
@@ -50,7 +54,12 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
 
 @torch.no_grad()
 def early_features(
-    model: nn.Module, tokenizer, texts: Sequence[str], layer: int, max_tokens: int, batch_size: int = 32
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    layer: int,
+    max_tokens: int,
+    batch_size: int = 32,
 ) -> torch.Tensor:
     """Mean over tokens of the output of decoder block ``layer`` (1-based), one row per text.
 
@@ -106,12 +115,14 @@ class ProbeRouter:
     bias: torch.Tensor  # (k,)
     meta: dict
 
-    def probabilities(self, model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+    def probabilities(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 32
+    ) -> torch.Tensor:
         """(n, k) label probabilities for ``texts`` (run it with the base weights)."""
         x = early_features(model, tokenizer, texts, self.layer, self.max_tokens, batch_size)
         return torch.softmax(((x - self.mean) / self.std) @ self.weight.T + self.bias, dim=-1)
 
-    def predict(self, model: nn.Module, tokenizer, texts: Sequence[str]) -> list[str]:
+    def predict(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[str]:
         return [self.labels[i] for i in self.probabilities(model, tokenizer, texts).argmax(-1).tolist()]
 
     def save(self, path: str | Path) -> Path:
@@ -195,7 +206,7 @@ def fit_probe(
 
 def train_probe_router(
     model: nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     train: Sequence[tuple[str, str]],
     val: Sequence[tuple[str, str]],
     layers: Sequence[int] = (2, 4, 6, 8, 12),

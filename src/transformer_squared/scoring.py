@@ -16,11 +16,19 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .errors import T2Error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from .svf import SVFModel
+    from .tasks.base import TaskProtocol
 
 Group = tuple[list[int], list[list[int]]]  # (context ids, [continuation ids, ...])
 
@@ -47,7 +55,7 @@ class OptionScores:
 NORMS = ("token", "char", "sum")
 
 
-def encode_continuations(tokenizer, context: str, continuations: Sequence[str]) -> Group:
+def encode_continuations(tokenizer: PreTrainedTokenizerBase, context: str, continuations: Sequence[str]) -> Group:
     """Token ids of a context and of each continuation as they appear after it.
 
     As lm-eval does, a continuation's ids are those of ``context + continuation`` past the
@@ -70,7 +78,7 @@ def encode_continuations(tokenizer, context: str, continuations: Sequence[str]) 
     return ctx, conts
 
 
-def _accepts(model, name: str) -> bool:
+def _accepts(model: nn.Module, name: str) -> bool:
     try:
         return name in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
@@ -105,7 +113,9 @@ def _gather_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return lp.view(targets.shape)
 
 
-def score_groups(model, groups: Sequence[Group], pad_id: int, *, share_prefix: bool = True) -> list[torch.Tensor]:
+def score_groups(
+    model: nn.Module, groups: Sequence[Group], pad_id: int, *, share_prefix: bool = True
+) -> list[torch.Tensor]:
     """Σ_t log p(continuation_t | context, continuation_<t) for every continuation of every group.
 
     Returns one float32 tensor (n_continuations,) per group, differentiable when gradients are
@@ -123,7 +133,7 @@ def score_groups(model, groups: Sequence[Group], pad_id: int, *, share_prefix: b
 
 
 def continuation_token_logprobs(
-    model, groups: Sequence[Group], pad_id: int, *, share_prefix: bool = True, temperature: float = 1.0
+    model: nn.Module, groups: Sequence[Group], pad_id: int, *, share_prefix: bool = True, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p of each continuation token, (R, L) float32 with a (R, L) mask, rows in group order.
 
@@ -153,7 +163,7 @@ def _scaled(logits: torch.Tensor, scale: float | None) -> torch.Tensor:
     return logits if scale is None else logits.float() * scale
 
 
-def _shared_logprobs(model, groups, rows_group, rows_cont, targets, pad_id, device, scale) -> torch.Tensor:
+def _shared_logprobs(model: nn.Module, groups, rows_group, rows_cont, targets, pad_id, device, scale) -> torch.Tensor:
     ids, mask = _left_pad([ctx for ctx, _ in groups], pad_id, device)
     pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
     longest = max(len(c) for c in rows_cont)
@@ -178,7 +188,7 @@ def _shared_logprobs(model, groups, rows_group, rows_cont, targets, pad_id, devi
     return torch.cat([first[:, None], rest], dim=1)
 
 
-def _row_logprobs(model, groups, rows_group, rows_cont, targets, pad_id, device, scale) -> torch.Tensor:
+def _row_logprobs(model: nn.Module, groups, rows_group, rows_cont, targets, pad_id, device, scale) -> torch.Tensor:
     ctx_ids, ctx_mask = _left_pad([groups[g][0] for g in rows_group], pad_id, device)
     _, cont_mask = _right_pad(rows_cont, pad_id, device)
     ids = torch.cat([ctx_ids, targets], dim=1)
@@ -193,7 +203,12 @@ def _row_logprobs(model, groups, rows_group, rows_cont, targets, pad_id, device,
 
 
 def score_options(
-    model, tokenizer, requests: Sequence[Sequence[tuple[str, str]]], *, batch_size: int = 16, share_prefix: bool = True
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[Sequence[tuple[str, str]]],
+    *,
+    batch_size: int = 16,
+    share_prefix: bool = True,
 ) -> list[OptionScores]:
     """Scores of each item's options, where an item is a list of (context, continuation) pairs.
 
@@ -290,7 +305,7 @@ def token_logprobs(
 
 
 @torch.no_grad()
-def continuation_logprobs(model, pad_id: int, pairs: Sequence[tuple[list[int], list[int]]], device):
+def continuation_logprobs(model: nn.Module, pad_id: int, pairs: Sequence[tuple[list[int], list[int]]], device):
     """Summed log-probability of each continuation after its prompt, and its token count.
 
     One teacher-forced forward over the batch laid out by :func:`make_batch` (the trainer's own
@@ -305,7 +320,7 @@ def continuation_logprobs(model, pad_id: int, pairs: Sequence[tuple[list[int], l
     return lp.sum(dim=1), batch.mask.sum(dim=1)
 
 
-def last_logits(model, enc) -> torch.Tensor:
+def last_logits(model: nn.Module, enc) -> torch.Tensor:
     """Next-token logits at the last position only (the LM head over every position is ~20% of a
     prefill on the default model); models whose forward lacks ``logits_to_keep`` compute them all."""
     try:
@@ -315,12 +330,14 @@ def last_logits(model, enc) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_reference_loglik(model, tokenizer, task, items, batch_size: int = 16) -> float | None:
+def mean_reference_loglik(
+    model: nn.Module | SVFModel, tokenizer: PreTrainedTokenizerBase, task: TaskProtocol, items, batch_size: int = 16
+) -> float | None:
     """Mean per-token log-likelihood of the items' reference answers under ``model`` (a module or
     an SVFModel); the tie-breaker of the CEM search and of the trainer's model selection. None
     when no item has a reference."""
-    model = getattr(model, "model", model) if not isinstance(model, torch.nn.Module) else model
-    device = next(model.parameters()).device
+    module = model if isinstance(model, torch.nn.Module) else model.model  # an SVFModel: its wrapped module
+    device = next(module.parameters()).device
     total, count = 0.0, 0.0
     for s in range(0, len(items), batch_size):
         chunk = [it for it in items[s : s + batch_size] if it.reference]
@@ -333,7 +350,7 @@ def mean_reference_loglik(model, tokenizer, task, items, batch_size: int = 16) -
             )
             for it in chunk
         ]
-        sums, lengths = continuation_logprobs(model, tokenizer.pad_token_id, pairs, device)
+        sums, lengths = continuation_logprobs(module, tokenizer.pad_token_id, pairs, device)
         total += sums.sum().item()
         count += lengths.sum().item()
     return total / count if count else None

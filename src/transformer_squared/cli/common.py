@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..tasks.base import Task
 
 
 def add_model_args(parser: argparse.ArgumentParser, targets: bool = True) -> None:
@@ -84,7 +88,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--test-fraction", type=float, default=0.1, help="share of records held out for test (default 0.1)")
 
 
-def data_task(args: argparse.Namespace, reward_correct: float = 1.0, reward_wrong: float = -1.0):
+def data_task(args: argparse.Namespace, reward_correct: float = 1.0, reward_wrong: float = -1.0) -> Task | None:
     """The generic task ``--data`` describes, read and with its reward tried (None without --data).
 
     Sets ``args.task`` and ``args.source`` to the task's name and data, so reports and

@@ -6,9 +6,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import T2Error
 from .common import add_data_args, add_model_args, data_task
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..tasks.base import Task
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -206,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_adaptive(args: argparse.Namespace, task, items: list) -> int:
+def run_adaptive(args: argparse.Namespace, task: Task, items: list) -> int:
     """Two-pass evaluation: route each item, then answer in mixed-expert batches."""
     from ..adapt import AdaptiveModel, CEMConfig, cem_search, task_domain
     from ..evaluation import evaluate, evaluate_loglik

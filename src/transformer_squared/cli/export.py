@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ..errors import T2Error
 from .common import add_model_args
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
 
 VLLM_MAX_LORA_RANK = 512  # vLLM's --max-lora-rank takes one of 8, 16, 32, 64, 128, 256, 320, 512
 
@@ -148,7 +152,7 @@ def run_lora(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_ids(tokenizer):
+def _check_ids(tokenizer: PreTrainedTokenizerBase):
     if tokenizer is None:
         return None
     import torch

@@ -12,19 +12,26 @@ import contextlib
 import hmac
 import os
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import T2Error
 from ..experts import Expert
 from .engine import Engine
 from .errors import APIError, install_handlers
 
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from ..svf import SVFModel
+
 BODY_TIMEOUT_S = 30.0  # default seconds to receive a whole request body before answering 408
 
 
 def create_app(
-    model,
-    tokenizer,
-    svf=None,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    svf: SVFModel | None = None,
     experts: Sequence[Expert] = (),
     strategy: str | None = None,
     classifier: Expert | None = None,

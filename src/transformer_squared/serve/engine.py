@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,19 +31,25 @@ from .errors import APIError
 from .jobs import Choice, Decision, Job, JobResult
 from .streaming import generate_events
 
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from ..svf import SVFModel
+
 log = logging.getLogger("transformer_squared.serve")
 
 # Strategies a request (or the server) may use; "oracle" and "fewshot" need more than a request.
 SERVE_STRATEGIES = ("prompt", "classifier", "none")
 
 
-def _base_model_id(model) -> str:
+def _base_model_id(model: nn.Module) -> str:
     name = str(model_name(model, "model"))
     path = Path(name)
     return path.name if (name.startswith(("/", ".", "~")) or path.exists()) and path.name else name
 
 
-def _context_length(model) -> int:
+def _context_length(model: nn.Module) -> int:
     config = getattr(model, "config", None)
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, attr, None)
@@ -61,9 +67,9 @@ class Engine:
 
     def __init__(
         self,
-        model,
-        tokenizer,
-        svf=None,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        svf: SVFModel | None = None,
         experts: Sequence[Expert] = (),
         strategy: str | None = None,
         classifier: Expert | None = None,
@@ -107,6 +113,7 @@ class Engine:
         for e in experts:
             if e.name in self.experts or e.name in (self.model_id, "default"):
                 raise T2Error(f"two models would share the id {e.name!r}; rename one expert (meta 'name')")
+            assert svf is not None  # experts without the SVFModel were refused above
             e.check_compatible(svf, strict=True)
             self.experts[e.name] = e
         self._adaptive: dict[str, Any] = {}
@@ -154,12 +161,15 @@ class Engine:
             self.labels = {e.name: e.name for e in experts}
             return
         self.labels = {e.name: expert_domain(e) for e in experts}
-        if experts:
-            self._adaptive["prompt"] = AdaptiveModel(self.svf, self.tokenizer, experts, strategy="prompt")
-            self.strategies.append("prompt")
-        if self.classifier is not None and experts:
+        if not experts:
+            return
+        svf = self.svf
+        assert svf is not None  # __init__ refuses experts without the SVFModel
+        self._adaptive["prompt"] = AdaptiveModel(svf, self.tokenizer, experts, strategy="prompt")
+        self.strategies.append("prompt")
+        if self.classifier is not None:
             self._adaptive["classifier"] = AdaptiveModel(
-                self.svf, self.tokenizer, experts, strategy="classifier", classifier=self.classifier
+                svf, self.tokenizer, experts, strategy="classifier", classifier=self.classifier
             )
             self.strategies.append("classifier")
 

@@ -24,6 +24,10 @@ from typing import TYPE_CHECKING, Any
 from ..generation import generate_stream, seeded
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from ..svf import SVFModel
     from .engine import Engine
     from .jobs import Decision, Job
 
@@ -31,7 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # ---------------------------------------------------------------------------------------
 # The worker's side
 # ---------------------------------------------------------------------------------------
-def generate_events(model, tokenizer, svf, job: Job, closing: Callable[[], bool]) -> None:
+def generate_events(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, svf: SVFModel | None, job: Job, closing: Callable[[], bool]
+) -> None:
     """Generate the ``n`` choices of a prepared, routed streaming job one after the other, emitting events."""
     decision = job.decisions[0]
     job.emit(("meta", decision, job.prompt_tokens[0]))

@@ -15,7 +15,7 @@ option is gold (:meth:`MultipleChoice.gold_index`); scoring lives in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from .base import Item, Task
 
@@ -84,6 +84,6 @@ class MultipleChoice(Task):
         return self.extract_for(item, completion) == item.answer
 
 
-def is_multiple_choice(task: Any) -> bool:
+def is_multiple_choice(task: Any) -> TypeGuard[MultipleChoice]:
     """Whether a task can be scored by log-likelihood over its options."""
     return isinstance(task, MultipleChoice)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,11 @@ from .config import TrainConfig
 from .losses import compute_advantages, exact_objective, kl_full, kl_k3, policy_loss
 from .policies import Policy
 from .rollout import Rollout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+    from ..tasks.base import TaskProtocol
 
 
 class Gradients:
@@ -40,8 +45,8 @@ class Gradients:
         self,
         config: TrainConfig,
         policy: Policy,
-        task,
-        tokenizer,
+        task: TaskProtocol,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         micro_prompts: int,
         pad_id: int,
@@ -114,8 +119,9 @@ class Gradients:
         Returns this process's sums of loss, pg_loss, kl and completion log-prob.
         """
         c = self.config
-        if c.mc_channel:
-            return self._exact(ro)
+        channel = c.mc_channel
+        if channel:
+            return self._exact(ro, channel)
         rl = c.objective == "rl"
         k = ro.k
         n_global = c.batch_size * k
@@ -171,16 +177,18 @@ class Gradients:
                 totals[key] += stats.get(key, 0.0)
         return totals
 
-    def _exact(self, ro: Rollout) -> dict[str, float]:
+    def _exact(self, ro: Rollout, channel: str) -> dict[str, float]:
         """The exact policy gradient over each item's options (:func:`~.losses.exact_objective`).
 
         Returns this process's sums of loss, pg_loss (−E[r]), kl, log π(gold), E[r], E[r²], items whose
         most likely option is gold, and the policy's entropy.
         """
         from ..scoring import score_options
+        from ..tasks.multiple_choice import is_multiple_choice
 
+        task = self.task
+        assert is_multiple_choice(task)  # load_items refuses an options objective on other tasks
         c = self.config
-        channel = c.mc_channel
         sft = c.objective == "sft"  # maximise the gold option's (normalised) log-likelihood instead of E[r]
         want_kl = c.kl_coef > 0 and not sft
         totals = dict.fromkeys(
@@ -188,7 +196,7 @@ class Gradients:
         )
         for p0 in range(0, len(ro.items), self.micro_prompts):
             items = ro.items[p0 : p0 + self.micro_prompts]
-            requests = [self.task.requests(it, channel, self.tokenizer) for it in items]
+            requests = [task.requests(it, channel, self.tokenizer) for it in items]
             with self.autocast():
                 base = None
                 if want_kl:
@@ -200,9 +208,9 @@ class Gradients:
             for i, (item, sc) in enumerate(zip(items, scores, strict=True)):
                 item_loss, stats = exact_objective(
                     sc.normalised(c.norm),
-                    self.task.gold_index(item),
-                    reward_correct=self.task.reward_correct,
-                    reward_wrong=self.task.reward_wrong,
+                    task.gold_index(item),
+                    reward_correct=task.reward_correct,
+                    reward_wrong=task.reward_wrong,
                     temperature=c.temperature,
                     sft=sft,
                     base_scores=None if base is None else base[i].normalised(c.norm),

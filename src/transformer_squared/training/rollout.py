@@ -20,12 +20,17 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import T2Error
 from .config import TrainConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+    from ..tasks.base import TaskProtocol
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ def sample_seed(seed: int, step: int, index: int) -> int:
 
 
 def safe_rewards(
-    task, items: Sequence, completions: Sequence[str], seconds: float | None = None
+    task: TaskProtocol, items: Sequence, completions: Sequence[str], seconds: float | None = None
 ) -> tuple[list[float], list[dict[str, Any]]]:
     """``task.rewards`` for a batch; an item whose check raises gets ``task.reward_wrong`` and an error record.
 
@@ -99,7 +104,7 @@ def safe_rewards(
     return rewards, errors
 
 
-def load_items(config: TrainConfig, task=None) -> tuple[Any, list, list]:
+def load_items(config: TrainConfig, task: TaskProtocol | None = None) -> tuple[Any, list, list]:
     """(task, train items, val items): the task ``config.task`` names unless one is given, checked for the objective."""
     c = config
     if task is None:
@@ -156,9 +161,9 @@ def collect_rollout(
     indices: Sequence[int],
     *,
     config: TrainConfig,
-    task,
+    task: TaskProtocol,
     policy,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     max_new_tokens: int,
     eos_id: int,
 ) -> Rollout:

@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import T2Error
 from .checkpoint import CHECKPOINT_DIR, find_checkpoint
 from .config import TRAJECTORY_FIELDS, TrainConfig
 from .distributed import DistInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..tasks.base import TaskProtocol
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "train_curve.png"
@@ -74,7 +77,7 @@ def clear_previous_run(out: Path, dist: DistInfo) -> None:
     dist.barrier()
 
 
-def run_identity(config: TrainConfig, model_name: str, fingerprint: str, task) -> dict[str, Any]:
+def run_identity(config: TrainConfig, model_name: str, fingerprint: str, task: TaskProtocol) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: method, objective, base weights, task and its data."""
     src = getattr(task, "source", None)
     return {

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,11 @@ from .distributed import all_reduce_grads, setup_distributed
 from .gradients import Gradients
 from .policies import Policy, make_policy
 from .rollout import Rollout, collect_rollout, load_items
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+    from ..tasks.base import TaskProtocol
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +88,14 @@ class Trainer:
     :meth:`sequence_logprobs`) are public for tests and benchmarks.
     """
 
-    def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, tokenizer=None, task=None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        model: nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        task: TaskProtocol | None = None,
+    ) -> None:
         config.validate()
         self.config = c = config
         self.dist, self.device_name = setup_distributed(c.device)
@@ -94,7 +106,9 @@ class Trainer:
             raise
 
     # -- setup ----------------------------------------------------------------------------
-    def _setup(self, model, tokenizer, task) -> None:
+    def _setup(
+        self, model: nn.Module | None, tokenizer: PreTrainedTokenizerBase | None, task: TaskProtocol | None
+    ) -> None:
         c, d = self.config, self.dist
         if c.batch_size % d.world:
             raise T2Error(
@@ -628,8 +642,8 @@ def train(
     config: TrainConfig,
     *,
     model: nn.Module | None = None,
-    tokenizer=None,
-    task=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    task: TaskProtocol | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train an SVF expert (or the LoRA baseline) as ``config`` says and return a :class:`TrainResult`.
