@@ -105,6 +105,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(task.prompt(item, None) if args.prompt else item.question)
         print(f"--- answer: {item.answer!r}" if task.domain != "code" else "--- tests:")
         if task.domain == "code":
+            # the shipped code tasks (CodeTask) have tests(); Task does not declare it
             for test in task.tests(item):  # type: ignore[attr-defined]
                 print(textwrap.indent(test.strip(), "    "))
         if item.reference:

@@ -111,7 +111,7 @@ class Classify(Task):
         return f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
     @property
-    def instruction(self) -> str:  # type: ignore[override]
+    def instruction(self) -> str:  # type: ignore[override]  # read-only here: derived from the labels
         """The classification instruction for this task's labels."""
         return classification_instruction(self.labels)
 

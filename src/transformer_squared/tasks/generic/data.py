@@ -246,10 +246,12 @@ class UserData(Task):
         return text, None
 
     def _fill_template(self, rec: dict[str, Any], where: Where) -> str:
+        template = self.template
+        assert template is not None  # both callers check; _template_fields exists only with a template
         missing = [f for f in self._template_fields if f not in rec]
         if missing:
             raise where.error(f"--template uses field {missing[0]!r}, which this record lacks")
-        text = self.template.format_map({k: ("" if v is None else v) for k, v in rec.items()})  # type: ignore[union-attr]
+        text = template.format_map({k: ("" if v is None else v) for k, v in rec.items()})
         if not text.strip():
             raise where.error("--template gives an empty prompt")
         return text
@@ -304,7 +306,7 @@ class UserData(Task):
 
     # -- prompting ---------------------------------------------------------------------------
     @property
-    def instruction(self) -> str:  # type: ignore[override]
+    def instruction(self) -> str:  # type: ignore[override]  # read-only here: the user's --instruction
         return self.custom_instruction
 
     def messages(self, item: Item) -> list[dict[str, str]]:
