@@ -330,6 +330,14 @@ def test_outputs_expert_metrics_plot_and_best_on_val(tmp_path):
     assert result.best_step == best["step"]
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3 and state["task"] == "parity"
+    assert "labels" not in expert.meta  # only a classification task has a label set
+
+
+def test_a_classification_expert_keeps_its_label_set(tmp_path):
+    task = ParityTask()
+    task.labels = ("even", "odd")  # what the classify task has: the labels its prompt lists
+    train(config(tmp_path, steps=1, eval_every=1), model=tiny_model(), tokenizer=tiny_tokenizer(), task=task)
+    assert Expert.load(tmp_path / "run").meta["labels"] == ["even", "odd"]
 
 
 def test_lora_rl_and_sft_steps_report_parameter_counts(tmp_path):

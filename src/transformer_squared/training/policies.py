@@ -128,6 +128,8 @@ class SVFPolicy:
         from ..experts import Expert
 
         extra = {"domain": meta["domain"]} if meta.get("domain") else {}
+        if meta.get("labels"):
+            extra["labels"] = list(meta["labels"])
         template = self.svf.to_expert(name, task=meta.get("task"), training=meta, **extra)
         if set(state) == set(template.z):  # layer order (a checkpoint reads back in sorted order)
             state = {n: state[n] for n in template.z}

@@ -462,6 +462,8 @@ class Trainer:
         return {
             "task": self.task.name,
             "domain": getattr(self.task, "expert_domain", None) or getattr(self.task, "domain", None),
+            # a classification expert must be asked with the label set it learned (AdaptiveModel reads it)
+            "labels": list(getattr(self.task, "labels", None) or []) or None,
             "method": c.method,
             "objective": c.objective,
             "model": self.model_name,
