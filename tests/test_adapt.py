@@ -365,6 +365,18 @@ def test_demo_runs_on_a_tiny_model(tiny_model_dir, tmp_path):
         tmp_path / "experts", per_task=1, model_name=str(tiny_model_dir), max_new_tokens=2, print_fn=lines.append
     )
     assert set(results) == {"base", "prompt", "classifier"}
+    # with a router folder the demo also runs the cheap first pass
+    from conftest import tiny_tokenizer
+
+    from transformer_squared.probe import train_probe_router
+
+    pairs = [(f"w{5 + i} w{6 + i}", "math" if i % 2 else "code") for i in range(8)]
+    router, _ = train_probe_router(model, tiny_tokenizer(), pairs, pairs, layers=(1,), max_tokens=8, progress=False)
+    router.save(tmp_path / "experts" / "router")
+    results = run_demo(
+        tmp_path / "experts", per_task=1, model_name=str(tiny_model_dir), max_new_tokens=2, print_fn=lines.append
+    )
+    assert set(results) == {"base", "prompt", "classifier", "probe"}
     assert all(r["n"] == 3 for r in results.values())
     assert any("→" in line for line in lines)
     with pytest.raises(T2Error, match="no experts"):

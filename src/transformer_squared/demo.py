@@ -1,8 +1,9 @@
 """The demo: held-out questions from three domains, answered by the base model and self-adaptively.
 
-Loads the default model and the shipped experts (``experts/{math,code,reasoning,classify}``),
+Loads the default model and the shipped experts (``experts/{math,code,reasoning,commonsense}``,
+the classification expert ``experts/classify`` and the early-layer router ``experts/router``),
 takes a few held-out test questions from GSM8K, MBPP and ARC-Easy, and for each strategy
-(base, ``prompt``, ``classifier``) routes every question, answers them in one mixed-expert
+(base, ``prompt``, ``classifier``, ``probe``) routes every question, answers them in one mixed-expert
 batch, checks the answers, and prints the routes, accuracy and the time of each pass.
 """
 
@@ -45,6 +46,11 @@ def run_demo(
     if not task_experts:
         raise T2Error(f"no experts in {str(experts_dir)!r}; train them with `t2 train` (see docs/training.md)")
     classifier = Expert.load(found["classify"]) if "classify" in found else None
+    router = None
+    if (Path(experts_dir) / "router" / "router.json").is_file():
+        from .probe import ProbeRouter
+
+        router = ProbeRouter.load(Path(experts_dir) / "router")
     t0 = time.perf_counter()
     model, tok = load_model(model_name, progress=True)
     svf = SVFModel(
@@ -62,6 +68,7 @@ def run_demo(
             items.append(it)
             owner[it.id] = task
     strategies = [("base", "none"), ("prompt", "prompt")] + ([("classifier", "classifier")] if classifier else [])
+    strategies += [("probe", "probe")] if router is not None else []
     results: dict[str, dict] = {}
     done_s: list[float] = []
     for index, (label, strategy) in enumerate(strategies, 1):
@@ -72,7 +79,12 @@ def run_demo(
             left = f"; about {per * (len(strategies) - index + 1):.0f}s left at {per:.0f}s per strategy so far"
         _say(print_fn, f"\n[{index}/{len(strategies)}] {label}: answering {len(items)} questions{left}")
         am = AdaptiveModel(
-            svf, tok, task_experts if strategy != "none" else [], strategy=strategy, classifier=classifier
+            svf,
+            tok,
+            task_experts if strategy != "none" else [],
+            strategy=strategy,
+            classifier=classifier,
+            router=router,
         )
         rows, first, second = [], 0.0, 0.0
         for name in DEMO_TASKS:
@@ -81,7 +93,7 @@ def run_demo(
             routes_for: dict[str, Route] = {}
 
             def choose(b, am=am, task=task, routes_for=routes_for):
-                routes = am.route([task.user_content(it) for it in b])
+                routes = am.route([it.question for it in b])  # the request alone: what the routers learned
                 for it, r in zip(b, routes, strict=True):
                     routes_for[it.id] = r
                 return [r.expert for r in routes]
@@ -125,7 +137,7 @@ def run_demo(
 # `make demo` (2 questions per task, 6 in all) on 2 CPU cores: about 4 minutes cold on idle cores (issue 16);
 # `time t2 demo --per-task 2` with warm caches but other jobs on the cores (load 6): 5 min 25 s (2026-11-30).
 # Most of it is generating GSM8K and MBPP answers of up to 256 tokens.
-DEMO_S_PER_QUESTION = 40
+DEMO_S_PER_QUESTION = 53  # 40 s measured with three strategies; the probe adds a fourth second pass
 
 
 def estimate(per_task: int, tasks: int) -> str:
@@ -134,7 +146,7 @@ def estimate(per_task: int, tasks: int) -> str:
     minutes = max(1, round(DEMO_S_PER_QUESTION * n / 60))
     return (
         f"t2 demo: {n} held-out questions ({per_task} each from {tasks} tasks) answered by the base model, "
-        f"--adapt prompt and --adapt classifier; about {minutes} min on 2 idle CPU cores, more when other jobs "
+        f"--adapt prompt, --adapt classifier and --adapt probe; about {minutes} min on 2 idle CPU cores, more when other jobs "
         "share them. Each pass prints its time as it finishes."
     )
 
