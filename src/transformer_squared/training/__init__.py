@@ -7,10 +7,13 @@ One idea per file:
 
 ==================  =======================================================================
 ``config.py``       :class:`TrainConfig`: every option, its choices, default, help and checks
-``trainer.py``      :class:`Trainer` (rollout, update, evaluate, the loop) and :func:`train`
+``trainer.py``      :class:`Trainer` (setup, data order, rollout, update, the loop) and :func:`train`
 ``rollout.py``      a step's prompts, sampled completions and rewards (:class:`Rollout`)
 ``gradients.py``    the teacher-forced forwards of a rollout and the backward of its loss
 ``losses.py``       the loss math on plain tensors: advantages, KL, REINFORCE, exact objective
+``optim.py``        AdamW, the warmup + constant/cosine LR schedule, clip, step or skip
+``step_stats.py``   a step's sums over processes, its metrics row, weight/gradient drift
+``validation.py``   scoring the policy on val (the best-weights choice), the saved summary
 ``policies.py``     what is trained: the :class:`Policy` handles, SVF and the LoRA baseline
 ``distributed.py``  torch.distributed under ``torchrun``
 ``run_dir.py``      the ``--out`` folder: refuse / overwrite, resume checks, the best weights

@@ -2,28 +2,26 @@
 
 One step: :meth:`Trainer.rollout` (:mod:`.rollout`), then :meth:`Trainer.update`: the loss's
 backward over micro-batches (:mod:`.gradients`, :mod:`.losses`), the gradient sum over processes
-(:mod:`.distributed`), clipping and an AdamW step with a constant or cosine LR; a NaN/Inf loss or
-gradient skips the step (three in a row stop the run). Every ``eval_every`` steps the policy is
-evaluated greedily on the task's ``val`` split (never ``test``) and the best weights are saved
-(:mod:`.run_dir`); rows go to ``metrics.jsonl`` (:mod:`.report`), checkpoints to ``checkpoint/``
-(:mod:`.checkpoint`), from which ``resume`` continues. See the package docstring and docs/training.md.
+(:mod:`.distributed`), clipping and an AdamW step with a constant or cosine LR (:mod:`.optim`); a
+NaN/Inf loss or gradient skips the step (three in a row stop the run); the step's metrics row
+comes from :mod:`.step_stats`. Every ``eval_every`` steps the policy is evaluated on the task's
+``val`` split (never ``test``; :mod:`.validation`) and the best weights are saved (:mod:`.run_dir`);
+rows go to ``metrics.jsonl`` (:mod:`.report`), checkpoints to ``checkpoint/`` (:mod:`.checkpoint`),
+from which ``resume`` continues. See the package docstring and docs/training.md.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import T2Error
@@ -34,8 +32,11 @@ from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint, set_rn
 from .config import AUTO_MICRO_ITEMS, AUTO_MICRO_ROWS, TrainConfig
 from .distributed import all_reduce_grads, setup_distributed
 from .gradients import Gradients
+from .optim import clip_gradients, make_optimizer, step_or_skip
 from .policies import Policy, make_policy
 from .rollout import Rollout, collect_rollout, load_items
+from .step_stats import Drift, StepSums, step_row
+from .validation import evaluate_val, expert_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -63,17 +64,6 @@ class TrainResult:
     history: list[dict[str, Any]]
     state: dict[str, torch.Tensor]
     skipped_steps: int = 0
-
-
-def _mean_gold_logprob(rows: Sequence[dict[str, Any]], norm: str) -> float | None:
-    """Mean log π(gold) of the softmax over normalised option scores, from loglik evaluation rows."""
-    from ..scoring import OptionScores
-
-    vals = []
-    for r in rows:
-        sc = OptionScores(torch.tensor(r["logp"]), torch.tensor(r["n_tokens"]), torch.tensor(r["n_chars"]))
-        vals.append(float(F.log_softmax(sc.normalised(norm), dim=0)[r["gold"]]))
-    return sum(vals) / len(vals) if vals else None
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:
@@ -166,8 +156,7 @@ class Trainer:
             device=self.device,
         )
 
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.optimizer, self.scheduler = make_optimizer(c, self.params)
 
         # run state
         self.step = 0
@@ -179,25 +168,13 @@ class Trainer:
         self.skipped = 0
         self.history: list[dict[str, Any]] = []
         self._perm_cache: tuple[int, list[int]] | None = None
-        self._start_state = {n: t.clone() for n, t in self.policy.state().items()}
-        self._prev_grad: torch.Tensor | None = None
+        self.drift = Drift(self.policy.state())
         if resume_from is not None:
             ckpt = load_checkpoint(resume_from)
             run_dir.check_resume(ckpt.state, ckpt.folder, self._identity(), c)
             self._restore(ckpt)
         else:
             run_dir.clear_previous_run(self.out, d)
-
-    def _lr_factor(self, step: int) -> float:
-        """LR multiplier for the optimiser step with index ``step`` (0-based): warmup, then the schedule."""
-        c = self.config
-        if c.warmup_steps and step < c.warmup_steps:
-            return (step + 1) / c.warmup_steps
-        if c.schedule == "constant":
-            return 1.0
-        span = max(1, c.steps - c.warmup_steps)
-        progress = min(1.0, (step - c.warmup_steps) / span)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     @property
     def trainable_params(self) -> int:
@@ -296,35 +273,9 @@ class Trainer:
         """
         return self.gradients.accumulate(ro)
 
-    def _rms_change(self) -> float:
-        """rms of (trainable − its value at the start of the run): rms(z − 1) for a direct SVF expert."""
-        sq, n = 0.0, 0
-        for name, value in self.policy.state().items():
-            start = self._start_state.get(name)
-            if start is not None:
-                sq += float(((value - start) ** 2).sum())
-                n += value.numel()
-        return math.sqrt(sq / n) if n else 0.0
-
-    def _grad_cosine(self) -> float | None:
-        """Cosine between this step's (clipped) gradient and the previous step's: ~0 on pure noise."""
-        grads = [p.grad.reshape(-1).float() for p in self.params if p.grad is not None]
-        if not grads:
-            return None
-        flat = torch.cat(grads).detach().cpu()
-        prev, self._prev_grad = self._prev_grad, flat
-        if prev is None or prev.shape != flat.shape:
-            return None
-        denom = float(flat.norm() * prev.norm())
-        return float(flat @ prev) / denom if denom > 0 else None
-
     def update(self, ro: Rollout) -> dict[str, Any]:
         """Loss, backward over micro-batches, all-reduce, clip and optimiser step (or skip if non-finite)."""
         c, d = self.config, self.dist
-        rl = c.objective == "rl"
-        exact = c.mc_channel is not None
-        want_kl = (rl or c.objective == "exact") and (c.kl_coef > 0)
-        k = ro.k
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         totals = self.accumulate_gradients(ro)
@@ -332,157 +283,53 @@ class Trainer:
 
         # gradients: sum over processes (each loss is already divided by the global N)
         all_reduce_grads(d, self.params)
-        local = [
-            totals["loss"],
-            totals["pg_loss"],
-            totals["kl"],
-            totals["logp"],
-            float(ro.num_tokens),
-            float(sum(ro.finished)),
-            float(len(ro.reward_errors)),
-        ]
-        if rl:
-            rewards = ro.rewards
-            assert rewards is not None  # an RL rollout has its rewards (None only for SFT)
-            r = rewards.reshape(-1).double()
-            local += [r.sum().item(), (r * r).sum().item(), float((r == self.task.reward_correct).sum().item())]
-            # prompts whose K samples got different rewards: the only ones that carry a gradient
-            local += [0.0, float((rewards.max(dim=1).values != rewards.min(dim=1).values).sum().item())]
-        elif exact:
-            local += [totals["reward"], totals["reward_sq"], totals["argmax_correct"], totals["entropy"], 0.0]
-        else:
-            local += [0.0, 0.0, 0.0, 0.0, 0.0]
-        agg = d.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
-        loss_sum, pg_sum, kl_sum, logp_sum, tokens, finished, n_err, r_sum, r2_sum, n_ok, ent_sum, n_disagree = agg
-        params = [p for p in self.params if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, c.clip if c.clip > 0 else float("inf")).item()
-        grad_cos = self._grad_cosine()
-        lr = self.scheduler.get_last_lr()[0]
-        finite = math.isfinite(loss_sum) and math.isfinite(norm)
+        sums = StepSums.local(c, ro, totals, self.task).reduced(d, self.device)
+        norm = clip_gradients(c, self.params)
+        grad_cos = self.drift.grad_cosine(self.params)
+        lr = float(self.scheduler.get_last_lr()[0])
+        finite = math.isfinite(sums.loss) and math.isfinite(norm)
+        step_or_skip(self.optimizer, self.scheduler, finite)
         if finite:
-            self.optimizer.step()
             self.bad_streak = 0
         else:
             self.bad_streak += 1
             self.skipped += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-            warnings.filterwarnings("ignore", message="Detected call of", category=UserWarning)
-            self.scheduler.step()
-        n_rows = c.batch_size * k
-        row: dict[str, Any] = {
-            "loss": loss_sum if finite else None,
-            "grad_norm": norm if math.isfinite(norm) else None,
-            "lr": lr,
-            "skipped": not finite,
-            "tokens": int(tokens),
-            "mean_len": tokens / n_rows,
-            "update_seconds": round(time.perf_counter() - t0, 3),
-            "backward_seconds": round(t_backward, 3),
-        }
-        row.update(rms_change=self._rms_change(), grad_cos_prev=grad_cos)
-        if rl:
-            mean = r_sum / n_rows
-            var = r2_sum / n_rows - mean * mean
-            row.update(
-                reward_mean=mean,
-                reward_std=math.sqrt(max(0.0, var)) if math.isfinite(var) else None,
-                correct_frac=n_ok / n_rows,
-                pg_loss=pg_sum if finite else None,
-                kl=(kl_sum if want_kl else None),
-                finished_frac=finished / n_rows,
-                reward_errors=int(n_err),
-                disagree_frac=n_disagree / c.batch_size,
-            )
-        elif exact:
-            mean = r_sum / c.batch_size
-            row.update(
-                reward_mean=mean,
-                correct_frac=n_ok / c.batch_size,
-                entropy=ent_sum / c.batch_size,
-                pg_loss=pg_sum if finite else None,
-                kl=(kl_sum if want_kl else None),
-                gold_logprob=logp_sum / c.batch_size,
-            )
-        else:
-            row.update(nll_per_token=(-logp_sum / tokens) if tokens else None)
-        for key, value in list(row.items()):
-            if isinstance(value, float) and not math.isfinite(value):
-                row[key] = None
-        return row
+        return step_row(
+            c,
+            ro.k,
+            sums,
+            grad_norm=norm,
+            lr=lr,
+            finite=finite,
+            update_seconds=time.perf_counter() - t0,
+            backward_seconds=t_backward,
+            rms_change=self.drift.rms_change(self.policy.state()),
+            grad_cos_prev=grad_cos,
+        )
 
     # -- validation and saving ------------------------------------------------------------
     def evaluate_val(self) -> tuple[float, int, float, float | None]:
-        """Greedy accuracy on the val items (rank 0 only), and the mean per-token log-likelihood
-        of their reference answers (one teacher-forced pass; the tie-breaker between equal
-        accuracies, as in the CEM search): (accuracy, n, seconds, loglik or None)."""
-        from ..evaluation import evaluate, evaluate_loglik
-        from ..scoring import mean_reference_loglik
+        """(accuracy, n, seconds, tie-breaker log-likelihood or None) on the val items (rank 0 only).
 
-        t0 = time.perf_counter()
-        c = self.config
-        if c.mc_channel:  # choose in the channel that is trained: options scored, no generation
-            with torch.no_grad(), self.policy.sampling():
-                summary, rows = evaluate_loglik(
-                    self.policy.model,
-                    self.tokenizer,
-                    self.task,
-                    self.val_items,
-                    split="val",
-                    channel=c.mc_channel,
-                    norm=c.norm,
-                    batch_size=c.eval_batch_size,
-                    progress=False,
-                )
-            return summary.accuracy, summary.n, time.perf_counter() - t0, _mean_gold_logprob(rows, c.norm)
-        with torch.no_grad(), self.policy.sampling():
-            summary, _ = evaluate(
-                self.policy.model,
-                self.tokenizer,
-                self.task,
-                self.val_items,
-                split="val",
-                batch_size=self.config.eval_batch_size,
-                max_new_tokens=self.max_new_tokens,
-                progress=False,
-            )
-            loglik = mean_reference_loglik(
-                self.policy.model, self.tokenizer, self.task, self.val_items, self.config.eval_batch_size
-            )
-        return summary.accuracy, summary.n, time.perf_counter() - t0, loglik
+        Greedy accuracy, or options scored in the trained channel; see :func:`.validation.evaluate_val`.
+        """
+        return evaluate_val(self.config, self.policy, self.tokenizer, self.task, self.val_items, self.max_new_tokens)
 
     def _name(self) -> str:
         return self.config.name or self.task.name
 
     def _summary(self) -> dict[str, Any]:
-        c = self.config
-        info: dict[str, Any] = {}
-        with contextlib.suppress(Exception):
-            info = self.task.split_info("train")
-        return {
-            "task": self.task.name,
-            "domain": getattr(self.task, "expert_domain", None) or getattr(self.task, "domain", None),
-            # a classification expert must be asked with the label set it learned (AdaptiveModel reads it)
-            "labels": list(getattr(self.task, "labels", None) or []) or None,
-            "method": c.method,
-            "objective": c.objective,
-            "model": self.model_name,
-            "best_step": self.best_step,
-            "best_val_accuracy": self.best_val,
-            "val_n": len(self.val_items),
-            "steps": c.steps,
-            "batch_size": c.batch_size,
-            "samples_per_prompt": c.samples_per_prompt,
-            "lr": c.lr,
-            "kl_coef": c.kl_coef,
-            "baseline": c.baseline,
-            "temperature": c.temperature,
-            "max_new_tokens": self.max_new_tokens,
-            "seed": c.seed,
-            "world_size": self.dist.world,
-            "trainable_params": self.trainable_params,
-            "train_provenance": info.get("provenance"),
-        }
+        return expert_summary(
+            self.config,
+            self.task,
+            model_name=self.model_name,
+            best_step=self.best_step,
+            best_val=self.best_val,
+            val_n=len(self.val_items),
+            max_new_tokens=self.max_new_tokens,
+            world_size=self.dist.world,
+            trainable_params=self.trainable_params,
+        )
 
     def _consider_best(self, step: int, accuracy: float, loglik: float | None = None) -> bool:
         """Keep and save these weights if they beat the best so far (:func:`~.run_dir.is_better`)."""
