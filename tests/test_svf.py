@@ -354,3 +354,12 @@ def test_merged_state_dict_loads_into_the_plain_model(arch_):
     current = svf.merged_state_dict()  # no expert: the current z (b)
     plain.load_state_dict(current)
     torch.testing.assert_close(logits(plain), logits(model), rtol=1e-4, atol=1e-4)
+
+
+def test_from_expert_wraps_a_model_the_way_the_expert_was_made():
+    svf = SVFModel(tiny_model("llama"), targets="attn", parameterization="sigmoid")
+    expert = svf.to_expert("e")
+    again = SVFModel.from_expert(tiny_model("llama"), expert)
+    assert list(again.layers) == list(svf.layers)
+    assert again.parameterization.kind == "sigmoid" and again.parameterization.init == svf.parameterization.init
+    again.apply(expert)  # strict: same matrices, same shapes

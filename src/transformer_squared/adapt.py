@@ -239,6 +239,24 @@ class AdaptiveModel:
     #: prompt tokens in one first pass from which the classifier is merged instead of factored
     merge_min_tokens: int = 1400
 
+    def chooser(
+        self, domain: str | None = None, record: dict[str, Route] | None = None
+    ) -> Callable[[Sequence[Any]], list[Expert | None]]:
+        """The first pass as ``evaluate(..., choose_experts=...)`` takes it: task items in, one expert each out.
+
+        Each item is routed by its question (the request alone, the text the classifier and the probe
+        are trained on); ``domain`` is the task's known domain (``oracle`` only); ``record``, when
+        given, is filled with each item's :class:`Route` by item id.
+        """
+
+        def choose(items: Sequence[Any]) -> list[Expert | None]:
+            routes = self.route([it.question for it in items], domains=[domain] * len(items))
+            if record is not None:
+                record.update({it.id: r for it, r in zip(items, routes, strict=True)})
+            return [r.expert for r in routes]
+
+        return choose
+
     def route(self, texts: Sequence[str], domains: Sequence[str | None] | None = None) -> list[Route]:
         """Decide an expert (or None = base) for each request text.
 

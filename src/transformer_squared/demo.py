@@ -53,9 +53,7 @@ def run_demo(
         router = ProbeRouter.load(Path(experts_dir) / "router")
     t0 = time.perf_counter()
     model, tok = load_model(model_name, progress=True)
-    svf = SVFModel(
-        model, targets=task_experts[0].meta.get("targets", "mlp"), parameterization=task_experts[0].parameterization
-    )
+    svf = SVFModel.from_expert(model, task_experts[0])
     print_fn(
         f"loaded {name_of(model, model_name)} and {len(task_experts)} experts "
         f"({', '.join(e.name for e in task_experts)}{', classifier' if classifier else ''}) "
@@ -91,12 +89,7 @@ def run_demo(
             task = get_task(name)
             batch = [it for it in items if owner[it.id].name == name]
             routes_for: dict[str, Route] = {}
-
-            def choose(b, am=am, task=task, routes_for=routes_for):
-                routes = am.route([it.question for it in b])  # the request alone: what the routers learned
-                for it, r in zip(b, routes, strict=True):
-                    routes_for[it.id] = r
-                return [r.expert for r in routes]
+            choose = am.chooser(record=routes_for)
 
             t_task = time.perf_counter()
             summary, rs = evaluate(

@@ -258,12 +258,7 @@ def run_adaptive(args: argparse.Namespace, task: Task, items: list) -> int:
     adaptive = AdaptiveModel(
         svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture, router=router
     )
-    domain = task_domain(task)
-
-    def choose(batch):
-        texts = [it.question for it in batch]  # the request alone: what the routers are trained on
-        routes = adaptive.route(texts, domains=[domain] * len(batch))
-        return [r.expert for r in routes]
+    choose = adaptive.chooser(domain=task_domain(task))
 
     out = Path(args.out) if args.out else None
     items_path = out.with_name(out.name + ".items.jsonl") if out else None

@@ -83,7 +83,7 @@ def _load(args: argparse.Namespace, expert):
     from ..svf import SVFModel
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    svf = SVFModel(model, targets=expert.meta.get("targets", "mlp"), parameterization=expert.parameterization)
+    svf = SVFModel.from_expert(model, expert)
     return svf, tokenizer
 
 

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     out = refuse_existing(args.out, args.overwrite)
     expert = Expert.load(args.expert)
     model, _ = load_model(args.model, dtype=args.dtype, device=args.device)
-    svf = SVFModel(model, targets=expert.meta.get("targets", "mlp"), parameterization=expert.parameterization)
+    svf = SVFModel.from_expert(model, expert)
     moved = expert.transfer(svf, name=args.name)
     moved.save(out)
     print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -128,6 +128,11 @@ class SVFModel:
     def state(self) -> dict[str, torch.Tensor]:
         """The current z vectors (detached copies, float32, CPU)."""
         return {n: layer.z.detach().to("cpu", torch.float32).clone() for n, layer in self.layers.items()}
+
+    @classmethod
+    def from_expert(cls, model: nn.Module, expert: Expert, **kwargs: Any) -> SVFModel:
+        """Wrap ``model`` the way ``expert`` was made: its targets and parameterization (from expert.json)."""
+        return cls(model, targets=expert.meta.get("targets", "mlp"), parameterization=expert.parameterization, **kwargs)
 
     def to_expert(self, name: str = "expert", **meta) -> Expert:
         """Snapshot the current z vectors as an :class:`~transformer_squared.experts.Expert`."""
