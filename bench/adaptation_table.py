@@ -156,7 +156,7 @@ def task_items(task_name: str) -> list:
     return items[:limit] if limit else items
 
 
-def stage_routes(tasks: list[str]) -> None:
+def stage_routes(tasks: list[str], accuracy: bool = True) -> None:
     """Every routed strategy's first pass on every item, its routing accuracy on held-out requests,
     and the first pass timed against the second on the same items, in this one process."""
     import torch
@@ -189,7 +189,7 @@ def stage_routes(tasks: list[str]) -> None:
 
     # routing accuracy on the held-out requests of the training tasks (the classify test split)
     acc_file = OUT / "routing_accuracy.json"
-    if not acc_file.is_file():
+    if accuracy and not acc_file.is_file():
         held = get_task("classify").load("test")
         acc = {}
         for name, am in strategies.items():
@@ -458,6 +458,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=["configs", "routes", "table", "all"], default="all")
     ap.add_argument("--tasks", nargs="*", default=None, help="only these tasks (configs/routes; to run in parallel)")
+    ap.add_argument(
+        "--no-routing-accuracy",
+        action="store_true",
+        help="routes: skip the held-out routing accuracy (another process)",
+    )
     args = ap.parse_args()
     tasks = args.tasks or all_tasks()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -465,7 +470,7 @@ def main() -> None:
     if args.stage in ("configs", "all"):
         stage_configs(log, tasks)
     if args.stage in ("routes", "all"):
-        stage_routes(tasks)
+        stage_routes(tasks, accuracy=not args.no_routing_accuracy)
     if args.stage in ("table", "all"):
         stage_table()
 
