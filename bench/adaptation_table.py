@@ -276,12 +276,14 @@ def stage_table() -> None:
         if "base" not in have:
             continue
         rows = {c: o for c, o in have.items()}
+        for name in ROUTED:
+            path = folder / f"routes-{name}.jsonl"
+            if path.is_file():
+                picks = {r["id"]: r["expert"] or "base" for r in map(json.loads, path.read_text().splitlines())}
+                if all(picks[i] in have for i in ids):  # every chosen configuration was scored
+                    rows[name] = {i: have[picks[i]][i] for i in ids}
+        best = None
         if all(e in have for e in expert_names):
-            for name in ROUTED:
-                path = folder / f"routes-{name}.jsonl"
-                if path.is_file():
-                    picks = {r["id"]: r["expert"] for r in map(json.loads, path.read_text().splitlines())}
-                    rows[name] = {i: have[picks[i] or "base"][i] for i in ids}
             best = max(expert_names, key=lambda e: sum(have[e].values()))
             rows["oracle"] = have[best]
         entry = {"n": len(have["base"]), "strategies": {}}
@@ -290,7 +292,7 @@ def stage_table() -> None:
             entry["strategies"][name] = c.to_dict()
             if task_name in UNSEEN_MC:
                 per_strategy.setdefault(name, []).append((task_name, c))
-        if "oracle" in rows:
+        if best is not None:
             entry["oracle_expert"] = best
         for name in ROUTED:
             path = folder / f"routes-{name}.jsonl"
