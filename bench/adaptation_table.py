@@ -14,9 +14,9 @@ The protocol is fixed here (``PROTOCOL``), before any run:
   channel), token-normalised: the first 500 items of the test splits of ARC-Challenge, OpenBookQA
   (all 500), SciQ and Winogrande (2,000 items pooled); none was used for training,
   for choosing hyperparameters or for building a router;
-* the paper's other two tasks, generated (``--max-new-tokens 256``): HumanEval (all 164) and
-  MATH (the first 50 test problems); both sit at the 135M model's floor, so they get the base
-  model and each expert only (no mixture, no few-shot search);
+* the paper's other two tasks, generated (``--max-new-tokens 256``): the first 50 problems of
+  HumanEval and of MATH; both sit at the 135M model's floor, so they get the base model and each
+  expert only (no mixture, no few-shot search), and only 50 items each fit the session;
 * configurations scored on every item: base, each expert, the uniform mixture (α = ½, ½), and
   for the multiple-choice tasks few-shot CEM mixtures (32 shots with the expected-accuracy
   fitness; the paper's 10 shots), shots drawn from the task's val/train split, never test;
@@ -53,7 +53,7 @@ PROTOCOL = {
     "classifier": "experts/classify",
     "router": "experts/router",
     "mc_tasks": {"arc_challenge": 500, "openbookqa": 500, "sciq": 500, "winogrande": 500},
-    "gen_tasks": {"humaneval": None, "math": 50},
+    "gen_tasks": {"humaneval": 50, "math": 50},
     "split": "test",
     "channel": "cloze",
     "norm": "token",
