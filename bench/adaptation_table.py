@@ -328,6 +328,12 @@ def stage_table() -> None:
     write_json(out, table)
     write_text(out.with_suffix(".md"), render(table))
     plot(table, out.with_suffix(".png"))
+    doc = ROOT / "docs" / "adaptation.md"
+    start, end = "<!-- adaptation table: start (python bench/adaptation_table.py) -->", "<!-- adaptation table: end -->"
+    text = doc.read_text()
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        write_text(doc, head + start + "\n" + render(table) + end + rest.split(end, 1)[1])
     print(render(table))
 
 
