@@ -252,13 +252,21 @@ def outcomes(path: Path, ids: set[str] | None = None) -> dict[str, bool]:
     """Per-item correctness of a report, restricted to the protocol's items (a report may hold more)."""
     from transformer_squared.stats import read_report
 
-    got = read_report(path)[1]
+    report, got = read_report(path)
     if ids is None:
         return got
     missing = ids - set(got)
+    # a task without a train or val split (SciQ) draws its few-shot examples from test: the report
+    # scored the other items, and its comparisons are made on those
+    missing -= {str(s) for s in report.get("shots") or []}
     if missing:
         raise SystemExit(f"{path} lacks {len(missing)} of the protocol's items (e.g. {sorted(missing)[0]})")
-    return {i: got[i] for i in ids}
+    return {i: got[i] for i in ids if i in got}
+
+
+def _on(a: dict[str, bool], b: dict[str, bool]) -> dict[str, bool]:
+    """``a`` on the items of ``b`` (a few-shot row may lack its shots)."""
+    return {i: a[i] for i in b}
 
 
 def stage_table() -> None:
@@ -288,7 +296,7 @@ def stage_table() -> None:
             rows["oracle"] = have[best]
         entry = {"n": len(have["base"]), "strategies": {}}
         for name, o in rows.items():
-            c = compare_outcomes(have["base"], o, "base", name)
+            c = compare_outcomes(_on(have["base"], o), o, "base", name)
             entry["strategies"][name] = c.to_dict()
             if task_name in UNSEEN_MC:
                 per_strategy.setdefault(name, []).append((task_name, c))
@@ -319,7 +327,7 @@ def stage_table() -> None:
                 pairs.append((outcomes(files[0], ids), [outcomes(f, ids) for f in files[1:]]))
         if len(pairs) == len(UNSEEN_MC):
             best = max(range(len(expert_names)), key=lambda k: sum(sum(p[1][k].values()) for p in pairs))
-            comp = pooled([compare_outcomes(p[1][best], p[0]) for p in pairs])
+            comp = pooled([compare_outcomes(_on(p[1][best], p[0]), p[0]) for p in pairs])
             table.setdefault("fewshot_vs_best_expert", {})[fs] = {"best_expert": expert_names[best], **comp.to_dict()}
     acc = OUT / "routing_accuracy.json"
     if acc.is_file():
@@ -374,13 +382,15 @@ def render(table: dict) -> str:
             elif n == "base":
                 cells.append(f"{100 * st[n]['accuracy_a']:.1f}")
             else:
-                cells.append(_cell(st[n]))
+                cells.append(_cell(st[n]) + (f" n={st[n]['n']}" if st[n]["n"] != e["n"] else ""))
         lines.append(f"| {task_name} | {e['n']} | " + " | ".join(cells) + " |")
     if table["pooled"]:
         cells = []
         for n in names:
             c = table["pooled"].get(n)
-            cells.append("—" if c is None else (f"{100 * c['accuracy_a']:.1f}" if n == "base" else _cell(c)))
+            n_all = table["pooled"]["base"]["n"] if "base" in table["pooled"] else None
+            note = f" n={c['n']}" if c is not None and n_all and c["n"] != n_all else ""
+            cells.append("—" if c is None else (f"{100 * c['accuracy_a']:.1f}" if n == "base" else _cell(c) + note))
         n_pool = next(iter(table["pooled"].values()))["n"]
         lines.append(f"| **pooled, {len(UNSEEN_MC)} unseen MC tasks** | {n_pool} | " + " | ".join(cells) + " |")
         lines += [
