@@ -19,7 +19,8 @@ The protocol is fixed here (``PROTOCOL``), before any run:
   expert only (no mixture, no few-shot search), and only 50 items each fit the session;
 * configurations scored on every item: base, each expert, the uniform mixture (α = ½, ½), and
   for the multiple-choice tasks few-shot CEM mixtures (32 shots with the expected-accuracy
-  fitness; the paper's 10 shots), shots drawn from the task's val/train split, never test;
+  fitness; the paper's 10 shots), shots drawn from the task's val/train split (SciQ has neither:
+  its shots are test items, excluded from scoring, and its few-shot rows compare on the rest);
 * routed strategies (prompt, classifier, probe) pick one configuration per item: their answer is
   that configuration's answer on that item (the second pass is deterministic, and
   tests/test_adapt.py checks that routing then scoring equals scoring with the chosen expert);
