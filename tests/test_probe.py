@@ -99,3 +99,37 @@ def test_train_router_cli_refuses_bad_options(capsys):
     assert "--layers must be comma-separated integers" in capsys.readouterr().err
     assert main(["train-router", "--out", "x", "--labels", "math"]) == 2
     assert "label=task pairs" in capsys.readouterr().err
+
+
+def test_generate_routes_with_the_probe(tiny_model_dir, tmp_path, capsys):
+    from transformer_squared import load_model
+
+    model, tok = load_model(str(tiny_model_dir), progress=False)
+    svf = SVFModel(model)
+    with torch.no_grad():
+        for p in svf.parameters():
+            p.add_(0.5)
+    svf.to_expert("e-low", domain="low").save(tmp_path / "low")
+    svf.reset()
+    router, _ = train_probe_router(
+        model, tok, _requests(20, 0), _requests(10, 1), layers=(1,), max_tokens=8, progress=False
+    )
+    router.save(tmp_path / "router")
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--experts",
+        str(tmp_path / "low"),
+        "--adapt",
+        "probe",
+        "--router",
+        str(tmp_path / "router"),
+        "--max-new-tokens",
+        "2",
+        "w5 w6 w7",
+        "w50 w60 w70",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("[route: ") == 2 and ("low -> e-low" in out or "high -> base" in out)

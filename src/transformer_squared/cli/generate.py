@@ -15,10 +15,11 @@ def _add_adapt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adapt",
         default="prompt",
-        choices=["none", "prompt", "classifier", "fewshot"],
+        choices=["none", "prompt", "classifier", "probe", "fewshot"],
         help="first-pass strategy (default: prompt)",
     )
     p.add_argument("--classifier", default=None, metavar="DIR", help="classification expert (--adapt classifier)")
+    p.add_argument("--router", default=None, metavar="DIR", help="early-layer probe router (--adapt probe)")
     p.add_argument("--mixture", default=None, metavar="DIR", help="a mixture from t2 eval --adapt fewshot")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -46,8 +47,15 @@ def build(args: argparse.Namespace):
     mixture = Expert.load(args.mixture) if args.mixture else None
     if args.adapt != "none" and not experts and not mixture:
         raise T2Error(f"--adapt {args.adapt} needs --experts DIR ... (or use --adapt none)")
+    router = None
+    if args.router:
+        from ..probe import ProbeRouter
+
+        router = ProbeRouter.load(args.router)
     _, tokenizer, svf = load_svf(args, progress=False)
-    return AdaptiveModel(svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture)
+    return AdaptiveModel(
+        svf, tokenizer, experts, strategy=args.adapt, classifier=classifier, mixture=mixture, router=router
+    )
 
 
 def run_generate(args: argparse.Namespace) -> int:
