@@ -157,3 +157,17 @@ def test_engine_answers_errors_and_a_full_queue_without_a_server(parts):
     finally:
         engine.close()
     assert engine.stats["rejected_queue_full"] == 1
+
+
+def test_engine_routes_with_the_probe(parts):
+    from transformer_squared.probe import train_probe_router
+
+    model, tok, svf, experts = parts
+    pairs = [(f"w{5 + i} w{6 + i}", "math" if i % 2 else "code") for i in range(10)]
+    router, _ = train_probe_router(model, tok, pairs, pairs, layers=(1,), max_tokens=8, progress=False)
+    engine = Engine(model, tok, svf, experts, strategy="probe", router=router)
+    assert engine.strategies == ["none", "prompt", "probe"]
+    routed = engine._adaptive["probe"].route(["w5 w6", "w6 w7"])
+    assert [r.label for r in routed] == router.predict(model, tok, ["w5 w6", "w6 w7"])
+    with pytest.raises(Exception, match="router"):
+        Engine(model, tok, svf, experts, strategy="probe")

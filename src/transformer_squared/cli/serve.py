@@ -32,13 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--adapt",
-        choices=["prompt", "classifier", "none"],
+        choices=["prompt", "classifier", "probe", "none"],
         default=None,
         help="how the server routes requests that do not pin an expert (default: prompt with experts, none without)",
     )
     g.add_argument(
         "--classifier", metavar="DIR", default=None, help="the classification expert (for --adapt classifier)"
     )
+    g.add_argument("--router", metavar="DIR", default=None, help="the early-layer probe router (for --adapt probe)")
     h = p.add_argument_group("server")
     h.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     h.add_argument("--port", type=int, default=8000)
@@ -121,9 +122,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.adapt == "classifier" and not args.classifier:
         raise T2Error("--adapt classifier needs the classification expert: --classifier DIR")
+    if args.adapt == "probe" and not args.router:
+        raise T2Error("--adapt probe needs the early-layer router: --router DIR (made by t2 train-router)")
     _check_port(args.host, args.port)
     experts = [Expert.load(d) for path in args.experts for d in _expert_dirs(path)]
     classifier = Expert.load(args.classifier) if args.classifier else None
+    router = None
+    if args.router:
+        from ..probe import ProbeRouter
+
+        router = ProbeRouter.load(args.router)
     api_key = args.api_key or os.environ.get("T2_API_KEY") or None
     if args.threads:
         import torch
@@ -143,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         experts,
         args.adapt,
         classifier,
+        router=router,
         api_key=api_key,
         max_batch=args.max_batch,
         queue_size=args.queue_size,

@@ -12,7 +12,7 @@ import contextlib
 import hmac
 import os
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import T2Error
 from ..experts import Expert
@@ -36,6 +36,7 @@ def create_app(
     strategy: str | None = None,
     classifier: Expert | None = None,
     *,
+    router: Any = None,
     api_key: str | None = None,
     model_id: str | None = None,
     max_batch: int = 8,
@@ -57,7 +58,7 @@ def create_app(
     try:
         from fastapi import FastAPI
 
-        from .routes import router
+        from .routes import router as api_routes
     except ImportError as exc:  # pragma: no cover - an install problem
         raise T2Error(f"t2 serve needs fastapi and uvicorn ({exc}); run: pip install fastapi uvicorn") from None
     body_timeout_s = _body_timeout(body_timeout_s)
@@ -70,6 +71,7 @@ def create_app(
         experts,
         strategy,
         classifier,
+        router=router,
         model_id=model_id,
         max_batch=max_batch,
         queue_size=queue_size,
@@ -85,7 +87,7 @@ def create_app(
     if api_key:
         app.add_middleware(BearerAuth, api_key=api_key)
     install_handlers(app)
-    app.include_router(router)
+    app.include_router(api_routes)
     return app
 
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("transformer_squared.serve")
 
 # Strategies a request (or the server) may use; "oracle" and "fewshot" need more than a request.
-SERVE_STRATEGIES = ("prompt", "classifier", "none")
+SERVE_STRATEGIES = ("prompt", "classifier", "probe", "none")
 
 
 def _base_model_id(model: nn.Module) -> str:
@@ -74,6 +74,7 @@ class Engine:
         strategy: str | None = None,
         classifier: Expert | None = None,
         *,
+        router: Any = None,
         model_id: str | None = None,
         max_batch: int = 8,
         queue_size: int = 64,
@@ -101,6 +102,7 @@ class Engine:
         self.svf = svf
         self.strategy = strategy
         self.classifier = classifier
+        self.router = router  # a ProbeRouter (--adapt probe)
         self.model_id = model_id or _base_model_id(model)
         self.max_batch = max_batch
         self.queue_size = queue_size
@@ -125,6 +127,8 @@ class Engine:
                 + (
                     "it needs --experts"
                     if self.strategy == "prompt"
+                    else "it needs --experts and the early-layer router (--router DIR)"
+                    if self.strategy == "probe"
                     else "it needs --experts and the classification expert (--classifier DIR)"
                 )
             )
@@ -172,6 +176,9 @@ class Engine:
                 svf, self.tokenizer, experts, strategy="classifier", classifier=self.classifier
             )
             self.strategies.append("classifier")
+        if self.router is not None:
+            self._adaptive["probe"] = AdaptiveModel(svf, self.tokenizer, experts, strategy="probe", router=self.router)
+            self.strategies.append("probe")
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
