@@ -160,7 +160,7 @@ def task_items(task_name: str) -> list:
     return items[:limit] if limit else items
 
 
-def stage_routes(tasks: list[str], accuracy: bool = True) -> None:
+def stage_routes(tasks: list[str], accuracy: bool = True, only: list[str] | None = None) -> None:
     """Every routed strategy's first pass on every item, its routing accuracy on held-out requests,
     and the first pass timed against the second on the same items, in this one process."""
     import torch
@@ -183,6 +183,8 @@ def stage_routes(tasks: list[str], accuracy: bool = True) -> None:
         ),
         "probe": AdaptiveModel(svf, tok, experts, strategy="probe", router=ProbeRouter.load(ROOT / PROTOCOL["router"])),
     }
+    if only:
+        strategies = {k: v for k, v in strategies.items() if k in only}
 
     def route_all(am: AdaptiveModel, texts: list[str]) -> tuple[list, float]:
         t = time.perf_counter()
@@ -225,7 +227,7 @@ def stage_routes(tasks: list[str], accuracy: bool = True) -> None:
                 )
             )
             print(f"{task_name} {name}: routed {len(items)} in {secs:.0f}s", flush=True)
-        if timing_file.is_file():
+        if timing_file.is_file() or len(strategies) < len(ROUTED):  # timing needs every first pass
             continue
         sample = items[: PROTOCOL["timing_items"] if task_name in PROTOCOL["mc_tasks"] else 16]
         timing = {"items": len(sample)}
@@ -315,8 +317,7 @@ def stage_table() -> None:
             entry["first_pass"] = json.loads(timing.read_text())
         table["tasks"][task_name] = entry
     for name, comps in per_strategy.items():
-        if len(comps) == len(UNSEEN_MC):
-            table["pooled"][name] = pooled([c for _, c in comps]).to_dict()
+        table["pooled"][name] = {**pooled([c for _, c in comps]).to_dict(), "tasks": [t for t, _ in comps]}
     # few-shot CEM against the best single expert, pooled (same items)
     for fs in PROTOCOL["fewshot"]:
         pairs = []
@@ -391,6 +392,8 @@ def render(table: dict) -> str:
             c = table["pooled"].get(n)
             n_all = table["pooled"]["base"]["n"] if "base" in table["pooled"] else None
             note = f" n={c['n']}" if c is not None and n_all and c["n"] != n_all else ""
+            if c is not None and len(c.get("tasks", UNSEEN_MC)) < len(UNSEEN_MC):
+                note += " (over " + ", ".join(c["tasks"]) + " only)"
             cells.append("—" if c is None else (f"{100 * c['accuracy_a']:.1f}" if n == "base" else _cell(c) + note))
         n_pool = next(iter(table["pooled"].values()))["n"]
         lines.append(f"| **pooled, {len(UNSEEN_MC)} unseen MC tasks** | {n_pool} | " + " | ".join(cells) + " |")
@@ -480,6 +483,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=["configs", "routes", "table", "all"], default="all")
     ap.add_argument("--tasks", nargs="*", default=None, help="only these tasks (configs/routes; to run in parallel)")
+    ap.add_argument("--strategies", nargs="*", default=None, choices=ROUTED, help="routes: only these first passes")
     ap.add_argument(
         "--no-routing-accuracy",
         action="store_true",
@@ -492,7 +496,7 @@ def main() -> None:
     if args.stage in ("configs", "all"):
         stage_configs(log, tasks)
     if args.stage in ("routes", "all"):
-        stage_routes(tasks, accuracy=not args.no_routing_accuracy)
+        stage_routes(tasks, accuracy=not args.no_routing_accuracy, only=args.strategies)
     if args.stage in ("table", "all"):
         stage_table()
 
