@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -70,16 +68,9 @@ UNSEEN_MC = list(PROTOCOL["mc_tasks"])
 
 
 def t2(*args: str, log: Path) -> None:
-    with open(log, "a") as fh:
-        fh.write("$ t2 " + " ".join(args) + "\n")
-        fh.flush()
-        subprocess.run(
-            [sys.executable, "-m", "transformer_squared.cli", *args],
-            check=True,
-            cwd=ROOT,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    from common import run_t2
+
+    run_t2(*args, log=log, cwd=ROOT)
 
 
 def task_args(task: str) -> list[str]:

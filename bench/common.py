@@ -1,9 +1,13 @@
-"""Pieces the benchmarks share: the device they ran on, the same chat prompts and the same random experts."""
+"""Pieces the benchmarks share: the device they ran on, the same chat prompts and the same random experts,
+and running a ``t2`` command with its output appended to a log."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -45,3 +49,17 @@ def random_experts(svf, k: int, scale: float = 0.02) -> list:
         experts.append(svf.to_expert(f"e{i}"))
     svf.reset()
     return experts
+
+
+def run_t2(*args: str, log: Path, cwd: Path) -> None:
+    """``t2 ARGS`` in a child process (the project's own command), its output appended to ``log``."""
+    with open(log, "a") as fh:
+        fh.write("$ t2 " + " ".join(args) + "\n")
+        fh.flush()
+        subprocess.run(
+            [sys.executable, "-m", "transformer_squared.cli", *args],
+            check=True,
+            cwd=cwd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )

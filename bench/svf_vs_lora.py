@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -75,16 +73,9 @@ SEEDS = [0, 1]
 
 
 def t2(*args: str, log: Path) -> None:
-    with open(log, "a") as fh:
-        fh.write("$ t2 " + " ".join(args) + "\n")
-        fh.flush()
-        subprocess.run(
-            [sys.executable, "-m", "transformer_squared.cli", *args],
-            check=True,
-            cwd=ROOT,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    from common import run_t2
+
+    run_t2(*args, log=log, cwd=ROOT)
 
 
 def best_val(run: Path, steps: int) -> tuple[float, int] | None:
