@@ -229,3 +229,37 @@ def test_eval_loglik_writes_every_normalisation_and_compares(tiny_model_dir, tmp
     assert main([*argv[:-5], "--out", str(again), "--limit", "5", "--no-progress"]) == 0
     assert main(["compare", str(out), str(again)]) == 0
     assert "B won 0, lost 0" in capsys.readouterr().out  # the same model scores the same items the same way
+
+
+def test_eval_autocast_scores_in_bf16_and_keeps_runs_apart(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from transformer_squared import evaluation
+
+    seen = []
+    real = evaluation.evaluate_loglik
+
+    def spy(*a, **kw):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate_loglik", spy)
+    base = ["eval", "--task", "arc_easy", "--mode", "loglik", "--model", str(tiny_model_dir), "--limit", "4"]
+    fp32, bf16 = tmp_path / "fp32.json", tmp_path / "bf16.json"
+    assert main([*base, "--out", str(fp32), "--no-progress"]) == 0
+    assert main([*base, "--out", str(bf16), "--autocast", "bf16", "--no-progress"]) == 0
+    assert seen == [False, True]
+    report = json.loads(bf16.read_text())
+    assert report["autocast"] == "bf16" and "--autocast bf16" in report["command"]
+    rows = {
+        p: [json.loads(x) for x in p.with_name(p.name + ".items.jsonl").read_text().splitlines()] for p in (fp32, bf16)
+    }
+    diffs = [
+        abs(a - b)
+        for r, s in zip(rows[fp32], rows[bf16], strict=True)
+        for a, b in zip(r["logp"], s["logp"], strict=True)
+    ]
+    assert 0 < max(diffs) < 0.5  # bf16 rounding: different numbers, close to the fp32 ones
+    # a resumed run in the other precision would mix two scorings in one file: refused
+    assert main([*base, "--out", str(bf16), "--no-progress"]) == 2
+    assert "another run" in capsys.readouterr().err

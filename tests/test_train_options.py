@@ -113,3 +113,25 @@ def test_options_from_dataclass_fields():
     assert "{a,b}" in p.format_help() and "which mode" in p.format_help()
     with pytest.raises(SystemExit):
         p.parse_args(["--mode", "c"])
+
+
+@pytest.mark.parametrize("mode", ["none", "bf16"])
+def test_validation_runs_in_the_precision_the_run_trains_in(mode, monkeypatch, tmp_path):
+    import contextlib
+
+    import torch
+
+    from transformer_squared import evaluation
+    from transformer_squared.training.validation import evaluate_val
+
+    seen = []
+
+    def fake_loglik(*a, **kw):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return SimpleNamespace(accuracy=0.5, n=2), []
+
+    monkeypatch.setattr(evaluation, "evaluate_loglik", fake_loglik)
+    config = training.TrainConfig(task="arc_easy", out=str(tmp_path), objective="exact", autocast=mode)
+    policy = SimpleNamespace(model=None, sampling=contextlib.nullcontext)
+    acc, n, _, _ = evaluate_val(config, policy, None, None, [], max_new_tokens=4)
+    assert (acc, n) == (0.5, 2) and seen == [mode == "bf16"]

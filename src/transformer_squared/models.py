@@ -12,6 +12,7 @@ experts trained on them record as ``base_model``; the Hub id loads the real Hub 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -57,6 +58,22 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return _DTYPES[dtype]
     except KeyError:
         raise T2Error(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+AUTOCAST_MODES = ("none", "bf16")
+
+
+def autocast(mode: str, device: str | torch.device = "cpu") -> contextlib.AbstractContextManager:
+    """bf16 autocast for forwards on ``device`` (``mode="bf16"``), or nothing (``"none"``).
+
+    The one switch behind ``t2 train --autocast`` (teacher-forced passes and validation) and
+    ``t2 eval --autocast``: matmuls run in bf16 while the weights stay in their own dtype.
+    """
+    if mode not in AUTOCAST_MODES:
+        raise T2Error(f"unknown autocast mode {mode!r}; use one of {', '.join(AUTOCAST_MODES)}")
+    if mode == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 def bundled_gguf_path() -> Path:

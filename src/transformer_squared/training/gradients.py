@@ -58,9 +58,9 @@ class Gradients:
         self.keep_kw = "logits_to_keep" in inspect.signature(fwd).parameters
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.autocast == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        from ..models import autocast
+
+        return autocast(self.config.autocast, self.device)
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         """Logits at the positions that predict the completion tokens: (n, C, V)."""

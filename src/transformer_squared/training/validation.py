@@ -49,15 +49,18 @@ def evaluate_val(
     """Accuracy of ``policy`` on the val ``items`` and its tie-breaker: (accuracy, n, seconds, loglik or None).
 
     Greedy generation and the references' mean per-token log-likelihood (one teacher-forced pass),
-    or with ``config.mc_channel`` the options scored in the trained channel, no generation.
+    or with ``config.mc_channel`` the options scored in the trained channel, no generation. Under
+    ``config.autocast="bf16"`` validation runs in the precision the run trains in (about 2x faster
+    on CPU; tests/test_train_config.py checks that the option reaches it).
     """
     from ..evaluation import evaluate, evaluate_loglik
+    from ..models import autocast
     from ..scoring import mean_reference_loglik
 
     t0 = time.perf_counter()
     c = config
     if c.mc_channel:  # choose in the channel that is trained: options scored, no generation
-        with torch.no_grad(), policy.sampling():
+        with torch.no_grad(), policy.sampling(), autocast(c.autocast, c.device):
             summary, rows = evaluate_loglik(
                 policy.model,
                 tokenizer,
@@ -70,7 +73,7 @@ def evaluate_val(
                 progress=False,
             )
         return summary.accuracy, summary.n, time.perf_counter() - t0, mean_gold_logprob(rows, c.norm)
-    with torch.no_grad(), policy.sampling():
+    with torch.no_grad(), policy.sampling(), autocast(c.autocast, c.device):
         summary, _ = evaluate(
             policy.model,
             tokenizer,
