@@ -231,6 +231,30 @@ def adaptation_table(missing: list[str]) -> list[str]:
     return md.read_text().splitlines()
 
 
+def svf_vs_lora_table(missing: list[str]) -> list[str]:
+    """SVF against both LoRA sizes, RL (exact) and SFT, two seeds, plus the sampled-REINFORCE row."""
+    data = _load(RESULTS / "svf_vs_lora.json")
+    md = RESULTS / "svf_vs_lora.md"
+    if data is None or not md.is_file():
+        missing.append("svf_vs_lora.json (python bench/svf_vs_lora.py)")
+        return []
+    cells = data["cells"]
+    want = {f"{m}-{o}": 2 for o in ("exact", "sft") for m in data["methods"]}
+    if "reinforce" in data:
+        want[data["reinforce"]["cell"]] = 1
+    open_cells = [c for c, n in want.items() if len(cells.get(c, {}).get("seeds", {})) < n]
+    if open_cells:
+        missing.append(f"svf_vs_lora: cells not finished yet: {', '.join(open_cells)} (python bench/svf_vs_lora.py)")
+    p = data["protocol"]
+    return [
+        f"ARC-Easy, the whole test split, paired against the base model scored the same way (command: "
+        f"`python bench/svf_vs_lora.py`; protocol in its docstring): {p['steps']} steps x {p['batch_size']} "
+        f"questions per run, each method's lr chosen on val from three, then a second seed at that lr.",
+        "",
+        *md.read_text().splitlines(),
+    ]
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     """A Markdown table."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
@@ -777,6 +801,7 @@ def main() -> None:
     base_mc = mc_base_table(missing)
     trained, bars = trained_table(missing)
     adapt = adaptation_table(missing)
+    versus = svf_vs_lora_table(missing)
     speed = speed_tables(missing)
     gpu = gpu_tables()
     heads = headlines()
@@ -816,6 +841,8 @@ def main() -> None:
         + (quality or ["(not run yet)"])
         + [""]
     )
+    if versus:
+        text += ["## SVF against LoRA under one protocol (ARC-Easy, paired)", ""] + versus + [""]
     text += ["## The shipped experts on their own tasks (longer runs, held-out test parts)", ""]
     text += trained + ["", "![held-out accuracy, base vs expert](results/quality.png)", ""] if trained else []
     text += [

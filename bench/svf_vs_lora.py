@@ -2,6 +2,7 @@
 
     python bench/svf_vs_lora.py --task arc_easy                 # every cell, in order, resumable
     python bench/svf_vs_lora.py --task arc_easy --only svf-exact   # one method/objective
+    python bench/svf_vs_lora.py --task arc_easy --only svf-reinforce   # the paper's sampled REINFORCE row
     python bench/svf_vs_lora.py --smoke                        # the whole pipeline on tiny settings
 
 Each cell writes its own file, so two processes may run different ``--only`` cells at once (one
@@ -77,6 +78,31 @@ METHODS = {
 }
 OBJECTIVES = ["exact", "sft"]
 SEEDS = [0, 1]
+# The paper's own objective as a row of its own: sampled REINFORCE on generated answers (the answer
+# mode t2 generate and t2 serve use), sized to 10,240 rollouts (80 steps x 16 prompts x K = 8).
+# One run at the paper's lr 2e-3 and clip 1e-3 (no lr grid: one run takes about 3 CPU-hours);
+# a group-mean baseline over the K samples; no KL (lambda = 0 is in the paper's grid); val and test
+# are greedy generation with the same 8 new tokens, test against the base model scored the same way.
+REINFORCE = {
+    "cell": "svf-reinforce",
+    "steps": 80,
+    "batch_size": 16,
+    "samples_per_prompt": 8,
+    "eval_every": 20,
+    "lr": "2e-3",
+    "seed": 0,
+    "max_new_tokens": 8,
+    "common": "--objective rl --baseline mean --temperature 1.0 --clip 1e-3 --kl-coef 0 --autocast bf16 "
+    "--val-limit 0 --checkpoint-every 5 --no-eval-at-start",
+}
+SMOKE_REINFORCE = {
+    **REINFORCE,
+    "steps": 2,
+    "batch_size": 2,
+    "samples_per_prompt": 2,
+    "eval_every": 2,
+    "common": REINFORCE["common"].replace("--val-limit 0 --checkpoint-every 5", "--val-limit 8 --checkpoint-every 1"),
+}
 
 
 def t2(*args: str, log: Path) -> None:
@@ -201,22 +227,11 @@ def main() -> None:
                 cmp = reports / f"{cell}-s{seed}-vs-base.json"
                 t2("compare", str(base), str(report), "--json", str(cmp), log=log)
                 c = json.loads(cmp.read_text())
-                params = json.loads((run / "train_config.json").read_text())["trainable_params"]
-                entry["seeds"][str(seed)] = {
-                    "val": best_val(run, p["steps"])[0],
-                    "test": c["accuracy_b"],
-                    "base": c["accuracy_a"],
-                    "difference": c["difference"],
-                    "ci95": c.get("ci95"),
-                    "detectable": c.get("detectable"),
-                    "p_value": c["p_value"],
-                    "won": c["won"],
-                    "lost": c["lost"],
-                    "n": c["n"],
-                    "trainable_params": params,
-                    "report": str(report.relative_to(results.parent) if not args.smoke else report),
-                }
+                entry["seeds"][str(seed)] = seed_record(c, run, p["steps"], report, results, args.smoke)
                 write_cell(cell_file, entry, results, p)
+    rf = SMOKE_REINFORCE if args.smoke else REINFORCE
+    if not args.only or rf["cell"] in args.only:
+        reinforce_row(args.task, rf, runs, reports, results, p, limit, log, smoke=args.smoke)
     # SVF against each LoRA, same objective and seed, paired (whatever pairs exist so far)
     for objective in OBJECTIVES:
         for lora in ("lora16", "lora1"):
@@ -227,6 +242,81 @@ def main() -> None:
                 if a.is_file() and b.is_file() and not cmp.is_file():
                     t2("compare", str(a), str(b), "--json", str(cmp), log=log)
     assemble(args.task, results, p)
+
+
+def reinforce_row(
+    task: str, rf: dict, runs: Path, reports: Path, results: Path, p: dict, limit: list[str], log: Path, smoke: bool
+) -> None:
+    """The sampled-REINFORCE row: one SVF run on generated answers, tested against base in generation."""
+    run = runs / f"{task}-{rf['cell']}-lr{rf['lr']}-s{rf['seed']}"
+    cell_file = reports / "cells" / f"{rf['cell']}.json"
+    if best_val(run, rf["steps"]) is None:
+        resume = ["--resume"] if (run / "checkpoint").exists() else ["--overwrite"]
+        t = time.perf_counter()
+        t2(
+            "train",
+            "--task",
+            task,
+            "--out",
+            str(run),
+            "--method",
+            "svf",
+            "--steps",
+            str(rf["steps"]),
+            "--batch-size",
+            str(rf["batch_size"]),
+            "--samples-per-prompt",
+            str(rf["samples_per_prompt"]),
+            "--eval-every",
+            str(rf["eval_every"]),
+            "--lr",
+            rf["lr"],
+            "--seed",
+            str(rf["seed"]),
+            "--max-new-tokens",
+            str(rf["max_new_tokens"]),
+            *rf["common"].split(),
+            "--no-progress",
+            *resume,
+            log=log,
+        )
+        (run / "bench_wall_seconds.txt").write_text(f"{time.perf_counter() - t:.0f}\n")
+    gen = ["--task", task, "--max-new-tokens", str(rf["max_new_tokens"]), *limit, *p["eval"].split(), "--no-progress"]
+    base = reports / "base-generate.json"
+    report = reports / f"{rf['cell']}-s{rf['seed']}.json"
+    for out, weights in ((base, []), (report, ["--expert", str(run)])):
+        if not out.is_file():
+            t2("eval", *gen, *weights, "--out", str(out), log=log)
+    cmp = reports / f"{rf['cell']}-s{rf['seed']}-vs-base.json"
+    t2("compare", str(base), str(report), "--json", str(cmp), log=log)
+    c = json.loads(cmp.read_text())
+    entry = {
+        "lr": rf["lr"],
+        "lr_search": {},
+        "protocol": {k: v for k, v in rf.items() if k != "cell"},
+        "rollouts": rf["steps"] * rf["batch_size"] * rf["samples_per_prompt"],
+        "answer_mode": "generate",
+        "seeds": {str(rf["seed"]): seed_record(c, run, rf["steps"], report, results, smoke)},
+    }
+    write_cell(cell_file, entry, results, p)
+
+
+def seed_record(c: dict, run: Path, steps: int, report: Path, results: Path, smoke: bool) -> dict:
+    """One chosen run's row: its val, its test against base (from the t2 compare JSON), its size."""
+    return {
+        "val": best_val(run, steps)[0],
+        "test": c["accuracy_b"],
+        "base": c["accuracy_a"],
+        "difference": c["difference"],
+        "ci95": c.get("ci95"),
+        "detectable": c.get("detectable"),
+        "p_value": c["p_value"],
+        "won": c["won"],
+        "lost": c["lost"],
+        "n": c["n"],
+        "trainable_params": json.loads((run / "train_config.json").read_text())["trainable_params"],
+        "report": str(report if smoke else report.relative_to(results.parent)),
+    }
 
 
 def write_cell(cell_file: Path, entry: dict, results: Path, protocol: dict) -> None:
@@ -247,6 +337,9 @@ def assemble(task: str, results: Path, protocol: dict) -> None:
             f = reports / "cells" / f"{method}-{objective}.json"
             if f.is_file():
                 cells[f"{method}-{objective}"] = json.loads(f.read_text())
+    f = reports / "cells" / f"{REINFORCE['cell']}.json"
+    if f.is_file():
+        cells[REINFORCE["cell"]] = json.loads(f.read_text())
     pairs = {}
     for objective in OBJECTIVES:
         for lora in ("lora16", "lora1"):
@@ -254,7 +347,14 @@ def assemble(task: str, results: Path, protocol: dict) -> None:
                 f = reports / f"svf-vs-{lora}-{objective}-s{seed}.json"
                 if f.is_file():
                     pairs[f"{objective}/{lora}/s{seed}"] = json.loads(f.read_text())
-    table = {"task": task, "protocol": protocol, "methods": METHODS, "cells": cells, "svf_vs_lora": pairs}
+    table = {
+        "task": task,
+        "protocol": protocol,
+        "reinforce": REINFORCE,
+        "methods": METHODS,
+        "cells": cells,
+        "svf_vs_lora": pairs,
+    }
     out = results / "svf_vs_lora.json"
     write_json(out, table)
     write_text(out.with_suffix(".md"), render(table))
@@ -272,6 +372,8 @@ def render(table: dict) -> str:
     ]
     for cell, e in table["cells"].items():
         method, objective = cell.rsplit("-", 1)
+        if e.get("answer_mode") == "generate":
+            objective += f" ({e['rollouts']:,} rollouts; generated answers, base generated too)"
         for seed, r in sorted(e.get("seeds", {}).items()):
             lines.append(
                 f"| {method} | {objective} | {r['trainable_params']:,} | {e.get('lr', '?')} | {seed} | "

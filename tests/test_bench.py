@@ -226,3 +226,40 @@ def test_quality_table_reads_what_each_run_learned_from(tmp_path):
     rl.write_text("\n".join(json.dumps(r) for r in rows))
     assert qt.training_signal(rl) == {"reward_mean": -0.75, "steps": 2, "steps_with_gradient": 1}
     assert qt.training_signal(tmp_path / "missing.jsonl") == {}
+
+
+def test_svf_vs_lora_table_lists_every_cell_and_names_the_unfinished(tmp_path, monkeypatch):
+    import report
+    import svf_vs_lora as svl
+
+    results = tmp_path / "results"
+    cells = results / "svf_vs_lora" / "arc_easy" / "cells"
+    cells.mkdir(parents=True)
+    row = {
+        "val": 0.6,
+        "test": 0.62,
+        "base": 0.5,
+        "difference": 0.12,
+        "ci95": [0.1, 0.14],
+        "detectable": 0.02,
+        "p_value": 1e-9,
+        "won": 300,
+        "lost": 15,
+        "n": 2376,
+        "trainable_params": 51840,
+        "report": "x.json",
+    }
+    (cells / "svf-exact.json").write_text(json.dumps({"lr": "1e-3", "lr_search": {}, "seeds": {"0": row, "1": row}}))
+    rf = {"lr": "2e-3", "seeds": {"0": row}, "answer_mode": "generate", "rollouts": 10240}
+    (cells / "svf-reinforce.json").write_text(json.dumps(rf))
+    svl.assemble("arc_easy", results, svl.PROTOCOL)
+    md = (results / "svf_vs_lora.md").read_text()
+    assert md.count("| svf | exact | 51,840 | 1e-3 |") == 2 and "+12.0 [+10.0, +14.0]" in md
+    assert "10,240 rollouts; generated answers" in md
+    monkeypatch.setattr(report, "RESULTS", results)
+    missing: list[str] = []
+    lines = report.svf_vs_lora_table(missing)
+    assert any("| svf | exact |" in x for x in lines)
+    # five grid cells have no runs yet and are named; the finished ones are not
+    assert len(missing) == 1 and "lora16-exact" in missing[0] and "svf-exact" not in missing[0]
+    assert "svf-reinforce" not in missing[0]
