@@ -18,4 +18,4 @@ def test_smoke_prints_numbered_steps_with_times(tiny_model_dir, capsys):
 
 def test_demo_estimate_names_its_work_and_time():
     line = estimate(2, 3)
-    assert "6 held-out questions" in line and "about 5 min on 2 idle CPU cores" in line
+    assert "6 held-out questions" in line and "about 4 min on 2 idle CPU cores" in line

@@ -129,8 +129,9 @@ def run_demo(
 
 # `make demo` (2 questions per task, 6 in all) on 2 CPU cores: about 4 minutes cold on idle cores (issue 16);
 # `time t2 demo --per-task 2` with warm caches but other jobs on the cores (load 6): 5 min 25 s (2026-11-30).
+# With the probe as a fourth strategy: `time make demo`, two other jobs on the cores: 3 min 31 s (2026-11-30).
 # Most of it is generating GSM8K and MBPP answers of up to 256 tokens.
-DEMO_S_PER_QUESTION = 53  # 40 s measured with three strategies; the probe adds a fourth second pass
+DEMO_S_PER_QUESTION = 35  # 211 s / 6 questions, four strategies
 
 
 def estimate(per_task: int, tasks: int) -> str:
