@@ -14,9 +14,11 @@ The protocol is fixed here (``PROTOCOL``), before any run:
   channel), token-normalised: the first 500 items of the test splits of ARC-Challenge, OpenBookQA
   (all 500), SciQ and Winogrande (2,000 items pooled); none was used for training,
   for choosing hyperparameters or for building a router;
-* the paper's other two tasks, generated (``--max-new-tokens 256``): the first 50 problems of
-  HumanEval and of MATH; both sit at the 135M model's floor, so they get the base model and each
-  expert only (no mixture, no few-shot search), and only 50 items each fit the session;
+* the paper's other two tasks, generated (``--max-new-tokens 256``): all 164 HumanEval problems
+  and the first 500 MATH test problems; both sit at the 135M model's floor, so they get the base
+  model and each expert only (no mixture, no few-shot search). (Amended on 2026-11-30: the first
+  run scored the first 50 of each, what one session's CPU allowed; the rows are extended to what
+  the data allow, up to 500, by resuming the same per-item files, whatever the first 50 showed);
 * configurations scored on every item: base, each expert, the uniform mixture (α = ½, ½), and
   for the multiple-choice tasks few-shot CEM mixtures (32 shots with the expected-accuracy
   fitness; the paper's 10 shots), shots drawn from the task's val/train split (SciQ has neither:
@@ -52,7 +54,7 @@ PROTOCOL = {
     "classifier": "experts/classify",
     "router": "experts/router",
     "mc_tasks": {"arc_challenge": 500, "openbookqa": 500, "sciq": 500, "winogrande": 500},
-    "gen_tasks": {"humaneval": 50, "math": 50},
+    "gen_tasks": {"humaneval": None, "math": 500},  # None: the whole split (HumanEval has 164)
     "split": "test",
     "channel": "cloze",
     "norm": "token",
@@ -130,9 +132,10 @@ def stage_configs(log: Path, tasks: list[str]) -> None:
                         ],
                     )
                 )
+        expected = len(task_items(task))
         for name, extra in runs:
             out = folder / f"{name}.json"
-            if out.is_file():
+            if complete(out, expected):
                 continue
             t = time.perf_counter()
             t2("eval", *task_args(task), *extra, "--out", str(out), log=log)
@@ -140,6 +143,15 @@ def stage_configs(log: Path, tasks: list[str]) -> None:
 
 
 ROUTED = ("prompt", "classifier", "probe")
+
+
+def complete(report: Path, expected: int) -> bool:
+    """Whether a configuration's report covers the protocol's items (its few-shot shots aside); an
+    incomplete one is resumed by the same ``t2 eval --out``, which keeps the items already written."""
+    if not report.is_file():
+        return False
+    r = json.loads(report.read_text())
+    return r["n"] + len(r.get("shots") or []) >= expected
 
 
 def task_items(task_name: str) -> list:
@@ -205,7 +217,7 @@ def stage_routes(tasks: list[str], accuracy: bool = True, only: list[str] | None
         timing_file = folder / "first_pass_timing.json"
         for name, am in strategies.items():
             path = folder / f"routes-{name}.jsonl"
-            if path.is_file():
+            if path.is_file() and len(path.read_text().splitlines()) == len(items):
                 continue
             routes, secs = route_all(am, [it.question for it in items])
             path.write_text(
