@@ -24,7 +24,8 @@ The protocol is fixed here, before any run (``PROTOCOL``), and is the same for e
 * val and test are scored under bf16 autocast, the precision the runs train in (amended on
   2026-11-30, before any test item was scored, when fp32 val took 18 of a run's 27 minutes: bf16
   scores 2.3x faster and picked the same option on 64 of 64 ARC-Easy val items; the two runs begun
-  with fp32 val were restarted);
+  with fp32 val were restarted). On the whole ARC-Easy test the base model scores 48.2% under bf16
+  and 48.3% in fp32 (won 7, lost 8, McNemar p = 1: ``t2 compare`` of the two base reports);
 * each chosen run is compared with the base model and SVF with each LoRA by ``t2 compare``
   (paired, exact McNemar) on the same test items.
 
