@@ -132,10 +132,10 @@ def stage_configs(log: Path, tasks: list[str]) -> None:
                         ],
                     )
                 )
-        expected = len(task_items(task))
+        limit = {**PROTOCOL["mc_tasks"], **PROTOCOL["gen_tasks"]}[task]
         for name, extra in runs:
             out = folder / f"{name}.json"
-            if complete(out, expected):
+            if complete(out, limit):
                 continue
             t = time.perf_counter()
             t2("eval", *task_args(task), *extra, "--out", str(out), log=log)
@@ -145,13 +145,14 @@ def stage_configs(log: Path, tasks: list[str]) -> None:
 ROUTED = ("prompt", "classifier", "probe")
 
 
-def complete(report: Path, expected: int) -> bool:
-    """Whether a configuration's report covers the protocol's items (its few-shot shots aside); an
-    incomplete one is resumed by the same ``t2 eval --out``, which keeps the items already written."""
+def complete(report: Path, limit: int | None) -> bool:
+    """Whether a configuration's report covers the protocol's items, the first ``limit`` (None: the
+    whole split). A report is written only when its run ends, so one made with a smaller limit is
+    resumed by the same ``t2 eval --out``, which keeps the items already written."""
     if not report.is_file():
         return False
-    r = json.loads(report.read_text())
-    return r["n"] + len(r.get("shots") or []) >= expected
+    made = json.loads(report.read_text()).get("limit")
+    return made is None or (limit is not None and made >= limit)
 
 
 def task_items(task_name: str) -> list:

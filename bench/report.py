@@ -245,11 +245,20 @@ def svf_vs_lora_table(missing: list[str]) -> list[str]:
     open_cells = [c for c, n in want.items() if len(cells.get(c, {}).get("seeds", {})) < n]
     if open_cells:
         missing.append(f"svf_vs_lora: cells not finished yet: {', '.join(open_cells)} (python bench/svf_vs_lora.py)")
-    p = data["protocol"]
+    p, task = data["protocol"], data["task"]
+    rf = data.get("reinforce")
+    reinforce = (
+        f" The sampled-REINFORCE row is one run ({rf['steps']} steps x {rf['batch_size']} prompts x "
+        f"K = {rf['samples_per_prompt']}, lr {rf['lr']}) on generated answers, against the base model generated "
+        "the same way."
+        if rf
+        else ""
+    )
     return [
-        f"ARC-Easy, the whole test split, paired against the base model scored the same way (command: "
-        f"`python bench/svf_vs_lora.py`; protocol in its docstring): {p['steps']} steps x {p['batch_size']} "
-        f"questions per run, each method's lr chosen on val from three, then a second seed at that lr.",
+        f"{task}, the whole test split, paired against the base model scored the same way (command: "
+        f"`python bench/svf_vs_lora.py --task {task}`; protocol in its docstring): the grid runs "
+        f"{p['steps']} steps x {p['batch_size']} questions, each method's lr chosen on val from three, then "
+        f"a second seed at that lr.{reinforce}",
         "",
         *md.read_text().splitlines(),
     ]

@@ -169,8 +169,7 @@ def main() -> None:
                 log=log,
             )
 
-    base = reports / "base.json"
-    evaluate(base)
+    base = reports / "base.json"  # scored when the first grid cell needs it
     for objective in OBJECTIVES:
         for method, spec in METHODS.items():
             cell = f"{method}-{objective}"
@@ -224,6 +223,7 @@ def main() -> None:
             for seed in SEEDS:
                 run = train(chosen, seed)
                 report = reports / f"{cell}-s{seed}.json"
+                evaluate(base)
                 evaluate(report, "--expert" if method == "svf" else "--lora", str(run))
                 cmp = reports / f"{cell}-s{seed}-vs-base.json"
                 t2("compare", str(base), str(report), "--json", str(cmp), log=log)
@@ -242,7 +242,7 @@ def main() -> None:
                 cmp = reports / f"svf-vs-{lora}-{objective}-s{seed}.json"
                 if a.is_file() and b.is_file() and not cmp.is_file():
                     t2("compare", str(a), str(b), "--json", str(cmp), log=log)
-    assemble(args.task, results, p)
+    assemble(args.task, results, p, rf)
 
 
 def reinforce_row(
@@ -283,7 +283,7 @@ def reinforce_row(
         )
         (run / "bench_wall_seconds.txt").write_text(f"{time.perf_counter() - t:.0f}\n")
     gen = ["--task", task, "--max-new-tokens", str(rf["max_new_tokens"]), *limit, *p["eval"].split(), "--no-progress"]
-    base = reports / "base-generate.json"
+    base = reports / f"base-generate-{rf['max_new_tokens']}tok.json"  # the settings are in the name
     report = reports / f"{rf['cell']}-s{rf['seed']}.json"
     for out, weights in ((base, []), (report, ["--expert", str(run)])):
         if not out.is_file():
@@ -299,7 +299,7 @@ def reinforce_row(
         "answer_mode": "generate",
         "seeds": {str(rf["seed"]): seed_record(c, run, rf["steps"], report, results, smoke)},
     }
-    write_cell(cell_file, entry, results, p)
+    write_cell(cell_file, entry, results, p, rf)
 
 
 def seed_record(c: dict, run: Path, steps: int, report: Path, results: Path, smoke: bool) -> dict:
@@ -320,14 +320,14 @@ def seed_record(c: dict, run: Path, steps: int, report: Path, results: Path, smo
     }
 
 
-def write_cell(cell_file: Path, entry: dict, results: Path, protocol: dict) -> None:
+def write_cell(cell_file: Path, entry: dict, results: Path, protocol: dict, reinforce: dict = REINFORCE) -> None:
     from transformer_squared.fileio import write_json
 
     write_json(cell_file, entry)
-    assemble(cell_file.parents[1].name, results, protocol)
+    assemble(cell_file.parents[1].name, results, protocol, reinforce)
 
 
-def assemble(task: str, results: Path, protocol: dict) -> None:
+def assemble(task: str, results: Path, protocol: dict, reinforce: dict = REINFORCE) -> None:
     """The table from every cell file and every SVF-vs-LoRA comparison written so far."""
     from transformer_squared.fileio import write_json, write_text
 
@@ -351,7 +351,7 @@ def assemble(task: str, results: Path, protocol: dict) -> None:
     table = {
         "task": task,
         "protocol": protocol,
-        "reinforce": REINFORCE,
+        "reinforce": reinforce,
         "methods": METHODS,
         "cells": cells,
         "svf_vs_lora": pairs,

@@ -263,3 +263,16 @@ def test_svf_vs_lora_table_lists_every_cell_and_names_the_unfinished(tmp_path, m
     # five grid cells have no runs yet and are named; the finished ones are not
     assert len(missing) == 1 and "lora16-exact" in missing[0] and "svf-exact" not in missing[0]
     assert "svf-reinforce" not in missing[0]
+
+
+def test_adaptation_table_resumes_a_report_made_over_fewer_items(tmp_path):
+    import adaptation_table as at
+
+    def report(limit):
+        path = tmp_path / f"r{limit}.json"
+        path.write_text(json.dumps({"n": limit or 164, "limit": limit}))
+        return path
+
+    assert not at.complete(tmp_path / "missing.json", 500)
+    assert not at.complete(report(50), 500) and not at.complete(report(50), None)  # resumed to the protocol's
+    assert at.complete(report(500), 500) and at.complete(report(None), 500) and at.complete(report(None), None)

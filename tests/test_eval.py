@@ -263,3 +263,11 @@ def test_eval_autocast_scores_in_bf16_and_keeps_runs_apart(tiny_model_dir, tmp_p
     # a resumed run in the other precision would mix two scorings in one file: refused
     assert main([*base, "--out", str(bf16), "--no-progress"]) == 2
     assert "another run" in capsys.readouterr().err
+    # t2 compare says when the two reports were scored in different precisions
+    assert main(["compare", str(fp32), str(bf16)]) == 0
+    assert "A was scored with --autocast none, B with --autocast bf16" in capsys.readouterr().out
+    # the same guard for a two-pass run
+    adaptive = [*base, "--adapt", "none", "--out", str(tmp_path / "adaptive.json"), "--no-progress"]
+    assert main(adaptive) == 0
+    assert main([*adaptive, "--autocast", "bf16"]) == 2
+    assert "another run" in capsys.readouterr().err

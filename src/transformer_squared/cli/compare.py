@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
         f" ({extra['channel']}, {extra['norm']})" if mode == "loglik" else ""
     )
     print(f"{where}: A = {args.a}, B = {args.b}")
+    precision = [rep.get("autocast") or "none" for rep in (rep_a, rep_b)]
+    if precision[0] != precision[1]:
+        print(f"note: A was scored with --autocast {precision[0]}, B with --autocast {precision[1]}")
     for line in cmp.lines():
         print(line)
     if args.json:
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
                 "task": rep_a.get("task"),
                 "split": rep_a.get("split"),
                 "mode": mode,
+                "autocast": precision,
                 **cmp.to_dict(),
             },
         )

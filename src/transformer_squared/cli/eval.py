@@ -135,17 +135,11 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model,
         "lora": args.lora,
         "mode": args.mode,
-        "autocast": None if args.autocast == "none" else args.autocast,  # older files have no key: none
+        "autocast": args.autocast,
     }
     if args.mode == "loglik":
         run_meta.update(channel=args.channel, norm=args.norm)
-    if out and items_path and items_path.exists():
-        meta_path = out.with_name(out.name + ".run.json")
-        if meta_path.exists():
-            # older .run.json files have no mode (they were generation runs) and no lora (no adapter)
-            prev = {"mode": "generate", **json.loads(meta_path.read_text())}
-            if {k: prev.get(k) for k in run_meta} != run_meta:
-                raise T2Error(f"{items_path} holds items of another run ({prev}); use another --out or delete it")
+    _check_resume(out, items_path, run_meta)
     t0 = time.perf_counter()
     from .common import load_svf
 
@@ -229,8 +223,11 @@ def run_adaptive(args: argparse.Namespace, task: Task, items: list) -> int:
                 channel=args.channel,
                 norm=args.norm,
             )
+            from ..models import autocast
+
             t = time.perf_counter()
-            mixture, _ = cem_search(svf, tokenizer, task, experts, shots, cfg, progress=not args.no_progress)
+            with autocast(args.autocast, args.device):  # the search scores in the precision the items are
+                mixture, _ = cem_search(svf, tokenizer, task, experts, shots, cfg, progress=not args.no_progress)
             search_s = time.perf_counter() - t
             if args.mixture_out:
                 mixture.save(args.mixture_out)
@@ -242,6 +239,20 @@ def run_adaptive(args: argparse.Namespace, task: Task, items: list) -> int:
 
     out = Path(args.out) if args.out else None
     items_path = out.with_name(out.name + ".items.jsonl") if out else None
+    run_meta = {
+        "task": task.name,
+        "split": args.split,
+        "adapt": args.adapt,
+        "experts": list(args.experts),
+        "model": args.model,
+        "mode": args.mode,
+        "autocast": args.autocast,
+    }
+    if args.mode == "loglik":
+        run_meta.update(channel=args.channel, norm=args.norm)
+    _check_resume(out, items_path, run_meta)
+    if out:
+        write_json(out.with_name(out.name + ".run.json"), run_meta)
     summary, rows = _score(
         args,
         model,
@@ -280,6 +291,19 @@ def run_adaptive(args: argparse.Namespace, task: Task, items: list) -> int:
         write_json(out, report)
         print(f"report: {out}  items: {items_path}")
     return 0
+
+
+def _check_resume(out: Path | None, items_path: Path | None, run_meta: dict) -> None:
+    """Refuse to append to per-item files written by a run with other settings (a resumed ``--out``)."""
+    if not (out and items_path and items_path.exists()):
+        return
+    meta_path = out.with_name(out.name + ".run.json")
+    if meta_path.exists():
+        # older .run.json files have no mode (they were generation runs), no lora (no adapter) and
+        # no autocast (float32)
+        prev = {"mode": "generate", "autocast": "none", **json.loads(meta_path.read_text())}
+        if {k: prev.get(k) for k in run_meta} != run_meta:
+            raise T2Error(f"{items_path} holds items of another run ({prev}); use another --out or delete it")
 
 
 def _score(args: argparse.Namespace, model, tokenizer, task: Task, items: list, items_path: Path | None, **adapt):

@@ -51,7 +51,7 @@ def evaluate_val(
     Greedy generation and the references' mean per-token log-likelihood (one teacher-forced pass),
     or with ``config.mc_channel`` the options scored in the trained channel, no generation. Under
     ``config.autocast="bf16"`` validation runs in the precision the run trains in (about 2x faster
-    on CPU; tests/test_train_config.py checks that the option reaches it).
+    on CPU; tests/test_train_options.py checks that the option reaches it).
     """
     from ..evaluation import evaluate, evaluate_loglik
     from ..models import autocast
