@@ -104,14 +104,15 @@ def all_tasks() -> list[str]:
 
 
 def stage_configs(log: Path, tasks: list[str]) -> None:
-    experts = {Path(d).name: str(ROOT / d) for d in PROTOCOL["experts"]}
+    # paths relative to the repository (t2 runs there), so a resumed file's run meta matches from any checkout
+    experts = {Path(d).name: d for d in PROTOCOL["experts"]}
     for task in tasks:
         folder = OUT / task
         folder.mkdir(parents=True, exist_ok=True)
         runs: list[tuple[str, list[str]]] = [("base", [])]
         runs += [(name, ["--expert", d]) for name, d in experts.items()]
         if task in PROTOCOL["mc_tasks"]:
-            runs += [("uniform", ["--expert", str(uniform_mixture())])]
+            runs += [("uniform", ["--expert", str(uniform_mixture().relative_to(ROOT))])]
             for name, f in PROTOCOL["fewshot"].items():
                 runs.append(
                     (
@@ -128,7 +129,7 @@ def stage_configs(log: Path, tasks: list[str]) -> None:
                             "--cem-iterations",
                             str(f["iterations"]),
                             "--mixture-out",
-                            str(OUT / "mixtures" / f"{task}-{name}"),
+                            str((OUT / "mixtures" / f"{task}-{name}").relative_to(ROOT)),
                         ],
                     )
                 )
