@@ -381,6 +381,13 @@ def render(table: dict) -> str:
                 f"{r['val']:.1%} | {r['test']:.1%} | {100 * r['difference']:+.1f} {ci(r.get('ci95'))} | "
                 f"{r['won']} / {r['lost']} | {r['p_value']:.2g} |"
             )
+    searched = [
+        f"{cell}: " + ", ".join(f"{lr} {100 * r['val_accuracy']:.1f}%" for lr, r in e["lr_search"].items())
+        for cell, e in table["cells"].items()
+        if e.get("lr_search")
+    ]
+    if searched:
+        lines.append("\nBest val accuracy per learning rate (seed 0): " + "; ".join(searched))
     for key, c in table.get("svf_vs_lora", {}).items():
         lines.append(
             f"\nSVF vs {key}: {100 * c['difference']:+.1f} points {ci(c.get('ci95'))} (SVF won {c['won']}, "
