@@ -88,3 +88,24 @@ def test_normalisations_and_errors():
         sc.normalised("bytes")
     with pytest.raises(T2Error, match="empty"):
         encode_continuations(tiny_tokenizer(), "", [" w5"])
+
+
+def test_a_peft_wrapped_model_is_asked_through_its_base_signature():
+    """PEFT's forward takes **kwargs: the wrapped model's signature decides, so a LoRA model keeps
+    only the logits it needs and uses the cache keyword its transformers version expects."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from transformer_squared.scoring import accepts_kwarg
+
+    model = tiny_model("llama")
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    for name in ("logits_to_keep", "cache", "past_key_values", "no_such_argument"):
+        assert accepts_kwarg(wrapped, name) == accepts_kwarg(model, name), name
+    assert accepts_kwarg(wrapped, "logits_to_keep")
+    # and scoring through the wrapper gives what the unwrapped model gives (B = 0 at init)
+    tok = tiny_tokenizer()
+    groups = [encode_continuations(tok, "Question: why?\nAnswer:", [" yes", " no, never"])]
+    a, b = score_groups(model, groups, tok.pad_token_id), score_groups(wrapped, groups, tok.pad_token_id)
+    assert torch.allclose(a[0], b[0], atol=1e-5)

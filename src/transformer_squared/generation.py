@@ -13,7 +13,6 @@ string cuts it (:func:`stop_index`); tasks, evaluation and ``t2 serve`` all use 
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -227,7 +226,9 @@ def sample_group(
         cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
         cache.batch_repeat_interleave(k)
         rows = ids.repeat(k, 1)
-        cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        from .scoring import accepts_kwarg
+
+        cache_kw = "cache" if accepts_kwarg(model, "cache") else "past_key_values"
         seqs = model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), **{cache_kw: cache}, **gen_kwargs)
     return [decode_row(row, tokenizer) for row in seqs[:, ids.shape[1] :].tolist()]
 

@@ -78,9 +78,15 @@ def encode_continuations(tokenizer: PreTrainedTokenizerBase, context: str, conti
     return ctx, conts
 
 
-def _accepts(model: nn.Module, name: str) -> bool:
+def accepts_kwarg(model: nn.Module, name: str) -> bool:
+    """Whether the causal LM's ``forward`` takes ``name`` (``logits_to_keep``, ``cache``, ...).
+
+    A PEFT wrapper forwards ``**kwargs``, so its own signature says nothing: the wrapped model's is read.
+    """
+    get_base = getattr(model, "get_base_model", None)
+    inner = get_base() if callable(get_base) else model
     try:
-        return name in inspect.signature(model.forward).parameters
+        return name in inspect.signature(inner.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
         return False
 
@@ -168,7 +174,7 @@ def _shared_logprobs(model: nn.Module, groups, rows_group, rows_cont, targets, p
     pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
     longest = max(len(c) for c in rows_cont)
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=longest > 1)
-    if _accepts(model, "logits_to_keep"):
+    if accepts_kwarg(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
     index = torch.tensor(rows_group, dtype=torch.long, device=device)
@@ -182,7 +188,7 @@ def _shared_logprobs(model: nn.Module, groups, rows_group, rows_cont, targets, p
     attn = torch.cat([mask[index], cmask], dim=1)
     start = pos[:, -1][index] + 1
     pos2 = start[:, None] + torch.arange(inp.shape[1], device=device)[None, :]
-    cache_kw = "cache" if _accepts(model, "cache") else "past_key_values"  # renamed in transformers 5.x
+    cache_kw = "cache" if accepts_kwarg(model, "cache") else "past_key_values"  # renamed in transformers 5.x
     out2 = model(input_ids=inp, attention_mask=attn, position_ids=pos2, use_cache=True, **{cache_kw: cache})
     rest = _gather_logp(_scaled(out2.logits, scale), targets[:, 1:])
     return torch.cat([first[:, None], rest], dim=1)
@@ -196,7 +202,7 @@ def _row_logprobs(model: nn.Module, groups, rows_group, rows_cont, targets, pad_
     pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
     width = targets.shape[1]
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-    if _accepts(model, "logits_to_keep"):
+    if accepts_kwarg(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = width + 1
     logits = model(**kwargs).logits[:, -(width + 1) : -1]
     return _gather_logp(_scaled(logits, scale), targets)
