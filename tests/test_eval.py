@@ -84,6 +84,19 @@ def test_eval_with_expert(tiny_model_dir, tmp_path):
         == 0
     )
     assert json.loads(out.read_text())["expert"] == "x"
+    # resuming the same --out with the same expert read from another folder is allowed (a moved
+    # checkout); with other weights it is refused
+    import shutil
+
+    shutil.copytree(tmp_path / "x", tmp_path / "moved")
+    argv = ["eval", "--task", "arc_easy", "--model", str(tiny_model_dir), "--limit", "3", "--max-new-tokens", "3"]
+    assert main([*argv, "--expert", str(tmp_path / "moved"), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["n"] == 3
+    with torch.no_grad():
+        for p in svf.parameters():
+            p.mul_(1.5)
+    svf.to_expert("x", task="arc_easy").save(tmp_path / "other")
+    assert main([*argv, "--expert", str(tmp_path / "other"), "--out", str(out), "--no-progress"]) == 2
 
 
 def _random_lora(model_dir, out):

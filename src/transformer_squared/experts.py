@@ -65,6 +65,16 @@ class Expert:
     def num_parameters(self) -> int:
         return sum(v.numel() for v in self.z.values())
 
+    def digest(self) -> str:
+        """A short hash of the z vectors and their names: the same expert wherever its folder lives."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in sorted(self.z):
+            h.update(name.encode())
+            h.update(self.z[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def __repr__(self) -> str:
         return (
             f"Expert({self.name!r}, matrices={len(self.z)}, parameters={self.num_parameters():,}, "

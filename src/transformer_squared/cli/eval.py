@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "autocast": args.autocast,
     }
+    if expert is not None:
+        run_meta["expert_digest"] = expert.digest()
     if args.mode == "loglik":
         run_meta.update(channel=args.channel, norm=args.norm)
     _check_resume(out, items_path, run_meta)
@@ -302,7 +304,12 @@ def _check_resume(out: Path | None, items_path: Path | None, run_meta: dict) -> 
         # older .run.json files have no mode (they were generation runs), no lora (no adapter) and
         # no autocast (float32)
         prev = {"mode": "generate", "autocast": "none", **json.loads(meta_path.read_text())}
-        if {k: prev.get(k) for k in run_meta} != run_meta:
+        keys = set(run_meta)
+        if prev.get("expert_digest") and run_meta.get("expert_digest"):
+            keys.discard("expert")  # the same weights may be read from another folder (a moved checkout)
+        else:
+            keys.discard("expert_digest")  # older files name the expert by its path only
+        if any(prev.get(k) != run_meta[k] for k in keys):
             raise T2Error(f"{items_path} holds items of another run ({prev}); use another --out or delete it")
 
 
