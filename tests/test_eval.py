@@ -276,6 +276,10 @@ def test_eval_autocast_scores_in_bf16_and_keeps_runs_apart(tiny_model_dir, tmp_p
     # a resumed run in the other precision would mix two scorings in one file: refused
     assert main([*base, "--out", str(bf16), "--no-progress"]) == 2
     assert "another run" in capsys.readouterr().err
+    # run meta written with "autocast": null (no autocast, an earlier spelling) still resumes in float32
+    meta = fp32.with_name("fp32.json.run.json")
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "autocast": None}))
+    assert main([*base, "--out", str(fp32), "--no-progress"]) == 0
     # t2 compare says when the two reports were scored in different precisions
     assert main(["compare", str(fp32), str(bf16)]) == 0
     assert "A was scored with --autocast none, B with --autocast bf16" in capsys.readouterr().out

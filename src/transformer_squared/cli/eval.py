@@ -303,7 +303,8 @@ def _check_resume(out: Path | None, items_path: Path | None, run_meta: dict) -> 
     if meta_path.exists():
         # older .run.json files have no mode (they were generation runs), no lora (no adapter) and
         # no autocast (float32)
-        prev = {"mode": "generate", "autocast": "none", **json.loads(meta_path.read_text())}
+        prev = {"mode": "generate", **json.loads(meta_path.read_text())}
+        prev["autocast"] = prev.get("autocast") or "none"  # absent, or null in files of 2026-11-30
         keys = set(run_meta)
         if prev.get("expert_digest") and run_meta.get("expert_digest"):
             keys.discard("expert")  # the same weights may be read from another folder (a moved checkout)
