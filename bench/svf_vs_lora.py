@@ -180,38 +180,10 @@ def main() -> None:
 
             def train(lr: str, seed: int, cell: str = cell, objective: str = objective, spec: dict = spec) -> Path:
                 run = runs / f"{args.task}-{cell}-lr{lr}-s{seed}"
-                if best_val(run, p["steps"]) is None:
-                    resume = ["--resume"] if (run / "checkpoint").exists() else ["--overwrite"]
-                    t = time.perf_counter()
-                    t2(
-                        "train",
-                        "--task",
-                        args.task,
-                        "--out",
-                        str(run),
-                        "--objective",
-                        objective,
-                        "--channel",
-                        p["channel"],
-                        "--norm",
-                        p["norm"],
-                        "--steps",
-                        str(p["steps"]),
-                        "--batch-size",
-                        str(p["batch_size"]),
-                        "--eval-every",
-                        str(p["eval_every"]),
-                        "--lr",
-                        lr,
-                        "--seed",
-                        str(seed),
-                        *p["common"].split(),
-                        *spec["args"],
-                        "--no-progress",
-                        *resume,
-                        log=log,
-                    )
-                    (run / "bench_wall_seconds.txt").write_text(f"{time.perf_counter() - t:.0f}\n")
+                options = ["--task", args.task, "--objective", objective, "--channel", p["channel"]]
+                options += ["--norm", p["norm"], "--batch-size", str(p["batch_size"])]
+                options += ["--eval-every", str(p["eval_every"]), "--lr", lr, "--seed", str(seed)]
+                train_run(run, p["steps"], [*options, *p["common"].split(), *spec["args"]], log)
                 return run
 
             for lr in spec["lrs"]:
@@ -245,43 +217,27 @@ def main() -> None:
     assemble(args.task, results, p, rf)
 
 
+def train_run(run: Path, steps: int, options: list[str], log: Path) -> None:
+    """``t2 train`` into ``run`` for ``steps`` steps, unless it has finished: resumed from its
+    checkpoint when it has one, started afresh otherwise; its wall time is kept beside it."""
+    if best_val(run, steps) is not None:
+        return
+    resume = ["--resume"] if (run / "checkpoint").exists() else ["--overwrite"]
+    t = time.perf_counter()
+    t2("train", "--out", str(run), "--steps", str(steps), *options, "--no-progress", *resume, log=log)
+    (run / "bench_wall_seconds.txt").write_text(f"{time.perf_counter() - t:.0f}\n")
+
+
 def reinforce_row(
     task: str, rf: dict, runs: Path, reports: Path, results: Path, p: dict, limit: list[str], log: Path, smoke: bool
 ) -> None:
     """The sampled-REINFORCE row: one SVF run on generated answers, tested against base in generation."""
     run = runs / f"{task}-{rf['cell']}-lr{rf['lr']}-s{rf['seed']}"
     cell_file = reports / "cells" / f"{rf['cell']}.json"
-    if best_val(run, rf["steps"]) is None:
-        resume = ["--resume"] if (run / "checkpoint").exists() else ["--overwrite"]
-        t = time.perf_counter()
-        t2(
-            "train",
-            "--task",
-            task,
-            "--out",
-            str(run),
-            "--method",
-            "svf",
-            "--steps",
-            str(rf["steps"]),
-            "--batch-size",
-            str(rf["batch_size"]),
-            "--samples-per-prompt",
-            str(rf["samples_per_prompt"]),
-            "--eval-every",
-            str(rf["eval_every"]),
-            "--lr",
-            rf["lr"],
-            "--seed",
-            str(rf["seed"]),
-            "--max-new-tokens",
-            str(rf["max_new_tokens"]),
-            *rf["common"].split(),
-            "--no-progress",
-            *resume,
-            log=log,
-        )
-        (run / "bench_wall_seconds.txt").write_text(f"{time.perf_counter() - t:.0f}\n")
+    options = ["--task", task, "--method", "svf", "--batch-size", str(rf["batch_size"])]
+    options += ["--samples-per-prompt", str(rf["samples_per_prompt"]), "--eval-every", str(rf["eval_every"])]
+    options += ["--lr", rf["lr"], "--seed", str(rf["seed"]), "--max-new-tokens", str(rf["max_new_tokens"])]
+    train_run(run, rf["steps"], [*options, *rf["common"].split()], log)
     gen = ["--task", task, "--max-new-tokens", str(rf["max_new_tokens"]), *limit, *p["eval"].split(), "--no-progress"]
     base = reports / f"base-generate-{rf['max_new_tokens']}tok.json"  # the settings are in the name
     report = reports / f"{rf['cell']}-s{rf['seed']}.json"

@@ -59,8 +59,8 @@ def evaluate_val(
 
     t0 = time.perf_counter()
     c = config
-    if c.mc_channel:  # choose in the channel that is trained: options scored, no generation
-        with torch.no_grad(), policy.sampling(), autocast(c.autocast, c.device):
+    with torch.no_grad(), policy.sampling(), autocast(c.autocast, c.device):
+        if c.mc_channel:  # choose in the channel that is trained: options scored, no generation
             summary, rows = evaluate_loglik(
                 policy.model,
                 tokenizer,
@@ -72,8 +72,7 @@ def evaluate_val(
                 batch_size=c.eval_batch_size,
                 progress=False,
             )
-        return summary.accuracy, summary.n, time.perf_counter() - t0, mean_gold_logprob(rows, c.norm)
-    with torch.no_grad(), policy.sampling(), autocast(c.autocast, c.device):
+            return summary.accuracy, summary.n, time.perf_counter() - t0, mean_gold_logprob(rows, c.norm)
         summary, _ = evaluate(
             policy.model,
             tokenizer,
