@@ -606,8 +606,11 @@ def headlines() -> list[str]:
                 f"base {_pct(r['base'])} → {_pct(r['with_expert'])} ({100 * r['difference']:+.1f} points, "
                 f"won {r['won']} / lost {r['lost']}, McNemar p = {r['p_value']:.2g})."
             )
+    versus = _load(RESULTS / "svf_vs_lora.json")
     q = _load(RESULTS / "quality_table.json")
-    if q:
+    if versus and versus.get("svf_vs_lora"):
+        out.append(_svf_vs_lora_claim(versus))
+    elif q:
         params = {r["cell"].split("-")[0]: r["trainable_params"] for r in q["rows"] if r["cell"] != "base"}
         if params.get("svf") and params.get("lora"):
             lines.append(
@@ -682,6 +685,44 @@ def _verdict(cmp, a_name: str, b_name: str) -> tuple[str, bool]:
     )
 
 
+def _svf_vs_lora_claim(versus: dict) -> tuple[str, str, str]:
+    """The SVF-vs-LoRA claim from bench/svf_vs_lora.py's paired pairs (SVF is b, LoRA is a)."""
+    params = {
+        cell.split("-")[0]: seed["trainable_params"]
+        for cell, c in versus["cells"].items()
+        for seed in c.get("seeds", {}).values()
+        if "trainable_params" in seed
+    }
+    parts, above, below = [], 0, 0
+    for key, c in versus["svf_vs_lora"].items():
+        objective, lora, seed = key.split("/")
+        sig = c["p_value"] < ALPHA
+        above += sig and c["difference"] > 0
+        below += sig and c["difference"] < 0
+        parts.append(
+            f"{objective} vs {lora} {seed}: {100 * c['difference']:+.1f} points "
+            f"[{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}], p = {c['p_value']:.2g}"
+        )
+    n = len(parts)
+    verdict = (
+        "reproduced"
+        if above == n
+        else f"not reproduced: LoRA above in {below} of {n} paired comparisons"
+        if below
+        else f"not reproduced at this scale: SVF above in {above} of {n} paired comparisons, no other difference shown"
+        if above
+        else f"no difference shown in {n} paired comparisons"
+    )
+    sizes = ", ".join(f"{k} {v:,}" for k, v in sorted(params.items(), key=lambda kv: kv[1]))
+    return (
+        "SVF-RL beats LoRA on the training tasks with about a tenth of the parameters",
+        verdict,
+        f"{versus['task']}, whole test split, SVF against LoRA (trainable parameters: {sizes}): "
+        + "; ".join(parts)
+        + ".",
+    )
+
+
 def claims() -> list[tuple[str, str, str]]:
     """The paper's central claims next to what the results here show, as (claim, verdict, detail);
     a difference counts only when the paired exact McNemar test on the same items gives p < 0.05."""
@@ -705,8 +746,11 @@ def claims() -> list[tuple[str, str, str]]:
                 "; ".join(parts) + "." if parts else "",
             )
         )
+    versus = _load(RESULTS / "svf_vs_lora.json")
     q = _load(RESULTS / "quality_table.json")
-    if q:
+    if versus and versus.get("svf_vs_lora"):
+        out.append(_svf_vs_lora_claim(versus))
+    elif q:
         params = {r["cell"].split("-")[0]: r["trainable_params"] for r in q["rows"] if r["cell"] != "base"}
         parts, wins = [], 0
         for task in dict.fromkeys(r["task"] for r in q["rows"]):

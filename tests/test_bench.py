@@ -206,6 +206,33 @@ def test_report_claims_are_paired_mcnemar_verdicts(tmp_path, monkeypatch, svf_co
     assert ("won 7, lost 0" if svf_correct == 9 else "won 2, lost 0") in detail
 
 
+@pytest.mark.parametrize(
+    "diffs, verdict",
+    [
+        ([(0.01, 0.5), (-0.01, 0.4)], "no difference shown in 2 paired comparisons"),
+        ([(0.03, 0.001), (0.04, 0.0001)], "reproduced"),
+        ([(0.03, 0.001), (0.0, 1.0)], "not reproduced at this scale: SVF above in 1 of 2"),
+        ([(0.03, 0.001), (-0.05, 0.001)], "not reproduced: LoRA above in 1 of 2"),
+    ],
+)
+def test_svf_vs_lora_claim_comes_from_the_paired_grid(tmp_path, monkeypatch, diffs, verdict):
+    import report
+
+    results = tmp_path / "results"
+    results.mkdir()
+    seeds = {"0": {"trainable_params": 51840}}
+    pairs = {
+        f"exact/lora16/s{i}": {"difference": d, "ci95": [d - 0.02, d + 0.02], "p_value": p}
+        for i, (d, p) in enumerate(diffs)
+    }
+    grid = {"task": "arc_easy", "cells": {"svf-exact": {"seeds": seeds}}, "svf_vs_lora": pairs}
+    (results / "svf_vs_lora.json").write_text(json.dumps(grid))
+    (results / "quality_table.json").write_text(json.dumps({"rows": []}))  # the older table is not used
+    monkeypatch.setattr(report, "RESULTS", results)
+    (claim,) = [c for c in report.claims() if c[0].startswith("SVF-RL beats LoRA")]
+    assert claim[1].startswith(verdict) and "svf 51,840" in claim[2] and "exact vs lora16 s1" in claim[2]
+
+
 def test_quality_table_reads_what_each_run_learned_from(tmp_path):
     import quality_table as qt
 
