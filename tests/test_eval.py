@@ -99,7 +99,7 @@ def test_eval_with_expert(tiny_model_dir, tmp_path):
     assert main([*argv, "--expert", str(tmp_path / "other"), "--out", str(out), "--no-progress"]) == 2
 
 
-def _random_lora(model_dir, out):
+def _random_lora(model_dir, out, seed=0):
     """A PEFT LoRA adapter with non-zero B on the tiny model (so it changes the logits)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -108,7 +108,7 @@ def _random_lora(model_dir, out):
 
     model, _ = load_model(str(model_dir), progress=False)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -158,6 +158,13 @@ def test_eval_with_lora_adapter(tiny_model_dir, tmp_path):
     assert report["lora"] == str(tmp_path / "lora") and "--lora" in report["command"] and report["n"] == 2
     # resuming the same --out without the adapter would mix two models' items: refused
     assert main(argv) == 2
+    # the same adapter read from another folder resumes; another adapter is refused
+    import shutil
+
+    shutil.copytree(tmp_path / "lora", tmp_path / "moved")
+    assert main(argv + ["--lora", str(tmp_path / "moved")]) == 0
+    _random_lora(tiny_model_dir, tmp_path / "other", seed=1)
+    assert main(argv + ["--lora", str(tmp_path / "other")]) == 2
 
 
 @pytest.mark.parametrize(

@@ -246,6 +246,22 @@ def import_peft():
     return peft
 
 
+def adapter_digest(folder: str | Path) -> str | None:
+    """A short hash of a PEFT adapter's config and weights files (None where they are missing): the same
+    adapter wherever its folder lives, so a resumed ``t2 eval --lora`` run can tell a moved copy from
+    another adapter."""
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (folder / name).is_file():
+            return None
+        h.update(name.encode())
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def apply_adapter(model: torch.nn.Module, folder: str | Path) -> torch.nn.Module:
     """Merge the PEFT LoRA adapter in ``folder`` into ``model``'s weights and return the plain model.
 

@@ -139,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     }
     if expert is not None:
         run_meta["expert_digest"] = expert.digest()
+    if args.lora:
+        from ..models import adapter_digest
+
+        run_meta["lora_digest"] = adapter_digest(args.lora)
     if args.mode == "loglik":
         run_meta.update(channel=args.channel, norm=args.norm)
     _check_resume(out, items_path, run_meta)
@@ -306,10 +310,11 @@ def _check_resume(out: Path | None, items_path: Path | None, run_meta: dict) -> 
         prev = {"mode": "generate", **json.loads(meta_path.read_text())}
         prev["autocast"] = prev.get("autocast") or "none"  # absent, or null in files of 2026-11-30
         keys = set(run_meta)
-        if prev.get("expert_digest") and run_meta.get("expert_digest"):
-            keys.discard("expert")  # the same weights may be read from another folder (a moved checkout)
-        else:
-            keys.discard("expert_digest")  # older files name the expert by its path only
+        for key in ("expert", "lora"):
+            if prev.get(f"{key}_digest") and run_meta.get(f"{key}_digest"):
+                keys.discard(key)  # the same weights may be read from another folder (a moved checkout)
+            else:
+                keys.discard(f"{key}_digest")  # older files name the expert or adapter by its path only
         if any(prev.get(k) != run_meta[k] for k in keys):
             raise T2Error(f"{items_path} holds items of another run ({prev}); use another --out or delete it")
 
