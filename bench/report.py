@@ -609,7 +609,8 @@ def headlines() -> list[str]:
     versus = _load(RESULTS / "svf_vs_lora.json")
     q = _load(RESULTS / "quality_table.json")
     if versus and versus.get("svf_vs_lora"):
-        out.append(_svf_vs_lora_claim(versus))
+        _, verdict, detail = _svf_vs_lora_claim(versus)
+        lines.append(f"- SVF against LoRA ({verdict}): {detail}")
     elif q:
         params = {r["cell"].split("-")[0]: r["trainable_params"] for r in q["rows"] if r["cell"] != "base"}
         if params.get("svf") and params.get("lora"):
@@ -717,7 +718,7 @@ def _svf_vs_lora_claim(versus: dict) -> tuple[str, str, str]:
     return (
         "SVF-RL beats LoRA on the training tasks with about a tenth of the parameters",
         verdict,
-        f"{versus['task']}, whole test split, SVF against LoRA (trainable parameters: {sizes}): "
+        f"{versus['task']}, whole test split, SVF minus LoRA, paired (trainable parameters: {sizes}): "
         + "; ".join(parts)
         + ".",
     )

@@ -231,6 +231,8 @@ def test_svf_vs_lora_claim_comes_from_the_paired_grid(tmp_path, monkeypatch, dif
     monkeypatch.setattr(report, "RESULTS", results)
     (claim,) = [c for c in report.claims() if c[0].startswith("SVF-RL beats LoRA")]
     assert claim[1].startswith(verdict) and "svf 51,840" in claim[2] and "exact vs lora16 s1" in claim[2]
+    (line,) = [x for x in report.headlines() if x.startswith("- SVF against LoRA")]
+    assert verdict in line and "exact vs lora16 s0" in line
 
 
 def test_quality_table_reads_what_each_run_learned_from(tmp_path):
