@@ -428,7 +428,10 @@ def test_sandbox_answers_are_out_of_reach_even_past_the_guard():
 
 
 def test_sandbox_memory_is_bounded_per_check():
-    # four processes of 300 MiB each under a 512 MiB limit: the check as a whole is bounded
+    # four processes of 300 MiB each under a 512 MiB limit: the check as a whole is bounded. Each child
+    # reports through a pipe once its 300 MiB are touched, and the program passes only after all three
+    # reported while it holds its own block, so all four held memory at once, however slowly a loaded
+    # machine schedules them; a child killed for memory never reports and the check times out
     program = textwrap.dedent("""
         import sys
         for _n in ("ctypes", "_ctypes"):
@@ -436,20 +439,23 @@ def test_sandbox_memory_is_bounded_per_check():
         import ctypes, time
         libc = ctypes.CDLL(None)
         HELD = 0
-        kids = []
+        fds = (ctypes.c_int * 2)()
+        assert libc.pipe(fds) == 0
         for _ in range(3):
             pid = libc.fork()
             if pid == 0:
                 block = bytearray(300 << 20)
                 for i in range(0, len(block), 4096):
                     block[i] = 1
-                time.sleep(3)
+                libc.write(fds[1], b"x", 1)
+                time.sleep(30)
                 libc._exit(0)
-            kids.append(pid)
         block = bytearray(300 << 20)
         for i in range(0, len(block), 4096):
             block[i] = 1
-        time.sleep(1.5)
+        buf = ctypes.create_string_buffer(1)
+        for _ in range(3):
+            assert libc.read(fds[0], buf, 1) == 1
         HELD = 1
         """)
     result = check_program(program, ["assert HELD == 1"], limits=SandboxLimits(timeout=6, cpu_seconds=5, memory_mb=512))
