@@ -60,12 +60,12 @@ CONFIGS = {
 }
 # svf-throughput: whole steps (sampling + rewards + update), alternating in one process between
 # the layout before prompt sharing (one generate call for all B×K rows, each row re-encoding its
-# prompt in the update, float32) and after (each prompt prefilled once for its K samples and
-# encoded once in the update, bf16 autocast); z is restored after every step so both see the
-# same weights. Reported as completions per second.
+# prompt in the update, float32) and after (one call too, each prompt prefilled once for its K
+# samples, and encoded once in the update, bf16 autocast with the frozen weights cast once); z is
+# restored after every step so both see the same weights. Reported as completions per second.
 THROUGHPUT_VARIANTS = {
     "before": dict(share_prompt=False, autocast="none", gen_prompts=None),
-    "after": dict(share_prompt=True, autocast="bf16", gen_prompts=1),
+    "after": dict(share_prompt=True, autocast="bf16", gen_prompts=None),
 }
 # svf-ab: one process, the same completions, updates alternating between these variants
 # (round-robin, first round discarded), so machine load affects them alike.

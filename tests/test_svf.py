@@ -363,3 +363,89 @@ def test_from_expert_wraps_a_model_the_way_the_expert_was_made():
     assert list(again.layers) == list(svf.layers)
     assert again.parameterization.kind == "sigmoid" and again.parameterization.init == svf.parameterization.init
     again.apply(expert)  # strict: same matrices, same shapes
+
+
+def _autocast_pass(model, svf):
+    """Logits and the z gradient of one bf16-autocast forward and backward."""
+    for p in svf.parameters():
+        p.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(IDS).logits
+    out.float().square().mean().backward()
+    return out.detach(), torch.cat([p.grad.reshape(-1) for p in svf.parameters()])
+
+
+@pytest.mark.parametrize("path", ["merged", "factored"])
+def test_autocast_copies_of_frozen_tensors_change_nothing(arch, path, monkeypatch):
+    """Under autocast a layer casts q, its base weight and the cached W' once; the results are autocast's own, bit for bit."""
+    model = tiny_model(arch)
+    svf = SVFModel(model, targets="all-linear", path=path)
+    randomize(svf, scale=0.05)
+    kept = _autocast_pass(model, svf)
+    layer = next(m for m in model.modules() if isinstance(m, SVFLinear))
+    with torch.no_grad():  # the no-grad forward is the one that reuses W' (merged) or the factors (factored)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            again = model(IDS).logits
+    copies = {name: held[2] for name, held in layer._casts.items()}
+    assert copies and all(c.dtype == torch.bfloat16 for c in copies.values())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(IDS)
+    assert all(layer._casts[name][2] is c for name, c in copies.items())  # made once, then reused
+    with monkeypatch.context() as m:  # the layer as it was: autocast casts every operand at every call
+        m.setattr(SVFLinear, "_autocast_copy", lambda self, name, t, x: t)
+        plain = _autocast_pass(model, svf)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            plain_again = model(IDS).logits
+    assert torch.equal(kept[0], plain[0]) and torch.equal(kept[1], plain[1])
+    assert torch.equal(again, plain_again)
+    with torch.no_grad():  # a changed tensor makes a fresh copy (W' follows z; the factors' path reads the weight)
+        (layer.z if path == "merged" else layer.weight).mul_(1.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            changed = model(IDS).logits
+    assert not torch.equal(changed, again)
+    with monkeypatch.context() as m, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        m.setattr(SVFLinear, "_autocast_copy", lambda self, name, t, x: t)
+        assert torch.equal(model(IDS).logits, changed)
+    assert torch.equal(logits(model), logits(model))  # outside autocast nothing is cast
+    assert all(held[2].dtype == torch.bfloat16 for held in layer._casts.values())
+
+
+def test_autocast_with_a_model_casts_frozen_linear_weights_once():
+    """``models.autocast(..., model)`` swaps frozen float32 Linear weights for bf16 copies: same results, originals restored."""
+    from transformer_squared.models import autocast
+
+    model = tiny_model("llama")
+    svf = SVFModel(model, path="factored")  # the MLP is SVF's; attention and lm_head are plain Linear
+    with torch.no_grad():
+        for p in svf.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    trained = model.model.layers[0].self_attn.o_proj.weight
+    trained.requires_grad_(True)  # a weight that trains (as LoRA's would) is never swapped
+    originals = {n: p for n, p in model.named_parameters()}
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+
+    def run(ctx):
+        for p in model.parameters():
+            p.grad = None
+        with ctx:
+            dtypes = {n: p.dtype for n, p in model.named_parameters(remove_duplicate=False)}
+            out = model(ids).logits
+            model_dtype = model.dtype
+        out.float().square().mean().backward()  # after the block: autograd kept what the forward used
+        grads = [p.grad.clone() for p in (*svf.parameters(), trained)]
+        return out.detach(), grads, dtypes, model_dtype
+
+    plain = run(autocast("bf16", "cpu"))
+    kept = run(autocast("bf16", "cpu", model))
+    assert torch.equal(plain[0], kept[0])
+    assert all(torch.equal(a, b) for a, b in zip(plain[1], kept[1], strict=True))
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert plain[2][q_proj] == torch.float32 and kept[2][q_proj] == torch.bfloat16
+    assert kept[2]["model.layers.0.self_attn.o_proj.weight"] == torch.float32  # trains: left alone
+    assert kept[2]["model.layers.0.mlp.up_proj.weight"] == torch.float32  # SVF layers cast their own
+    assert kept[3] == torch.float32  # model.dtype (the embedding, its first parameter) unchanged
+    assert {n: p for n, p in model.named_parameters()} == originals  # the very same Parameters are back
+    cast = model.model.layers[0].self_attn.q_proj.__dict__["_t2_frozen_casts"]["weight"][2]
+    run(autocast("bf16", "cpu", model))
+    assert model.model.layers[0].self_attn.q_proj.__dict__["_t2_frozen_casts"]["weight"][2] is cast  # made once
+    assert autocast("none", "cpu", model).__class__.__name__ == "nullcontext"

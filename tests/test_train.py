@@ -608,6 +608,24 @@ def test_sample_group_draws_what_generate_draws():
     assert len({tuple(g.token_ids) for g in a}) > 1
 
 
+@pytest.mark.parametrize("arch_", ["llama", "gpt2"])
+def test_sample_groups_draw_what_generate_draws_for_prompts_of_different_lengths(arch_):
+    """Several prompts, left-padded and each prefilled once, sample what generate() samples for their k copies."""
+    from transformer_squared.generation import generate, sample_groups
+
+    model, tok = tiny_model(arch_), tiny_tokenizer()
+    tok.pad_token_id, tok.eos_token_id = 1, 2
+    prompts = ["w5 w6 w7 w8 w9", "w10 w11", "w12 w13 w14"]
+    a = sample_groups(model, tok, prompts, 3, max_new_tokens=6, temperature=1.0, seed=11)
+    b = generate(
+        model, tok, [p for p in prompts for _ in range(3)], max_new_tokens=6, temperature=1.0, batch_size=9, seed=11
+    )
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.text for g in a] == [g.text for g in b]
+    assert len({tuple(g.token_ids) for g in a}) > 3
+    assert sample_groups(model, tok, [], 3) == []
+
+
 def test_sft_in_an_answer_channel_raises_the_gold_options_likelihood(tmp_path):
     from transformer_squared.tasks import get_task
 

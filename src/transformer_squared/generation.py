@@ -199,38 +199,75 @@ def sample_group(
     top_p: float = 1.0,
     seed: int | None = None,
 ) -> list[Generation]:
-    """``k`` sampled completions of one prompt, with the prompt encoded once.
+    """``k`` sampled completions of one prompt, with the prompt encoded once (:func:`sample_groups`)."""
+    return sample_groups(
+        model, tokenizer, [prompt], k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
 
-    The prompt (all but its last token) is run once, its KV cache is repeated ``k`` times, and
-    ``model.generate`` continues from it; the samples are the ones ``generate`` would draw for
-    ``k`` copies of the prompt with the same seed (same logits, same random draws: tested), at a
-    fraction of the prefill cost.
+
+def sample_groups(
+    model,  # a transformers causal LM (generate() comes from its GenerationMixin)
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    k: int,
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[Generation]:
+    """``k`` sampled completions of each prompt (prompt-major), every prompt encoded once.
+
+    The prompts (all but their last token, left-padded together) are run once, the KV cache is
+    repeated ``k`` times, and ``model.generate`` continues from it for all ``len(prompts) * k``
+    rows in one decoding loop. The samples are the ones ``generate`` would draw for the rows
+    ``[p for p in prompts for _ in range(k)]`` with the same seed (same logits, same random
+    draws: tested), for one prefill per prompt instead of ``k`` and one decoding loop instead of
+    one per prompt.
     """
     if k < 1 or max_new_tokens < 1:
         raise T2Error("k and max_new_tokens must be at least 1")
+    if not prompts:
+        return []
     device = _device(model)
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-    if ids.shape[1] < 2:  # nothing to cache
+    rows = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    if min(len(r) for r in rows) < 2:  # a prompt with nothing to cache: sample the plain way
         return generate(
             model,
             tokenizer,
-            [prompt] * k,
+            [p for p in prompts for _ in range(k)],
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
-            batch_size=k,
+            batch_size=len(prompts) * k,
             seed=seed,
         )
-    gen_kwargs = generate_kwargs(tokenizer, max_new_tokens, temperature, top_p)
-    with seeded(seed, device), torch.no_grad():
-        cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
-        cache.batch_repeat_interleave(k)
-        rows = ids.repeat(k, 1)
-        from .scoring import accepts_kwarg
+    from .scoring import accepts_kwarg, keep_last
 
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids(tokenizer))  # masked anyway
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):  # left-padded, as generate() pads
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # generate()'s positions for padded rows
+    gen_kwargs = generate_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    prefill = dict(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
+    if accepts_kwarg(model, "logits_to_keep"):  # the prefill's logits are not used: keep one position
+        prefill["logits_to_keep"] = keep_last(1, width - 1, device)
+    with seeded(seed, device), torch.no_grad():
+        cache = model(**prefill).past_key_values
+        cache.batch_repeat_interleave(k)
         cache_kw = "cache" if accepts_kwarg(model, "cache") else "past_key_values"
-        seqs = model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), **{cache_kw: cache}, **gen_kwargs)
-    return [decode_row(row, tokenizer) for row in seqs[:, ids.shape[1] :].tolist()]
+        seqs = model.generate(
+            input_ids=ids.repeat_interleave(k, dim=0),
+            attention_mask=mask.repeat_interleave(k, dim=0),
+            **{cache_kw: cache},
+            **gen_kwargs,
+        )
+    return [decode_row(row, tokenizer) for row in seqs[:, width:].tolist()]
 
 
 def generate_stream(

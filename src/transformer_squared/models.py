@@ -63,17 +63,75 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 AUTOCAST_MODES = ("none", "bf16")
 
 
-def autocast(mode: str, device: str | torch.device = "cpu") -> contextlib.AbstractContextManager:
+def autocast(
+    mode: str, device: str | torch.device = "cpu", model: torch.nn.Module | None = None
+) -> contextlib.AbstractContextManager:
     """bf16 autocast for forwards on ``device`` (``mode="bf16"``), or nothing (``"none"``).
 
     The one switch behind ``t2 train --autocast`` (teacher-forced passes and validation) and
-    ``t2 eval --autocast``: matmuls run in bf16 while the weights stay in their own dtype.
+    ``t2 eval --autocast``: matmuls run in bf16 while the weights stay in their own dtype. With
+    ``model``, its frozen float32 ``nn.Linear`` weights are also swapped for bf16 copies made once
+    (:func:`frozen_linear_casts`), which autocast would otherwise re-make at every call; the
+    results are the same, bit for bit.
     """
     if mode not in AUTOCAST_MODES:
         raise T2Error(f"unknown autocast mode {mode!r}; use one of {', '.join(AUTOCAST_MODES)}")
     if mode == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    ctx = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    if model is None:
+        return ctx
+    stack = contextlib.ExitStack()
+    with stack:  # entered here and handed over (pop_all), so a failing cast leaves nothing entered
+        stack.enter_context(ctx)
+        stack.enter_context(frozen_linear_casts(model, torch.bfloat16))
+        return stack.pop_all()
+
+
+def cast_once(store: dict, name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, made once and kept in ``store[name]`` while ``t`` is the same, unchanged tensor.
+
+    "The same" is identity plus the tensor's version counter, so an in-place change or a
+    replaced tensor makes a fresh copy; the stale one is freed first. The entry holds ``t`` itself
+    (not a weak reference), so a module that carries a store still pickles.
+    """
+    key = (t._version, dtype)
+    held = store.get(name)
+    if held is None or held[0] is not t or held[1] != key:
+        store.pop(name, None)
+        with torch.no_grad():
+            held = (t, key, t.detach().to(dtype))
+        store[name] = held
+    return held[2]
+
+
+@contextlib.contextmanager
+def frozen_linear_casts(model: torch.nn.Module, dtype: torch.dtype):
+    """Inside: every frozen float32 ``nn.Linear`` weight of ``model`` is a ``dtype`` copy.
+
+    Under autocast a matmul casts its float32 weight to bf16 at every call. For a weight that
+    does not train the cast is the same each time, and on the CPU it was about a third of an RL
+    update (bench/train_step.py). Here it is made once, kept on the module (so it costs the
+    weights' size in ``dtype`` while the model lives) and remade if the weight changes. Weights
+    that train, other dtypes, and the model's first parameter (what ``model.dtype`` reads) are
+    left alone; the original Parameters are back in place on exit. Autograd keeps what the
+    forward used, so a backward after the block is unaffected.
+    """
+    first_owner = next((m for m in model.modules() if any(p is not None for p in m._parameters.values())), None)
+    swapped: list[tuple[torch.nn.Module, torch.nn.Parameter]] = []
+    try:
+        for module in model.modules():
+            weight = module._parameters.get("weight") if isinstance(module, torch.nn.Linear) else None
+            if weight is None or weight.requires_grad or weight.dtype != torch.float32 or module is first_owner:
+                continue
+            store = module.__dict__.setdefault("_t2_frozen_casts", {})
+            cast = cast_once(store, "weight", weight, dtype)
+            module._parameters["weight"] = torch.nn.Parameter(cast, requires_grad=False)
+            swapped.append((module, weight))
+        yield
+    finally:
+        for module, weight in reversed(swapped):
+            module._parameters["weight"] = weight
 
 
 def bundled_gguf_path() -> Path:

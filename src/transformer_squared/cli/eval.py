@@ -232,7 +232,7 @@ def run_adaptive(args: argparse.Namespace, task: Task, items: list) -> int:
             from ..models import autocast
 
             t = time.perf_counter()
-            with autocast(args.autocast, args.device):  # the search scores in the precision the items are
+            with autocast(args.autocast, args.device, svf.model):  # the search scores in the precision the items are
                 mixture, _ = cem_search(svf, tokenizer, task, experts, shots, cfg, progress=not args.no_progress)
             search_s = time.perf_counter() - t
             if args.mixture_out:
@@ -332,7 +332,7 @@ def _score(args: argparse.Namespace, model, tokenizer, task: Task, items: list, 
         progress=not args.no_progress,
         **adapt,
     )
-    with autocast(args.autocast, args.device):
+    with autocast(args.autocast, args.device, model):
         if args.mode == "loglik":
             return evaluate_loglik(model, tokenizer, task, items, channel=args.channel, norm=args.norm, **common)
         return evaluate(model, tokenizer, task, items, max_new_tokens=args.max_new_tokens, **common)

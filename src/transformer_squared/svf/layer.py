@@ -72,6 +72,8 @@ class SVFLinear(nn.Module):
         self.row_g: torch.Tensor | None = None
         self._merged: torch.Tensor | None = None
         self._merged_key: tuple | None = None
+        # Frozen tensors in the autocast dtype: {name: (source, key, copy)} (see _autocast_copy).
+        self._casts: dict[str, tuple] = {}
 
     # -- shapes -------------------------------------------------------------------------
     @property
@@ -119,6 +121,27 @@ class SVFLinear(nn.Module):
     def clear_cache(self) -> None:
         self._merged = None
         self._merged_key = None
+        self._casts = {}
+
+    def _autocast_copy(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``t`` (a tensor that does not train) as autocast would cast it for a matmul with ``x``, made once.
+
+        Autocast re-casts a float32 operand at every call; for ``q``, the frozen base weight and
+        the cached W' that cast is the same each time, so it is kept until ``t`` changes
+        (:func:`~transformer_squared.models.cast_once`). Outside autocast, or for other dtypes,
+        ``t`` is returned as it is. Either way the results are the same, bit for bit.
+        """
+        kind = x.device.type
+        if not torch.is_autocast_enabled(kind) or t.dtype != torch.float32:
+            return t
+        from ..models import cast_once
+
+        return cast_once(self._casts, name, t, torch.get_autocast_dtype(kind))
+
+    def _base_weight_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The (out, in) base weight for a matmul with ``x`` (its autocast copy under autocast)."""
+        w = self._autocast_copy("weight", self.weight, x)
+        return w.t() if self.transposed else w
 
     # -- forward --------------------------------------------------------------------------
     def _dense(self, x: torch.Tensor, w_out_in: torch.Tensor) -> torch.Tensor:
@@ -126,28 +149,31 @@ class SVFLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
-            return self._dense(x, self.base_weight())
+            return self._dense(x, self._base_weight_for(x))
         if self.row_g is not None:
             return self._factored(x, self.row_g - 1)
         if self.path == "factored":
             return self._factored(x, self.multiplier() - 1)
         needs_grad = torch.is_grad_enabled() and self.z.requires_grad
-        w = self.merged_weight() if needs_grad else self._cached_merged_weight()
-        return self._dense(x, w)
+        if needs_grad:
+            return self._dense(x, self.merged_weight())
+        return self._dense(x, self._autocast_copy("merged", self._cached_merged_weight(), x))
 
     def _factored(self, x: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
         """y = x W'ᵀ + b computed as a rank-r transform around the dense base layer.
 
         ``g1`` is (r,) or (B, r) for per-row multipliers (x is then (B, T, n)).
         """
-        q = self.q.to(x.dtype)
+        q = self._autocast_copy("q", self.q, x)
+        q = q if q is not self.q else q.to(x.dtype)
         g1 = g1.to(x.dtype)
         if g1.dim() == 2 and x.dim() == 3:
             g1 = g1[:, None, :]
+        w = self._base_weight_for(x)
         if self.side == "in":
             x = x + ((x @ q) * g1) @ q.t()
-            return self._dense(x, self.base_weight())
-        h = F.linear(x, self.base_weight())
+            return self._dense(x, w)
+        h = F.linear(x, w)
         h = h + ((h @ q) * g1) @ q.t()
         return h + self.bias if self.bias is not None else h
 

@@ -60,7 +60,7 @@ class Gradients:
     def autocast(self) -> contextlib.AbstractContextManager:
         from ..models import autocast
 
-        return autocast(self.config.autocast, self.device)
+        return autocast(self.config.autocast, self.device, self.policy.model)
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         """Logits at the positions that predict the completion tokens: (n, C, V)."""
@@ -72,7 +72,9 @@ class Gradients:
             use_cache=False,
         )
         if self.keep_kw:
-            kwargs["logits_to_keep"] = c_len + 1
+            from ..scoring import keep_last
+
+            kwargs["logits_to_keep"] = keep_last(c_len + 1, batch.input_ids.shape[1], batch.input_ids.device)
         logits = self.policy.model(**kwargs).logits
         return logits[:, -(c_len + 1) : -1]
 

@@ -2,9 +2,11 @@
 
 :func:`load_items` reads the task's train and val items once; each step then takes its prompts from them.
 
-* ``objective="rl"``: K completions per prompt from :func:`~transformer_squared.generation.generate`
-  (batched, KV cache, z fixed so SVF uses its cached merged weights). Each prompt's K samples are
-  drawn in their own call seeded by (seed, step, prompt index) (:func:`sample_seed`), so the
+* ``objective="rl"``: K completions per prompt from :func:`~transformer_squared.generation.sample_groups`
+  (each prompt prefilled once, KV cache, z fixed so SVF uses its cached merged weights), or from
+  :func:`~transformer_squared.generation.generate` on K copies of each prompt with
+  ``share_prompt=False`` (the same samples). ``gen_prompts`` prompts share one call seeded by
+  (seed, step, index of its first prompt) (:func:`sample_seed`); with the default of one, the
   samples do not depend on how prompts are split between processes or micro-batches. Rewards
   come from ``task.rewards`` through :func:`safe_rewards`.
 * ``objective="sft"``: the items' reference solutions are the completions; no rewards.
@@ -168,7 +170,7 @@ def collect_rollout(
     eos_id: int,
 ) -> Rollout:
     """The rollout of ``items`` at ``step`` (1-based); ``indices`` are their global positions in the step's batch."""
-    from ..generation import generate, sample_group
+    from ..generation import generate, sample_groups
 
     c, tok = config, tokenizer
     if c.mc_channel:  # nothing to sample: the loss sums over every option
@@ -190,11 +192,11 @@ def collect_rollout(
         for g0 in range(0, len(items), c.gen_prompts):
             group = prompts[g0 : g0 + c.gen_prompts]
             seed = sample_seed(c.seed, step, indices[g0])
-            if c.share_prompt and len(group) == 1:  # the same samples, the prompt prefilled once
-                gens += sample_group(
+            if c.share_prompt:  # the same samples, each prompt prefilled once, one decoding loop
+                gens += sample_groups(
                     policy.model,
                     tok,
-                    group[0],
+                    group,
                     k,
                     max_new_tokens=max_new_tokens,
                     temperature=c.temperature,

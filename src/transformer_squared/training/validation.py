@@ -59,7 +59,7 @@ def evaluate_val(
 
     t0 = time.perf_counter()
     c = config
-    with torch.no_grad(), policy.sampling(), autocast(c.autocast, c.device):
+    with torch.no_grad(), policy.sampling(), autocast(c.autocast, c.device, policy.model):
         if c.mc_channel:  # choose in the channel that is trained: options scored, no generation
             summary, rows = evaluate_loglik(
                 policy.model,
