@@ -556,8 +556,8 @@ def speed_notes(folder: str) -> list[str]:
                 f"- RL step update, against LoRA's {lora['update_seconds_median']} s: {', '.join(parts)}. All of them "
                 "back-propagate through every layer; SVF adds the rank-r transform around each MLP matrix "
                 "(factored) or rebuilding W' and its gradient (merged). The update runs "
-                f"{svf['micro_batches']} micro-batches (the trainer's automatic size: 8 completions each, "
-                "whatever the device; `--grad-accum` sets it)."
+                f"{svf['micro_batches']} micro-batches (the trainer's automatic size when it ran, whatever the "
+                "device; `--grad-accum` sets it)."
             )
             if "trl-grpo-lora" in by:
                 trl = by["trl-grpo-lora"]

@@ -115,6 +115,32 @@ def tiny_trainer(tmp_path, task=None, **kw) -> Trainer:
     )
 
 
+@pytest.mark.parametrize(
+    ("max_new_tokens", "k", "objective", "grad_accum", "micro"),
+    [
+        (8, 4, "rl", 0, 8),  # short answers: 32 completions in one micro-batch
+        (64, 4, "rl", 0, 8),  # 32 x 64 = 2,048 tokens: still one
+        (256, 4, "rl", 0, 2),  # 8 completions of 256 tokens
+        (256, 16, "rl", 0, 1),  # K above the cap: one prompt at a time
+        (256, 4, "sft", 0, 8),  # SFT: one reference per prompt
+        (8, 4, "rl", 4, 4),  # --grad-accum decides
+    ],
+)
+def test_automatic_micro_batches_follow_the_completion_token_budget(
+    tmp_path, max_new_tokens, k, objective, grad_accum, micro
+):
+    trainer = tiny_trainer(
+        tmp_path,
+        batch_size=16,
+        samples_per_prompt=k,
+        max_new_tokens=max_new_tokens,
+        objective=objective,
+        grad_accum=grad_accum,
+    )
+    assert trainer.micro_prompts == micro
+    assert trainer.gradients.micro_prompts == micro
+
+
 # --------------------------------------------------------------------------- the math
 def test_advantages_on_hand_made_rewards():
     r = torch.tensor([[1.0, -1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 1.0]])

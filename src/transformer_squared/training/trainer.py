@@ -29,7 +29,7 @@ from ..fileio import append_jsonl, write_json
 from ..models import model_name
 from . import report, run_dir
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint, set_rng_state
-from .config import AUTO_MICRO_ITEMS, AUTO_MICRO_ROWS, TrainConfig
+from .config import AUTO_MICRO_ITEMS, AUTO_MICRO_ROWS, AUTO_MICRO_TOKENS, TrainConfig
 from .distributed import all_reduce_grads, setup_distributed
 from .gradients import Gradients
 from .optim import clip_gradients, make_optimizer, step_or_skip
@@ -110,23 +110,23 @@ class Trainer:
                 f"--gen-prompts {c.gen_prompts} must divide the {self.local_prompts} prompts "
                 "each process handles per step"
             )
-        rows = c.rows_per_prompt
-        if c.grad_accum:
-            if self.local_prompts % c.grad_accum:
-                raise T2Error(
-                    f"--grad-accum {c.grad_accum} must divide the {self.local_prompts} prompts each "
-                    "process handles per step (batch size / processes)"
-                )
-            self.micro_prompts = self.local_prompts // c.grad_accum
-        elif c.mc_channel:
-            self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ITEMS)
-        else:
-            self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ROWS // rows)
+        if c.grad_accum and self.local_prompts % c.grad_accum:
+            raise T2Error(
+                f"--grad-accum {c.grad_accum} must divide the {self.local_prompts} prompts each "
+                "process handles per step (batch size / processes)"
+            )
 
         self.out = Path(c.out)
         resume_from = run_dir.check_out(c)
         self.task, self.train_items, self.val_items = load_items(c, task)
         self.max_new_tokens = c.max_new_tokens or int(getattr(self.task, "max_new_tokens", 256))
+        if c.grad_accum:
+            self.micro_prompts = self.local_prompts // c.grad_accum
+        elif c.mc_channel:
+            self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ITEMS)
+        else:  # completions per micro-batch: at most AUTO_MICRO_ROWS, and AUTO_MICRO_TOKENS tokens
+            rows = min(AUTO_MICRO_ROWS, AUTO_MICRO_TOKENS // self.max_new_tokens)
+            self.micro_prompts = _largest_divisor_at_most(self.local_prompts, rows // c.rows_per_prompt)
 
         # the model and what is trained
         from ..models import load_model, prepare_tokenizer
