@@ -475,7 +475,13 @@ def _throughput(d: dict) -> list[str]:
         f"{d['batch_size']} prompts × {d['samples_per_prompt']} samples of up to {d['max_new_tokens']} tokens "
         f"(ARC-Easy, short answers) on {d.get('device_name', d['device'])}; the two layouts alternate in one "
         f"process, same weights, median of {d['repeats']} rounds after a warm-up round: "
-        f"**{tp['speedup']}×** the completions per second.",
+        f"**{tp['speedup']}×** the completions per second."
+        + (
+            f" Load average at the end {d['machine']['load_average_at_end'][0]:.1f} on "
+            f"{d['machine']['cpus']} cores: other jobs shared the machine, both layouts alike."
+            if d.get("machine", {}).get("load_average_at_end", [0])[0] > d.get("machine", {}).get("cpus", 1e9)
+            else ""
+        ),
         "",
     ] + _table(["layout", "prompt encoding, update dtype", "sampling s", "update s", "step s", "completions/s"], rows)
 
