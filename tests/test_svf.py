@@ -449,3 +449,58 @@ def test_autocast_with_a_model_casts_frozen_linear_weights_once():
     run(autocast("bf16", "cpu", model))
     assert model.model.layers[0].self_attn.q_proj.__dict__["_t2_frozen_casts"]["weight"][2] is cast  # made once
     assert autocast("none", "cpu", model).__class__.__name__ == "nullcontext"
+
+
+def test_autocast_copies_survive_path_switches_and_inference_mode():
+    """The trainer switches paths around every micro-batch: q and the base weight stay cast; inference mode still runs."""
+    model = tiny_model("llama")
+    svf = SVFModel(model, path="factored")
+    randomize(svf, scale=0.05)
+    layer = next(m for m in model.modules() if isinstance(m, SVFLinear))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(IDS)
+    kept = {name: held[2] for name, held in layer._casts.items()}
+    assert set(kept) == {"q", "weight"}
+    svf.path = "merged"
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        merged = model(IDS).logits
+    assert "merged" in layer._casts
+    with svf.use_path("factored"):  # drops W' and its copy, not the frozen factors' copies
+        assert "merged" not in layer._casts
+        assert all(layer._casts[name][2] is c for name, c in kept.items())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(IDS).logits, merged)
+
+
+def test_frozen_linear_casts_follow_in_place_changes_and_devices():
+    from transformer_squared.models import autocast, frozen_linear_casts
+
+    model = tiny_model("llama").requires_grad_(False)  # frozen, as under an adapter
+    proj = model.model.layers[0].self_attn.q_proj
+    ctx = autocast("bf16", "cpu", model)  # made, not entered: nothing is swapped yet
+    assert proj.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    with ctx:
+        assert proj.weight.dtype == torch.bfloat16
+        before = model(IDS).logits
+    with torch.no_grad():
+        proj.weight.mul_(1.5)
+    with autocast("bf16", "cpu", model):
+        after = model(IDS).logits
+    with autocast("bf16", "cpu"):  # plain autocast on the changed weight
+        plain = model(IDS).logits
+    assert not torch.equal(after, before) and torch.equal(after, plain)
+    with frozen_linear_casts(model, torch.bfloat16, "cuda"):  # weights on another device are left alone
+        assert proj.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("arch_", ["llama", "gpt2"])
+def test_keep_last_gives_the_int_slices_logits(arch_):
+    from transformer_squared.scoring import keep_last
+
+    model = tiny_model(arch_)
+    with torch.no_grad():
+        for n in (1, 3):
+            by_int = model(IDS, logits_to_keep=n).logits
+            by_index = model(IDS, logits_to_keep=keep_last(n, IDS.shape[1], "cpu")).logits
+            assert by_index.shape == by_int.shape == (IDS.shape[0], n, 128)
+            torch.testing.assert_close(by_index, by_int, rtol=1e-5, atol=1e-5)

@@ -122,7 +122,8 @@ def tiny_trainer(tmp_path, task=None, **kw) -> Trainer:
         (64, 4, "rl", 0, 8),  # 32 x 64 = 2,048 tokens: still one
         (256, 4, "rl", 0, 2),  # 8 completions of 256 tokens
         (256, 16, "rl", 0, 1),  # K above the cap: one prompt at a time
-        (256, 4, "sft", 0, 8),  # SFT: one reference per prompt
+        (8, 4, "sft", 0, 8),  # SFT: every row carries its prompt, so 8 references
+        (8, 4, "rl-per-row", 0, 2),  # --no-share-prompt: 8 completions, each with its prompt
         (8, 4, "rl", 4, 4),  # --grad-accum decides
     ],
 )
@@ -134,7 +135,8 @@ def test_automatic_micro_batches_follow_the_completion_token_budget(
         batch_size=16,
         samples_per_prompt=k,
         max_new_tokens=max_new_tokens,
-        objective=objective,
+        objective=objective.removesuffix("-per-row"),
+        share_prompt=not objective.endswith("-per-row"),
         grad_accum=grad_accum,
     )
     assert trainer.micro_prompts == micro

@@ -70,32 +70,36 @@ def autocast(
 
     The one switch behind ``t2 train --autocast`` (teacher-forced passes and validation) and
     ``t2 eval --autocast``: matmuls run in bf16 while the weights stay in their own dtype. With
-    ``model``, its frozen float32 ``nn.Linear`` weights are also swapped for bf16 copies made once
-    (:func:`frozen_linear_casts`), which autocast would otherwise re-make at every call; the
-    results are the same, bit for bit.
+    ``model``, its frozen float32 ``nn.Linear`` weights on that device are also swapped for bf16
+    copies made once (:func:`frozen_linear_casts`), which autocast would otherwise re-make at
+    every call; the results are the same, bit for bit.
     """
     if mode not in AUTOCAST_MODES:
         raise T2Error(f"unknown autocast mode {mode!r}; use one of {', '.join(AUTOCAST_MODES)}")
     if mode == "none":
         return contextlib.nullcontext()
-    ctx = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    kind = torch.device(device).type
     if model is None:
-        return ctx
-    stack = contextlib.ExitStack()
-    with stack:  # entered here and handed over (pop_all), so a failing cast leaves nothing entered
-        stack.enter_context(ctx)
-        stack.enter_context(frozen_linear_casts(model, torch.bfloat16))
-        return stack.pop_all()
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
+    return _autocast_with_casts(kind, model)
+
+
+@contextlib.contextmanager
+def _autocast_with_casts(kind: str, model: torch.nn.Module):
+    with torch.autocast(device_type=kind, dtype=torch.bfloat16), frozen_linear_casts(model, torch.bfloat16, kind):
+        yield
 
 
 def cast_once(store: dict, name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t`` in ``dtype``, made once and kept in ``store[name]`` while ``t`` is the same, unchanged tensor.
 
-    "The same" is identity plus the tensor's version counter, so an in-place change or a
-    replaced tensor makes a fresh copy; the stale one is freed first. The entry holds ``t`` itself
-    (not a weak reference), so a module that carries a store still pickles.
+    "The same" is identity plus the tensor's version counter, storage address and device, so an
+    in-place change, a replaced tensor, ``.data`` swapped or the module moved makes a fresh copy;
+    the stale one is freed first. (An in-place change made through ``.data`` bypasses the version
+    counter and is not seen.) The entry holds ``t`` itself (not a weak reference), so a module
+    that carries a store still pickles.
     """
-    key = (t._version, dtype)
+    key = (t._version, t.data_ptr(), t.device, dtype)  # data_ptr/device: .data swaps and .to() keep the version
     held = store.get(name)
     if held is None or held[0] is not t or held[1] != key:
         store.pop(name, None)
@@ -106,8 +110,8 @@ def cast_once(store: dict, name: str, t: torch.Tensor, dtype: torch.dtype) -> to
 
 
 @contextlib.contextmanager
-def frozen_linear_casts(model: torch.nn.Module, dtype: torch.dtype):
-    """Inside: every frozen float32 ``nn.Linear`` weight of ``model`` is a ``dtype`` copy.
+def frozen_linear_casts(model: torch.nn.Module, dtype: torch.dtype, device_type: str | None = None):
+    """Inside: every frozen float32 ``nn.Linear`` weight of ``model`` (on ``device_type``, if given) is a ``dtype`` copy.
 
     Under autocast a matmul casts its float32 weight to bf16 at every call. For a weight that
     does not train the cast is the same each time, and on the CPU it was about a third of an RL
@@ -123,6 +127,8 @@ def frozen_linear_casts(model: torch.nn.Module, dtype: torch.dtype):
         for module in model.modules():
             weight = module._parameters.get("weight") if isinstance(module, torch.nn.Linear) else None
             if weight is None or weight.requires_grad or weight.dtype != torch.float32 or module is first_owner:
+                continue
+            if weight.is_inference() or (device_type is not None and weight.device.type != device_type):
                 continue
             store = module.__dict__.setdefault("_t2_frozen_casts", {})
             cast = cast_once(store, "weight", weight, dtype)

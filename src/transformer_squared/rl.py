@@ -9,6 +9,7 @@ from .scoring import Batch, make_batch, token_logprobs
 from .training.config import (
     AUTO_MICRO_ITEMS,
     AUTO_MICRO_ROWS,
+    AUTO_MICRO_SHARED_ROWS,
     AUTO_MICRO_TOKENS,
     AUTOCAST,
     BASELINES,
@@ -34,6 +35,7 @@ __all__ = [
     "AUTOCAST",
     "AUTO_MICRO_ITEMS",
     "AUTO_MICRO_ROWS",
+    "AUTO_MICRO_SHARED_ROWS",
     "AUTO_MICRO_TOKENS",
     "BASELINES",
     "CHANNELS",

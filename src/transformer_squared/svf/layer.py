@@ -112,16 +112,18 @@ class SVFLinear(nn.Module):
     def _cached_merged_weight(self) -> torch.Tensor:
         key = (self.z._version, self.z.data_ptr(), self.parameterization)
         if self._merged is None or self._merged_key != key:
-            self._merged = None  # free the old one before building the new
+            self._merged = None  # free the old one (and its autocast copy) before building the new
+            self._casts.pop("merged", None)
             with torch.no_grad():
                 self._merged = self.merged_weight()
             self._merged_key = key
         return self._merged
 
     def clear_cache(self) -> None:
+        """Drop the cached W' and its autocast copy (the copies of q and the base weight follow their tensors)."""
         self._merged = None
         self._merged_key = None
-        self._casts = {}
+        self._casts.pop("merged", None)
 
     def _autocast_copy(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``t`` (a tensor that does not train) as autocast would cast it for a matmul with ``x``, made once.
@@ -132,8 +134,8 @@ class SVFLinear(nn.Module):
         ``t`` is returned as it is. Either way the results are the same, bit for bit.
         """
         kind = x.device.type
-        if not torch.is_autocast_enabled(kind) or t.dtype != torch.float32:
-            return t
+        if not torch.is_autocast_enabled(kind) or t.dtype != torch.float32 or t.is_inference():
+            return t  # (an inference-mode tensor has no version counter to key a copy on: autocast casts it)
         from ..models import cast_once
 
         return cast_once(self._casts, name, t, torch.get_autocast_dtype(kind))

@@ -40,10 +40,14 @@ KL_ESTIMATORS: tuple[str, ...] = typing.get_args(KLEstimator)
 AUTOCAST: tuple[str, ...] = typing.get_args(Autocast)
 TRAIN_PATHS: tuple[str, ...] = typing.get_args(TrainPath)
 
-# With --grad-accum 0 (auto), a micro-batch holds at most AUTO_MICRO_ROWS completions and at most
-# AUTO_MICRO_TOKENS completion tokens (completions x max_new_tokens): 8 completions of 256 tokens,
-# or 32 short answers, whose one large micro-batch is about 1.4x faster on a CPU than four of 8.
-AUTO_MICRO_ROWS = 32
+# With --grad-accum 0 (auto), a micro-batch holds at most AUTO_MICRO_ROWS completions. When the
+# update encodes each prompt once (RL with K > 1, --share-prompt, no full KL), it holds up to
+# AUTO_MICRO_SHARED_ROWS completions and AUTO_MICRO_TOKENS completion tokens (completions x
+# max_new_tokens) instead: 8 completions of 256 tokens, or 32 short answers, whose one large
+# micro-batch is about 1.4x faster on a CPU than four of 8. Where every row carries its own
+# prompt (SFT, --no-share-prompt, full KL) the prompt tokens dominate, so the cap stays at 8.
+AUTO_MICRO_ROWS = 8
+AUTO_MICRO_SHARED_ROWS = 32
 AUTO_MICRO_TOKENS = 2048
 # --objective exact: items per micro-batch when --grad-accum is 0 (auto)
 AUTO_MICRO_ITEMS = 16
@@ -146,8 +150,8 @@ class TrainConfig:
     max_new_tokens: int | None = option(None, help="default: the task's own")
     grad_accum: int = option(
         0,
-        help=f"micro-batches per process and step (0: auto, ≤ {AUTO_MICRO_ROWS} completions and "
-        f"≤ {AUTO_MICRO_TOKENS} completion tokens each)",
+        help=f"micro-batches per process and step (0: auto, ≤ {AUTO_MICRO_ROWS} completions each, or with "
+        f"prompts shared ≤ {AUTO_MICRO_SHARED_ROWS} completions and ≤ {AUTO_MICRO_TOKENS} completion tokens)",
     )
     gen_prompts: int = option(
         1, help="prompts per generate call (default 1: samples independent of batching and processes)"
@@ -281,6 +285,7 @@ __all__ = [
     "AUTOCAST",
     "AUTO_MICRO_ITEMS",
     "AUTO_MICRO_ROWS",
+    "AUTO_MICRO_SHARED_ROWS",
     "AUTO_MICRO_TOKENS",
     "BASELINES",
     "CHANNELS",

@@ -29,7 +29,7 @@ from ..fileio import append_jsonl, write_json
 from ..models import model_name
 from . import report, run_dir
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint, set_rng_state
-from .config import AUTO_MICRO_ITEMS, AUTO_MICRO_ROWS, AUTO_MICRO_TOKENS, TrainConfig
+from .config import AUTO_MICRO_ITEMS, AUTO_MICRO_ROWS, AUTO_MICRO_SHARED_ROWS, AUTO_MICRO_TOKENS, TrainConfig
 from .distributed import all_reduce_grads, setup_distributed
 from .gradients import Gradients
 from .optim import clip_gradients, make_optimizer, step_or_skip
@@ -124,8 +124,14 @@ class Trainer:
             self.micro_prompts = self.local_prompts // c.grad_accum
         elif c.mc_channel:
             self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ITEMS)
-        else:  # completions per micro-batch: at most AUTO_MICRO_ROWS, and AUTO_MICRO_TOKENS tokens
-            rows = min(AUTO_MICRO_ROWS, AUTO_MICRO_TOKENS // self.max_new_tokens)
+        else:  # completions per micro-batch (see AUTO_MICRO_ROWS)
+            shared = (
+                c.objective == "rl"
+                and c.share_prompt
+                and c.samples_per_prompt > 1
+                and not (c.kl_coef > 0 and c.kl_estimator == "full")
+            )
+            rows = min(AUTO_MICRO_SHARED_ROWS, AUTO_MICRO_TOKENS // self.max_new_tokens) if shared else AUTO_MICRO_ROWS
             self.micro_prompts = _largest_divisor_at_most(self.local_prompts, rows // c.rows_per_prompt)
 
         # the model and what is trained
