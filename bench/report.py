@@ -469,6 +469,16 @@ def _throughput(d: dict) -> list[str]:
         for name, v in tp.items()
         if name != "speedup"
     ]
+    loaded = _load(RESULTS / "train_step_throughput_loaded.json")  # an earlier run with other jobs on the cores
+    again = ""
+    if loaded and (lt := next((x["throughput"] for x in loaded["results"] if "throughput" in x), None)):
+        load = loaded.get("machine", {}).get("load_average_at_end", [0])[0]
+        again = (
+            f" The same step run earlier while other jobs shared the cores (load average {load:.1f} on "
+            f"{loaded.get('machine', {}).get('cpus', '?')} cores, `train_step_throughput_loaded.json`): "
+            f"{lt['speedup']}× (before {lt['before']['completions_per_s']}, after {lt['after']['completions_per_s']} "
+            "completions/s); contention slows the two layouts unequally, so the ratio depends on the load."
+        )
     return [
         f"### One RL step, before and after prompt sharing (`{d['command']}`)",
         "",
@@ -481,7 +491,8 @@ def _throughput(d: dict) -> list[str]:
             f"{d['machine']['cpus']} cores: other jobs shared the machine, both layouts alike."
             if d.get("machine", {}).get("load_average_at_end", [0])[0] > d.get("machine", {}).get("cpus", 1e9)
             else ""
-        ),
+        )
+        + again,
         "",
     ] + _table(["layout", "prompt encoding, update dtype", "sampling s", "update s", "step s", "completions/s"], rows)
 
