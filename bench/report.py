@@ -461,6 +461,7 @@ def _throughput(d: dict) -> list[str]:
         [
             name,
             f"{'shared' if v['share_prompt'] else 'per row'}, {v['autocast']}",
+            v.get("micro_batches", "—"),
             v["gen_median"],
             v["update_median"],
             v["step_median"],
@@ -494,7 +495,18 @@ def _throughput(d: dict) -> list[str]:
         )
         + again,
         "",
-    ] + _table(["layout", "prompt encoding, update dtype", "sampling s", "update s", "step s", "completions/s"], rows)
+    ] + _table(
+        [
+            "layout",
+            "prompt encoding, update dtype",
+            "micro-batches",
+            "sampling s",
+            "update s",
+            "step s",
+            "completions/s",
+        ],
+        rows,
+    )
 
 
 SPEED = [

@@ -293,15 +293,22 @@ def alternate(trainer, ro, repeats: int) -> dict:
 
 def throughput(trainer, repeats: int) -> dict:
     """Completions per second of whole steps, before vs after prompt sharing (round-robin, first round dropped)."""
+    from transformer_squared.training.trainer import auto_micro_prompts
+
     c = trainer.config
     start = trainer.policy.state()
     batch_gen = c.batch_size
+    micro_batches: dict[str, int] = {}
     rows = c.batch_size * c.samples_per_prompt
     out: dict[str, dict] = {name: {"step": [], "gen": [], "update": []} for name in THROUGHPUT_VARIANTS}
     for round_ in range(repeats + 1):
         for name, opts in THROUGHPUT_VARIANTS.items():
             c.share_prompt, c.autocast = opts["share_prompt"], opts["autocast"]
             c.gen_prompts = opts["gen_prompts"] or batch_gen
+            # the micro-batches the trainer picks for this layout (fixed at its start otherwise)
+            micro = auto_micro_prompts(c, trainer.local_prompts, trainer.max_new_tokens)
+            trainer.micro_prompts = trainer.gradients.micro_prompts = micro
+            micro_batches[name] = trainer.local_prompts // micro
             trainer.policy.load_state(start)
             t = time.perf_counter()
             ro = trainer.rollout(1)
@@ -320,6 +327,7 @@ def throughput(trainer, repeats: int) -> dict:
             "gen_median": round(statistics.median(v["gen"]), 2),
             "update_median": round(statistics.median(v["update"]), 2),
             "completions_per_s": round(rows / med, 3),
+            "micro_batches": micro_batches[name],
             **THROUGHPUT_VARIANTS[name],
         }
     res["speedup"] = round(res["after"]["completions_per_s"] / res["before"]["completions_per_s"], 2)

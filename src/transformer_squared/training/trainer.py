@@ -70,6 +70,27 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, cap))
 
 
+def auto_micro_prompts(c: TrainConfig, local_prompts: int, max_new_tokens: int) -> int:
+    """Prompts (or items) per micro-batch: ``--grad-accum`` if given, else sized by the update's layout.
+
+    Shared-prompt RL updates take up to AUTO_MICRO_SHARED_ROWS completions and AUTO_MICRO_TOKENS
+    completion tokens per backward; per-row layouts (SFT, ``--no-share-prompt``, the full KL)
+    AUTO_MICRO_ROWS rows; the options objective AUTO_MICRO_ITEMS items.
+    """
+    if c.grad_accum:
+        return local_prompts // c.grad_accum
+    if c.mc_channel:
+        return _largest_divisor_at_most(local_prompts, AUTO_MICRO_ITEMS)
+    shared = (
+        c.objective == "rl"
+        and c.share_prompt
+        and c.samples_per_prompt > 1
+        and not (c.kl_coef > 0 and c.kl_estimator == "full")
+    )
+    rows = min(AUTO_MICRO_SHARED_ROWS, AUTO_MICRO_TOKENS // max_new_tokens) if shared else AUTO_MICRO_ROWS
+    return _largest_divisor_at_most(local_prompts, rows // c.rows_per_prompt)
+
+
 class Trainer:
     """Holds the model, policy, optimiser and data order of one run; :meth:`run` trains.
 
@@ -120,19 +141,7 @@ class Trainer:
         resume_from = run_dir.check_out(c)
         self.task, self.train_items, self.val_items = load_items(c, task)
         self.max_new_tokens = c.max_new_tokens or int(getattr(self.task, "max_new_tokens", 256))
-        if c.grad_accum:
-            self.micro_prompts = self.local_prompts // c.grad_accum
-        elif c.mc_channel:
-            self.micro_prompts = _largest_divisor_at_most(self.local_prompts, AUTO_MICRO_ITEMS)
-        else:  # completions per micro-batch (see AUTO_MICRO_ROWS)
-            shared = (
-                c.objective == "rl"
-                and c.share_prompt
-                and c.samples_per_prompt > 1
-                and not (c.kl_coef > 0 and c.kl_estimator == "full")
-            )
-            rows = min(AUTO_MICRO_SHARED_ROWS, AUTO_MICRO_TOKENS // self.max_new_tokens) if shared else AUTO_MICRO_ROWS
-            self.micro_prompts = _largest_divisor_at_most(self.local_prompts, rows // c.rows_per_prompt)
+        self.micro_prompts = auto_micro_prompts(c, self.local_prompts, self.max_new_tokens)
 
         # the model and what is trained
         from ..models import load_model, prepare_tokenizer
