@@ -41,6 +41,36 @@ def test_scores_match_unpadded_forwards(arch, share):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("packed", [True, False])
+def test_both_second_passes_match_unpadded_forwards(arch, packed, monkeypatch):
+    """The shared prefix's second pass, packed into one row per group or one row per continuation."""
+    import transformer_squared.scoring as scoring
+
+    calls = []
+    monkeypatch.setattr(scoring, "_packs", lambda *a: calls.append(a) or packed)
+    groups = GROUPS + [([40, 41, 42], [[43, 44, 45, 46, 47], [48], [49, 50]])]  # a group longer than its context
+    model = tiny_model(arch)
+    with torch.no_grad():
+        got = score_groups(model, groups, pad_id=1)
+        want = reference(model, groups)
+    assert calls  # the second pass asked which form to take
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_packing_needs_sdpa_and_short_continuations():
+    from transformer_squared.scoring import _packs
+
+    model = tiny_model("llama")
+    assert model.config._attn_implementation == "sdpa"
+    short = [([5] * 100, [[9, 10, 11]] * 8)]  # 8 answers of 3 tokens after a 100-token prompt
+    long_ = [([5] * 100, [[9] * 200] * 8)]  # 8 answers of 200 tokens: one packed row would cost far more
+    assert _packs(model, short, 100)
+    assert not _packs(model, long_, 100)
+    model.config._attn_implementation = "eager"  # eager attention adds the mask as numbers: no boolean mask
+    assert not _packs(model, short, 100)
+
+
 def test_single_token_continuations_need_no_second_pass():
     model = tiny_model("llama")
     groups = [([5, 6, 7], [[8], [9], [10]]), ([11], [[12], [13]])]
@@ -50,7 +80,11 @@ def test_single_token_continuations_need_no_second_pass():
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
-def test_gradients_to_z_are_the_same_in_both_layouts():
+@pytest.mark.parametrize("packed", [True, False])
+def test_gradients_to_z_are_the_same_in_both_layouts(packed, monkeypatch):
+    import transformer_squared.scoring as scoring
+
+    monkeypatch.setattr(scoring, "_packs", lambda *a: packed)
     model = tiny_model("qwen2")
     svf = SVFModel(model, cache=False)
     torch.manual_seed(0)

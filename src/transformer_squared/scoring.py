@@ -6,9 +6,15 @@ loglik``, as lm-eval scores ARC or HellaSwag), the exact policy gradient over a 
 with gradients enabled, the scores carry gradients to whatever is trainable in the model (SVF z).
 
 A *group* is one context with the continuations to score after it. With ``share_prefix=True``
-each context is encoded once and its KV cache is repeated for its continuations, so a 4-option
-question costs one pass over the question plus four short passes over the options, instead of
-four passes over question + option. Both layouts give the same numbers (tested).
+each context is encoded once, so a 4-option question costs one pass over the question plus one
+over its options, instead of four passes over question + option. The second pass takes one of two
+forms. *Packed* (models on PyTorch's SDPA attention, when the continuations are short next to
+their context): a group's continuations are laid end to end in one row over the context's cache,
+each with its own positions and a block mask that lets it see the context and its own earlier
+tokens only. Otherwise the cache is repeated once per continuation and each continuation is a
+row. Packing saves the repeated cache and its gradient, and CPU attention's backward is much
+faster on a few long rows than on many short ones (an ARC-Easy RL update of 4 prompts × 8 short
+answers under bf16: 4.2 s → 3.1 s). All layouts give the same numbers (tested).
 """
 
 from __future__ import annotations
@@ -195,16 +201,78 @@ def _shared_logprobs(model: nn.Module, groups, rows_group, rows_cont, targets, p
     if longest == 1:
         return first[:, None]
     cache = getattr(out, "cache", None) or out.past_key_values
+    cache_kw = "cache" if accepts_kwarg(model, "cache") else "past_key_values"  # renamed in transformers 5.x
+    if _packs(model, groups, ids.shape[1]):
+        rest = _packed_rest(model, groups, cache, cache_kw, mask, pos, targets, pad_id, device, scale)
+        return torch.cat([first[:, None], rest], dim=1)
     cache.reorder_cache(index)  # one copy of each context's keys/values per continuation
     # feed c[0..L-2] to predict c[1..L-1]
     inp, cmask = _right_pad([c[:-1] for c in rows_cont], pad_id, device)
     attn = torch.cat([mask[index], cmask], dim=1)
     start = pos[:, -1][index] + 1
     pos2 = start[:, None] + torch.arange(inp.shape[1], device=device)[None, :]
-    cache_kw = "cache" if accepts_kwarg(model, "cache") else "past_key_values"  # renamed in transformers 5.x
     out2 = model(input_ids=inp, attention_mask=attn, position_ids=pos2, use_cache=True, **{cache_kw: cache})
     rest = _gather_logp(_scaled(out2.logits, scale), targets[:, 1:])
     return torch.cat([first[:, None], rest], dim=1)
+
+
+def _packs(model: nn.Module, groups, width: int) -> bool:
+    """Whether the second pass packs each group's continuations into one row (see the module docstring).
+
+    Needs SDPA attention (a boolean 4D mask is passed through as it is) and pays off while a packed
+    row's attention area stays within twice what the per-continuation rows cost (short answers);
+    long continuations keep the per-continuation rows.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    packed = rows = 0
+    for _, conts in groups:
+        lens = [len(c) - 1 for c in conts]
+        packed += sum(lens) * (width + sum(lens))
+        rows += sum(n * (width + n) for n in lens)
+    return packed <= 2 * rows
+
+
+def _packed_rest(model, groups, cache, cache_kw, mask, pos, targets, pad_id, device, scale) -> torch.Tensor:
+    """log p of continuation tokens 1..L-1, (R, L-1), each group's continuations in one row over its cache.
+
+    Row g holds c[:-1] of every continuation of group g, end to end; each continuation's tokens
+    take the positions that follow the context and see the context (its unpadded part) and their
+    own earlier tokens, through a boolean (G, 1, T, W + T) mask.
+    """
+    n_groups, width = mask.shape
+    lens = [[len(c) - 1 for c in conts] for _, conts in groups]
+    t_max = max(1, max(sum(ls) for ls in lens))
+    inp = torch.full((n_groups, t_max), pad_id, dtype=torch.long)
+    pos2 = torch.zeros((n_groups, t_max), dtype=torch.long)
+    allow = torch.zeros((n_groups, t_max, width + t_max), dtype=torch.bool)
+    allow[:, :, :width] = mask.bool().cpu()[:, None, :]
+    start = (pos[:, -1] + 1).cpu()
+    rows = sum(len(ls) for ls in lens)
+    where = torch.zeros((rows, targets.shape[1] - 1, 2), dtype=torch.long)  # (group, packed index) per token
+    r = 0
+    for g, (_, conts) in enumerate(groups):
+        at = 0
+        for c, n in zip(conts, lens[g], strict=True):
+            if n:
+                inp[g, at : at + n] = torch.tensor(list(c[:-1]), dtype=torch.long)
+                pos2[g, at : at + n] = start[g] + torch.arange(n)
+                allow[g, at : at + n, width + at : width + at + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                where[r, :n, 1] = at + torch.arange(n)
+            where[r, :, 0] = g
+            at += n
+            r += 1
+    out = model(
+        input_ids=inp.to(device),
+        attention_mask=allow[:, None].to(device),
+        position_ids=pos2.to(device),
+        use_cache=True,
+        **{cache_kw: cache},
+    )
+    where = where.to(device)
+    logits = out.logits[where[..., 0], where[..., 1]]  # (R, L-1, V); padding positions are masked later
+    return _gather_logp(_scaled(logits, scale), targets[:, 1:])
 
 
 def _row_logprobs(model: nn.Module, groups, rows_group, rows_cont, targets, pad_id, device, scale) -> torch.Tensor:
