@@ -460,7 +460,7 @@ def _throughput(d: dict) -> list[str]:
     rows = [
         [
             name,
-            f"{'shared' if v['share_prompt'] else 'per row'}, {v['autocast']}",
+            f"{'shared' if v['share_prompt'] else 'per row'}, {v['autocast']} / {v.get('sample_autocast', 'none')}",
             v.get("micro_batches", "—"),
             v["gen_median"],
             v["update_median"],
@@ -468,7 +468,7 @@ def _throughput(d: dict) -> list[str]:
             v["completions_per_s"],
         ]
         for name, v in tp.items()
-        if name != "speedup"
+        if not name.startswith("speedup")
     ]
     loaded = _load(RESULTS / "train_step_throughput_loaded.json")  # an earlier run with other jobs on the cores
     again = ""
@@ -486,7 +486,13 @@ def _throughput(d: dict) -> list[str]:
         f"{d['batch_size']} prompts × {d['samples_per_prompt']} samples of up to {d['max_new_tokens']} tokens "
         f"(ARC-Easy, short answers) on {d.get('device_name', d['device'])}; the two layouts alternate in one "
         f"process, same weights, median of {d['repeats']} rounds after a warm-up round: "
-        f"**{tp['speedup']}×** the completions per second."
+        f"**{tp['speedup']}×** the completions per second"
+        + (
+            f", {tp['speedup_bf16_sampling']}× with sampling in bf16 as well (`--sample-autocast bf16`, opt-in: "
+            "it draws from the bf16 model's distribution)."
+            if "speedup_bf16_sampling" in tp
+            else "."
+        )
         + (
             f" Load average at the end {d['machine']['load_average_at_end'][0]:.1f} on "
             f"{d['machine']['cpus']} cores: other jobs shared the machine, both layouts alike."
@@ -498,7 +504,7 @@ def _throughput(d: dict) -> list[str]:
     ] + _table(
         [
             "layout",
-            "prompt encoding, update dtype",
+            "prompt encoding, update / sampling dtype",
             "micro-batches",
             "sampling s",
             "update s",

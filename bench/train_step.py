@@ -64,8 +64,10 @@ CONFIGS = {
 # samples, and encoded once in the update, bf16 autocast with the frozen weights cast once); z is
 # restored after every step so both see the same weights. Reported as completions per second.
 THROUGHPUT_VARIANTS = {
-    "before": dict(share_prompt=False, autocast="none", gen_prompts=None),
-    "after": dict(share_prompt=True, autocast="bf16", gen_prompts=None),
+    "before": dict(share_prompt=False, autocast="none", sample_autocast="none", gen_prompts=None),
+    "after": dict(share_prompt=True, autocast="bf16", sample_autocast="none", gen_prompts=None),
+    # opt-in (--sample-autocast bf16): sampling in bf16 as well, which draws from the bf16 model
+    "after, bf16 sampling": dict(share_prompt=True, autocast="bf16", sample_autocast="bf16", gen_prompts=None),
 }
 # svf-ab: one process, the same completions, updates alternating between these variants
 # (round-robin, first round discarded), so machine load affects them alike.
@@ -303,7 +305,11 @@ def throughput(trainer, repeats: int) -> dict:
     out: dict[str, dict] = {name: {"step": [], "gen": [], "update": []} for name in THROUGHPUT_VARIANTS}
     for round_ in range(repeats + 1):
         for name, opts in THROUGHPUT_VARIANTS.items():
-            c.share_prompt, c.autocast = opts["share_prompt"], opts["autocast"]
+            c.share_prompt, c.autocast, c.sample_autocast = (
+                opts["share_prompt"],
+                opts["autocast"],
+                opts["sample_autocast"],
+            )
             c.gen_prompts = opts["gen_prompts"] or batch_gen
             # the micro-batches the trainer picks for this layout (fixed at its start otherwise)
             micro = auto_micro_prompts(c, trainer.local_prompts, trainer.max_new_tokens)
@@ -331,6 +337,9 @@ def throughput(trainer, repeats: int) -> dict:
             **THROUGHPUT_VARIANTS[name],
         }
     res["speedup"] = round(res["after"]["completions_per_s"] / res["before"]["completions_per_s"], 2)
+    res["speedup_bf16_sampling"] = round(
+        res["after, bf16 sampling"]["completions_per_s"] / res["before"]["completions_per_s"], 2
+    )
     return res
 
 
@@ -446,7 +455,9 @@ def main() -> None:
                 f"completions/s, whole steps alternated in one process: before {tp['before']['completions_per_s']} "
                 f"(gen {tp['before']['gen_median']} s + update {tp['before']['update_median']} s), after "
                 f"{tp['after']['completions_per_s']} (gen {tp['after']['gen_median']} s + update "
-                f"{tp['after']['update_median']} s): {tp['speedup']}x"
+                f"{tp['after']['update_median']} s): {tp['speedup']}x; with --sample-autocast bf16 "
+                f"{tp['after, bf16 sampling']['completions_per_s']} (gen {tp['after, bf16 sampling']['gen_median']} s): "
+                f"{tp['speedup_bf16_sampling']}x"
             )
         if "ab" in r:
             print(

@@ -624,6 +624,18 @@ def test_shared_prompt_update_matches_per_row_gradients(tmp_path, kl_coef):
     assert rows[0][1]["loss"] == pytest.approx(rows[1][1]["loss"], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("mode", ["none", "bf16"])
+def test_rollouts_are_sampled_under_bf16_autocast_only_when_asked(tmp_path, mode):
+    trainer = tiny_trainer(tmp_path, autocast="bf16", sample_autocast=mode, max_new_tokens=3)
+    seen: list[bool] = []
+    hook = trainer.policy.model.register_forward_pre_hook(lambda m, a: seen.append(torch.is_autocast_enabled("cpu")))
+    ro = trainer.rollout(1)
+    hook.remove()
+    assert seen and set(seen) == {mode == "bf16"}  # every sampling forward, and only under bf16 when asked
+    assert all(ro.completion_ids)
+    assert trainer.update(ro)["rms_change"] > 0  # the update is unaffected: it takes --autocast
+
+
 def test_sample_group_draws_what_generate_draws():
     from transformer_squared.generation import generate, sample_group
 

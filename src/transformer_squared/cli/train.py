@@ -57,6 +57,7 @@ GROUPS = {
         "top_p",
         "max_new_tokens",
         "autocast",
+        "sample_autocast",
         "share_prompt",
         "reward_correct",
         "reward_wrong",

@@ -78,6 +78,7 @@ TRAJECTORY_FIELDS = (
     "seed",
     "dtype",
     "autocast",
+    "sample_autocast",
     "reward_correct",
     "reward_wrong",
     "channel",
@@ -173,6 +174,10 @@ class TrainConfig:
     name: str | None = option(None, help="expert name (default: the task name)")
     seed: int = 0
     autocast: Autocast = option("none", help="bf16 autocast for the teacher-forced forwards (see docs/training.md)")
+    # sampling stays in float32 unless asked: bf16 draws from a (slightly) different distribution
+    sample_autocast: Autocast = option(
+        "none", help="bf16: sample the rollouts under bf16 autocast too (about 1.7x faster sampling on CPU)"
+    )
     # True: encode each prompt once for its K samples (sampling and update)
     share_prompt: bool = option(
         True, help="re-encode the prompt for each of its K samples (the slower layout; same gradients)"

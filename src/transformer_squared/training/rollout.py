@@ -188,7 +188,10 @@ def collect_rollout(
     k = c.samples_per_prompt
     t0 = time.perf_counter()
     gens = []
-    with torch.no_grad(), policy.sampling():
+    from ..models import autocast
+
+    device = next(policy.model.parameters()).device
+    with torch.no_grad(), policy.sampling(), autocast(c.sample_autocast, device, policy.model):
         for g0 in range(0, len(items), c.gen_prompts):
             group = prompts[g0 : g0 + c.gen_prompts]
             seed = sample_seed(c.seed, step, indices[g0])
