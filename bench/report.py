@@ -475,7 +475,7 @@ def _throughput(d: dict) -> list[str]:
     if loaded and (lt := next((x["throughput"] for x in loaded["results"] if "throughput" in x), None)):
         load = loaded.get("machine", {}).get("load_average_at_end", [0])[0]
         again = (
-            f" The same step run earlier while other jobs shared the cores (load average {load:.1f} on "
+            f" An earlier version of the code and of this bench (before packed completions, and with the per-row layout in the shared layout's micro-batch), run while other jobs shared the cores (load average {load:.1f} on "
             f"{loaded.get('machine', {}).get('cpus', '?')} cores, `train_step_throughput_loaded.json`): "
             f"{lt['speedup']}× (before {lt['before']['completions_per_s']}, after {lt['after']['completions_per_s']} "
             "completions/s); contention slows the two layouts unequally, so the ratio depends on the load."
@@ -484,7 +484,7 @@ def _throughput(d: dict) -> list[str]:
         f"### One RL step, before and after prompt sharing (`{d['command']}`)",
         "",
         f"{d['batch_size']} prompts × {d['samples_per_prompt']} samples of up to {d['max_new_tokens']} tokens "
-        f"(ARC-Easy, short answers) on {d.get('device_name', d['device'])}; the two layouts alternate in one "
+        f"(ARC-Easy, short answers) on {d.get('device_name', d['device'])}; the layouts alternate in one "
         f"process, same weights, median of {d['repeats']} rounds after a warm-up round: "
         f"**{tp['speedup']}×** the completions per second"
         + (
