@@ -295,7 +295,7 @@ def alternate(trainer, ro, repeats: int) -> dict:
 
 def throughput(trainer, repeats: int) -> dict:
     """Completions per second of whole steps, before vs after prompt sharing (round-robin, first round dropped)."""
-    from transformer_squared.training.trainer import auto_micro_prompts
+    from transformer_squared.training.config import auto_micro_prompts
 
     c = trainer.config
     start = trainer.policy.state()

@@ -29,7 +29,7 @@ from ..fileio import append_jsonl, write_json
 from ..models import model_name
 from . import report, run_dir
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint, set_rng_state
-from .config import AUTO_MICRO_ITEMS, AUTO_MICRO_ROWS, AUTO_MICRO_SHARED_ROWS, AUTO_MICRO_TOKENS, TrainConfig
+from .config import TrainConfig, auto_micro_prompts
 from .distributed import all_reduce_grads, setup_distributed
 from .gradients import Gradients
 from .optim import clip_gradients, make_optimizer, step_or_skip
@@ -64,31 +64,6 @@ class TrainResult:
     history: list[dict[str, Any]]
     state: dict[str, torch.Tensor]
     skipped_steps: int = 0
-
-
-def _largest_divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, cap))
-
-
-def auto_micro_prompts(c: TrainConfig, local_prompts: int, max_new_tokens: int) -> int:
-    """Prompts (or items) per micro-batch: ``--grad-accum`` if given, else sized by the update's layout.
-
-    Shared-prompt RL updates take up to AUTO_MICRO_SHARED_ROWS completions and AUTO_MICRO_TOKENS
-    completion tokens per backward; per-row layouts (SFT, ``--no-share-prompt``, the full KL)
-    AUTO_MICRO_ROWS rows; the options objective AUTO_MICRO_ITEMS items.
-    """
-    if c.grad_accum:
-        return local_prompts // c.grad_accum
-    if c.mc_channel:
-        return _largest_divisor_at_most(local_prompts, AUTO_MICRO_ITEMS)
-    shared = (
-        c.objective == "rl"
-        and c.share_prompt
-        and c.samples_per_prompt > 1
-        and not (c.kl_coef > 0 and c.kl_estimator == "full")
-    )
-    rows = min(AUTO_MICRO_SHARED_ROWS, AUTO_MICRO_TOKENS // max_new_tokens) if shared else AUTO_MICRO_ROWS
-    return _largest_divisor_at_most(local_prompts, rows // c.rows_per_prompt)
 
 
 class Trainer:
