@@ -466,6 +466,7 @@ def _throughput(d: dict) -> list[str]:
             v["update_median"],
             v["step_median"],
             v["completions_per_s"],
+            v.get("completion_tokens_median", "—"),
         ]
         for name, v in tp.items()
         if not name.startswith("speedup")
@@ -510,6 +511,7 @@ def _throughput(d: dict) -> list[str]:
             "update s",
             "step s",
             "completions/s",
+            "completion tokens (median)",
         ],
         rows,
     )

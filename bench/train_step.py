@@ -302,7 +302,7 @@ def throughput(trainer, repeats: int) -> dict:
     batch_gen = c.batch_size
     micro_batches: dict[str, int] = {}
     rows = c.batch_size * c.samples_per_prompt
-    out: dict[str, dict] = {name: {"step": [], "gen": [], "update": []} for name in THROUGHPUT_VARIANTS}
+    out: dict[str, dict] = {name: {"step": [], "gen": [], "update": [], "tokens": []} for name in THROUGHPUT_VARIANTS}
     for round_ in range(repeats + 1):
         for name, opts in THROUGHPUT_VARIANTS.items():
             c.share_prompt, c.autocast, c.sample_autocast = (
@@ -324,6 +324,7 @@ def throughput(trainer, repeats: int) -> dict:
                 out[name]["step"].append(time.perf_counter() - t)
                 out[name]["gen"].append(t_gen)
                 out[name]["update"].append(time.perf_counter() - t - t_gen)
+                out[name]["tokens"].append(ro.num_tokens)  # bf16 sampling draws other completions
     trainer.policy.load_state(start)
     res = {}
     for name, v in out.items():
@@ -334,6 +335,7 @@ def throughput(trainer, repeats: int) -> dict:
             "update_median": round(statistics.median(v["update"]), 2),
             "completions_per_s": round(rows / med, 3),
             "micro_batches": micro_batches[name],
+            "completion_tokens_median": statistics.median(v["tokens"]),
             **THROUGHPUT_VARIANTS[name],
         }
     res["speedup"] = round(res["after"]["completions_per_s"] / res["before"]["completions_per_s"], 2)

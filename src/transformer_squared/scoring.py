@@ -216,22 +216,33 @@ def _shared_logprobs(model: nn.Module, groups, rows_group, rows_cont, targets, p
     return torch.cat([first[:, None], rest], dim=1)
 
 
+# Model types whose attention takes a custom boolean 4D mask as it is, with rotary or absolute
+# positions from position_ids (tested: tests/test_scoring.py); others keep the repeated cache.
+PACKABLE_MODEL_TYPES = frozenset({"llama", "qwen2", "gpt2"})
+
+
 def _packs(model: nn.Module, groups, width: int) -> bool:
     """Whether the second pass packs each group's continuations into one row (see the module docstring).
 
-    Needs SDPA attention (a boolean 4D mask is passed through as it is) and pays off while a packed
-    row's attention area stays within twice what the per-continuation rows cost (short answers);
-    long continuations keep the per-continuation rows.
+    Needs a known model type on SDPA attention (a boolean 4D mask is passed through as it is) with
+    full attention in every layer (a sliding-window cache keeps fewer keys than the mask covers),
+    and pays off while the packed rows' attention area stays within twice that of one row per
+    continuation (short answers); long continuations keep one row each.
     """
     config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in PACKABLE_MODEL_TYPES:
+        return False
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    packed = rows = 0
-    for _, conts in groups:
-        lens = [len(c) - 1 for c in conts]
-        packed += sum(lens) * (width + sum(lens))
-        rows += sum(n * (width + n) for n in lens)
-    return packed <= 2 * rows
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    lens = [[len(c) - 1 for c in conts] for _, conts in groups]
+    t_max = max(sum(ls) for ls in lens)
+    longest = max(n for ls in lens for n in ls)
+    rows = sum(len(ls) for ls in lens)
+    return len(groups) * t_max * (width + t_max) <= 2 * rows * longest * (width + longest)
 
 
 def _packed_rest(model, groups, cache, cache_kw, mask, pos, targets, pad_id, device, scale) -> torch.Tensor:
@@ -251,12 +262,14 @@ def _packed_rest(model, groups, cache, cache_kw, mask, pos, targets, pad_id, dev
     start = (pos[:, -1] + 1).cpu()
     rows = sum(len(ls) for ls in lens)
     where = torch.zeros((rows, targets.shape[1] - 1, 2), dtype=torch.long)  # (group, packed index) per token
+    nxt = torch.zeros((n_groups, t_max), dtype=torch.long)  # the token each packed position predicts
     r = 0
     for g, (_, conts) in enumerate(groups):
         at = 0
         for c, n in zip(conts, lens[g], strict=True):
             if n:
                 inp[g, at : at + n] = torch.tensor(list(c[:-1]), dtype=torch.long)
+                nxt[g, at : at + n] = torch.tensor(list(c[1:]), dtype=torch.long)
                 pos2[g, at : at + n] = start[g] + torch.arange(n)
                 allow[g, at : at + n, width + at : width + at + n] = torch.ones(n, n, dtype=torch.bool).tril()
                 where[r, :n, 1] = at + torch.arange(n)
@@ -270,9 +283,9 @@ def _packed_rest(model, groups, cache, cache_kw, mask, pos, targets, pad_id, dev
         use_cache=True,
         **{cache_kw: cache},
     )
+    lp = _gather_logp(_scaled(out.logits, scale), nxt.to(device))  # (G, T): no second vocabulary-wide copy
     where = where.to(device)
-    logits = out.logits[where[..., 0], where[..., 1]]  # (R, L-1, V); padding positions are masked later
-    return _gather_logp(_scaled(logits, scale), targets[:, 1:])
+    return lp[where[..., 0], where[..., 1]]  # (R, L-1); padding positions are masked by the caller
 
 
 def _row_logprobs(model: nn.Module, groups, rows_group, rows_cont, targets, pad_id, device, scale) -> torch.Tensor:
