@@ -176,7 +176,7 @@ class TrainConfig:
     autocast: Autocast = option("none", help="bf16 autocast for the teacher-forced forwards (see docs/training.md)")
     # sampling stays in float32 unless asked: bf16 draws from a (slightly) different distribution
     sample_autocast: Autocast = option(
-        "none", help="bf16: sample the rollouts under bf16 autocast too (about 1.7x faster sampling on CPU)"
+        "none", help="bf16: sample the RL rollouts under bf16 autocast too (about 1.7x faster sampling on CPU)"
     )
     # True: encode each prompt once for its K samples (sampling and update)
     share_prompt: bool = option(
