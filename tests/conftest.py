@@ -22,8 +22,8 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def tiny_model(arch: str = "llama", seed: int = 0, dtype=torch.float32):
-    """A randomly initialised causal LM a few hundred KB big, for fast exact tests."""
+def tiny_model(arch: str = "llama", seed: int = 0, dtype=torch.float32, **config):
+    """A randomly initialised causal LM a few hundred KB big, for fast exact tests (``config``: more config fields)."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
     torch.manual_seed(seed)
@@ -36,6 +36,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype=torch.float32):
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=128,
+            **config,
         )
     elif arch == "qwen2":
         cfg = Qwen2Config(
@@ -46,9 +47,10 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype=torch.float32):
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=128,
+            **config,
         )
     elif arch == "gpt2":
-        cfg = GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=128)
+        cfg = GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=128, **config)
     else:  # pragma: no cover
         raise ValueError(arch)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)

@@ -73,24 +73,9 @@ def test_packing_needs_sdpa_and_short_continuations():
 
 def test_sliding_window_models_keep_one_row_per_continuation():
     """A sliding-window cache keeps fewer keys than a packed row's mask covers: such models are not packed."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     from transformer_squared.scoring import _packs
 
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        use_sliding_window=True,
-        sliding_window=4,
-        max_window_layers=0,
-    )
-    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model = tiny_model("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
     groups = [([5, 6, 7, 8, 9, 10, 11, 12], [[13, 14], [15, 16, 17]])]  # context longer than the window
     assert not _packs(model, groups, 8)
     with torch.no_grad():

@@ -8,8 +8,8 @@ with gradients enabled, the scores carry gradients to whatever is trainable in t
 A *group* is one context with the continuations to score after it. With ``share_prefix=True``
 each context is encoded once, so a 4-option question costs one pass over the question plus one
 over its options, instead of four passes over question + option. The second pass takes one of two
-forms. *Packed* (models on PyTorch's SDPA attention, when the continuations are short next to
-their context): a group's continuations are laid end to end in one row over the context's cache,
+forms. *Packed* (llama, qwen2 and gpt2 models on PyTorch's SDPA attention without a sliding
+window, when the continuations are short next to their context): a group's continuations are laid end to end in one row over the context's cache,
 each with its own positions and a block mask that lets it see the context and its own earlier
 tokens only. Otherwise the cache is repeated once per continuation and each continuation is a
 row. Packing saves the repeated cache and its gradient, and CPU attention's backward is much
